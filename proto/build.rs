@@ -1,0 +1,23 @@
+//! Generates the Rust code for `ecommerce.proto`.
+//!
+//! The proto is parsed by `protox`, a protobuf compiler written in Rust, so
+//! building needs no `protoc` binary on the machine. tonic-prost-build then
+//! turns the descriptors into prost messages and tonic client/server stubs;
+//! it does not care where the descriptors came from.
+
+use std::error::Error;
+
+const PROTO: &str = "ecommerce.proto";
+
+fn main() -> Result<(), Box<dyn Error>> {
+    // tonic-prost-build only prints rerun-if-changed when it runs protoc
+    // itself; without this line edits to the proto would be ignored.
+    println!("cargo:rerun-if-changed={PROTO}");
+
+    let descriptors = protox::compile([PROTO], ["."])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
