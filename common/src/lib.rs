@@ -1,0 +1,12 @@
+//! What the two services share: reading TLS material with errors a person can
+//! act on, binding listeners, telemetry set-up and the shutdown signal.
+//!
+//! Kept deliberately small: anything specific to one service lives in that
+//! service's crate.
+
+pub mod net;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+
+pub use shutdown::shutdown_signal;

@@ -1,0 +1,24 @@
+//! Logging set-up shared by both binaries.
+
+use tracing_subscriber::EnvFilter;
+
+/// Sends `tracing` events to stderr, filtered by `RUST_LOG`.
+///
+/// Without `RUST_LOG` the filter is `default_filter` (each binary passes
+/// `info` for itself and `warn` for its dependencies), so a fresh start shows
+/// the start-up lines and problems, and `RUST_LOG=debug` shows every call.
+/// An invalid `RUST_LOG` is reported and the default is used, rather than
+/// silently logging nothing.
+pub fn init(default_filter: &str) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("ignoring RUST_LOG={spec:?}: {e}; using {default_filter:?}");
+            EnvFilter::new(default_filter)
+        }),
+        _ => EnvFilter::new(default_filter),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

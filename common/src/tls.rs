@@ -1,0 +1,241 @@
+//! Loading PEM files and choosing the crypto provider.
+//!
+//! Both binaries read their TLS material from files named on the command
+//! line. When a file is missing or holds the wrong thing, the error names the
+//! file, the flag that points at it and the command that creates it, because
+//! "No such file or directory" alone does not help anyone at 3 a.m.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The command that creates the development keys, quoted in every error.
+pub const GEN_KEYS_HINT: &str =
+    "run `scripts/gen-keys.sh` from the repository root to create the development keys";
+
+/// The one crypto provider this workspace uses: `ring`.
+///
+/// Configs are built with this provider explicitly, so they never depend on
+/// what some other crate installed as the process default.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs `ring` as the process-wide rustls provider.
+///
+/// rustls panics at the first handshake when it has to pick a default and
+/// finds two providers compiled in (for example `ring` and `aws-lc-rs`
+/// pulled in by some dependency's default features). Installing ours first
+/// makes that impossible. Calling it twice is harmless.
+pub fn install_default_provider() {
+    // Err means a provider is already installed: either ours from an
+    // earlier call, or one the embedding program chose on purpose.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Which file a [`PemFileError`] is about, for the message.
+#[derive(Debug, Clone)]
+pub struct PemSource {
+    /// The file that was read.
+    pub path: PathBuf,
+    /// The command-line flag (and environment variable) that names it.
+    pub flag: &'static str,
+}
+
+impl PemSource {
+    /// Describes `path`, which was given by `flag`.
+    pub fn new(path: impl Into<PathBuf>, flag: &'static str) -> Self {
+        Self {
+            path: path.into(),
+            flag,
+        }
+    }
+}
+
+/// What was wrong with a PEM file.
+#[derive(Debug)]
+pub enum PemProblem {
+    /// The file does not exist.
+    Missing,
+    /// The file exists but could not be read.
+    Unreadable(io::Error),
+    /// The file was read but is not valid PEM, or holds no block of the kind
+    /// asked for.
+    NoBlock {
+        /// The PEM label that was looked for, e.g. `CERTIFICATE`.
+        wanted: &'static str,
+        /// What the parser said, if it said anything.
+        detail: Option<String>,
+    },
+}
+
+/// A PEM file could not be used. The message says which, why and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem} (the file is set by {}); {GEN_KEYS_HINT}, or point {} at the right file", file.path.display(), file.flag, file.flag)]
+pub struct PemFileError {
+    /// The file and the flag that named it.
+    pub file: PemSource,
+    /// What was wrong.
+    pub problem: PemProblem,
+}
+
+impl fmt::Display for PemProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("file not found"),
+            Self::Unreadable(e) => write!(f, "cannot read the file: {e}"),
+            Self::NoBlock {
+                wanted,
+                detail: None,
+            } => write!(f, "no {wanted} PEM block in the file"),
+            Self::NoBlock {
+                wanted,
+                detail: Some(detail),
+            } => write!(f, "no usable {wanted} PEM block in the file ({detail})"),
+        }
+    }
+}
+
+impl PemFileError {
+    fn new(source: &PemSource, problem: PemProblem) -> Self {
+        Self {
+            file: source.clone(),
+            problem,
+        }
+    }
+
+    fn from_pem(source: &PemSource, wanted: &'static str, error: pem::Error) -> Self {
+        let problem = match error {
+            pem::Error::Io(e) if e.kind() == io::ErrorKind::NotFound => PemProblem::Missing,
+            pem::Error::Io(e) => PemProblem::Unreadable(e),
+            pem::Error::NoItemsFound => PemProblem::NoBlock {
+                wanted,
+                detail: None,
+            },
+            other => PemProblem::NoBlock {
+                wanted,
+                detail: Some(other.to_string()),
+            },
+        };
+        Self::new(source, problem)
+    }
+}
+
+/// Reads every certificate in a PEM file, in order (leaf first for a chain).
+///
+/// # Errors
+/// A [`PemFileError`] if the file is missing, unreadable, or holds no
+/// `CERTIFICATE` block.
+pub fn read_certificates(source: &PemSource) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
+    const WANTED: &str = "CERTIFICATE";
+    let certificates = CertificateDer::pem_file_iter(&source.path)
+        .map_err(|e| PemFileError::from_pem(source, WANTED, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PemFileError::from_pem(source, WANTED, e))?;
+    if certificates.is_empty() {
+        return Err(PemFileError::new(
+            source,
+            PemProblem::NoBlock {
+                wanted: WANTED,
+                detail: None,
+            },
+        ));
+    }
+    Ok(certificates)
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+///
+/// # Errors
+/// A [`PemFileError`] if the file is missing, unreadable, or holds no
+/// private key block.
+pub fn read_private_key(source: &PemSource) -> Result<PrivateKeyDer<'static>, PemFileError> {
+    PrivateKeyDer::from_pem_file(&source.path)
+        .map_err(|e| PemFileError::from_pem(source, "PRIVATE KEY", e))
+}
+
+/// Reads every certificate of `source` into a root store, for verifying peers.
+///
+/// # Errors
+/// A [`PemFileError`] if the file cannot be read, or if a certificate in it
+/// cannot serve as a trust anchor.
+pub fn read_root_store(source: &PemSource) -> Result<rustls::RootCertStore, PemFileError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in read_certificates(source)? {
+        roots.add(certificate).map_err(|e| {
+            PemFileError::new(
+                source,
+                PemProblem::NoBlock {
+                    wanted: "CA CERTIFICATE",
+                    detail: Some(e.to_string()),
+                },
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Where a path came from, for start-up log lines.
+pub fn display_path(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source_in(dir: &Path, name: &str, contents: Option<&str>) -> PemSource {
+        let path = dir.join(name);
+        if let Some(contents) = contents {
+            std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {name}: {e}"));
+        }
+        PemSource::new(path, "--cert")
+    }
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("common-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        dir
+    }
+
+    #[test]
+    fn a_missing_file_names_the_file_the_flag_and_the_fix() {
+        let dir = scratch_dir("missing");
+        let source = source_in(&dir, "nope.pem", None);
+        let error = read_certificates(&source).err().map(|e| e.to_string());
+        let message = error.unwrap_or_default();
+        assert!(message.contains("nope.pem: file not found"), "{message}");
+        assert!(message.contains("--cert"), "{message}");
+        assert!(message.contains("scripts/gen-keys.sh"), "{message}");
+    }
+
+    #[test]
+    fn a_file_without_the_right_block_says_which_block_was_wanted() {
+        let dir = scratch_dir("noblock");
+        let source = source_in(&dir, "garbage.pem", Some("this is not PEM\n"));
+        let message = read_certificates(&source)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("no CERTIFICATE PEM block"),
+            "unexpected message: {message}"
+        );
+        let message = read_private_key(&source)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("PRIVATE KEY"),
+            "unexpected message: {message}"
+        );
+    }
+}
