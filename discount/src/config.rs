@@ -1,0 +1,105 @@
+//! The discount command line and what it turns into.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::tls::{self, PemSource};
+use rustls::ServerConfig;
+
+use crate::error::StartupError;
+
+/// `discount [PORT]`: the Discount gRPC service over TLS.
+///
+/// Every option can also be set through the environment variable shown in
+/// `--help`; a flag wins over its variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "discount", version, about, long_about = None)]
+pub struct Config {
+    /// Port to listen on. The seed took it as its only argument and defaulted
+    /// to 443; 11443 is the port the catalog dials by default and needs no
+    /// privileges.
+    #[arg(env = "DISCOUNT_PORT", default_value_t = 11443)]
+    pub port: u16,
+
+    /// Address to listen on. `::` accepts IPv6 and IPv4 clients on every
+    /// interface; `127.0.0.1` keeps the service to this machine.
+    #[arg(long, env = "DISCOUNT_LISTEN_ADDR", default_value_t = IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
+    pub listen_addr: IpAddr,
+
+    /// PEM file with the server certificate, followed by any intermediates.
+    /// Its subjectAltName must cover the host name clients dial.
+    #[arg(long, env = "DISCOUNT_CERT", default_value = "keys/cert.pem")]
+    pub cert: PathBuf,
+
+    /// PEM file with the private key of `--cert`.
+    #[arg(long, env = "DISCOUNT_KEY", default_value = "keys/private.key")]
+    pub key: PathBuf,
+
+    /// How long a client may take to finish the TLS handshake before the
+    /// connection is closed, so stalled or half-open clients cannot pile up.
+    #[arg(long, env = "DISCOUNT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Config {
+    /// The socket address to bind.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.listen_addr, self.port)
+    }
+
+    /// Reads `--cert` and `--key` into a rustls server configuration.
+    ///
+    /// # Errors
+    /// [`StartupError::Pem`] when a file is missing or holds the wrong kind of
+    /// PEM block, [`StartupError::Identity`] when rustls refuses the pair.
+    pub fn server_tls(&self) -> Result<Arc<ServerConfig>, StartupError> {
+        server_tls(
+            &PemSource::new(&self.cert, "--cert / DISCOUNT_CERT"),
+            &PemSource::new(&self.key, "--key / DISCOUNT_KEY"),
+        )
+    }
+}
+
+/// Builds the TLS configuration of the gRPC server: TLS 1.2 and 1.3 with the
+/// `ring` provider, no client authentication yet, and ALPN `h2` only, since
+/// gRPC runs on HTTP/2 and nothing else may be negotiated on this port.
+///
+/// # Errors
+/// As [`Config::server_tls`].
+pub fn server_tls(cert: &PemSource, key: &PemSource) -> Result<Arc<ServerConfig>, StartupError> {
+    let chain = tls::read_certificates(cert)?;
+    let private_key = tls::read_private_key(key)?;
+    let identity_error = |error: rustls::Error| StartupError::Identity {
+        cert: cert.path.display().to_string(),
+        key: key.path.display().to_string(),
+        error,
+    };
+    let mut config = ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(identity_error)?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(identity_error)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_port_is_the_first_argument_and_defaults_to_what_catalog_dials() {
+        let default = Config::try_parse_from(["discount"]).map(|c| c.listen_addr());
+        assert_eq!(
+            default.ok(),
+            Some("[::]:11443".parse().unwrap_or_else(|e| panic!("{e}")))
+        );
+        let given = Config::try_parse_from(["discount", "12000"]).map(|c| c.port);
+        assert_eq!(given.ok(), Some(12000));
+        assert!(Config::try_parse_from(["discount", "https"]).is_err());
+    }
+}

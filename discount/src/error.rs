@@ -1,0 +1,55 @@
+//! Errors of the discount service, mapped once to gRPC status codes and once
+//! to start-up messages.
+
+use std::io;
+
+use common::tls::PemFileError;
+use tonic::Status;
+
+/// Why a single `ApplyDiscount` call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscountError {
+    /// The request had no `customer` message.
+    #[error("DiscountRequest.customer is missing; send the customer the discount is for")]
+    MissingCustomer,
+    /// The request had no `product` message.
+    #[error("DiscountRequest.product is missing; send the product to price")]
+    MissingProduct,
+}
+
+impl From<DiscountError> for Status {
+    fn from(error: DiscountError) -> Self {
+        match error {
+            DiscountError::MissingCustomer | DiscountError::MissingProduct => {
+                Status::invalid_argument(error.to_string())
+            }
+        }
+    }
+}
+
+/// Why the service could not start. Each message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A certificate or key file could not be read.
+    #[error(transparent)]
+    Pem(#[from] PemFileError),
+    /// The files were read but rustls would not use them together (for
+    /// example a key that does not belong to the certificate).
+    #[error(
+        "cannot use {cert} with {key} as the server identity: {error}; check that the key belongs to the certificate, or run `scripts/gen-keys.sh --force` to make a fresh pair"
+    )]
+    Identity {
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// What rustls said.
+        error: rustls::Error,
+    },
+    /// The listening socket could not be bound.
+    #[error("{0}; pick another port (the first argument) or stop whatever holds it")]
+    Bind(io::Error),
+    /// The server stopped with a transport error.
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}

@@ -1,0 +1,40 @@
+//! `discount [PORT]`: starts the Discount gRPC service. See `--help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use discount::server::Tls;
+use discount::{Config, StartupError};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    common::telemetry::init("warn,discount=info,common=info");
+    let config = Config::parse();
+    common::tls::install_default_provider();
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Plain stderr rather than tracing: this must show even with
+            // RUST_LOG=off.
+            eprintln!("discount: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), StartupError> {
+    let tls = Tls {
+        config: config.server_tls()?,
+        handshake_timeout: config.tls_handshake_timeout,
+    };
+    let listener = common::net::bind(config.listen_addr()).map_err(StartupError::Bind)?;
+    tracing::info!(
+        addr = %config.listen_addr(),
+        cert = %common::tls::display_path(&config.cert),
+        "Running Discount service on {}",
+        config.listen_addr()
+    );
+    discount::run(listener, tls, common::shutdown_signal()).await?;
+    tracing::info!("Discount service stopped");
+    Ok(())
+}

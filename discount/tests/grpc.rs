@@ -1,0 +1,234 @@
+//! The discount server over real TLS sockets on loopback, with certificates
+//! made when the test runs.
+
+use std::error::Error;
+use std::time::Duration;
+
+use ecommerce_proto::pb::discount_client::DiscountClient;
+use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, Product};
+use testkit::{DiscountServer, Pki, SetupResult};
+use tokio::io::AsyncReadExt;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// Upper bound for anything in these tests that should fail fast; reaching
+/// it means a hang, which is itself the failure.
+const HANG: Duration = Duration::from_secs(5);
+
+fn endpoint(server: &DiscountServer, ca_pem: &[u8]) -> SetupResult<Endpoint> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    Ok(Endpoint::from_shared(format!("https://{}", server.addr()))?
+        .connect_timeout(HANG)
+        .tls_config(tls)?)
+}
+
+async fn client(server: &DiscountServer, pki: &Pki) -> SetupResult<DiscountClient<Channel>> {
+    let ca = std::fs::read(pki.path("ca.pem"))?;
+    Ok(DiscountClient::new(endpoint(server, &ca)?.connect().await?))
+}
+
+fn customer(id: i32) -> Customer {
+    Customer {
+        id,
+        first_name: "John".into(),
+        last_name: "Snow".into(),
+    }
+}
+
+fn product(id: i32, slug: &str, price_in_cents: i32) -> Product {
+    Product {
+        id,
+        slug: slug.into(),
+        description: format!("description of {slug}"),
+        price_in_cents,
+        discount_value: None,
+    }
+}
+
+fn request(customer_id: i32, product: Product) -> DiscountRequest {
+    DiscountRequest {
+        customer: Some(customer(customer_id)),
+        product: Some(product),
+    }
+}
+
+fn error_chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn customer_1_gets_ten_percent_off_each_seed_product_and_the_product_is_echoed()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let mut client = client(&server, &pki).await?;
+
+    for (id, slug, price, expected) in [
+        (1, "iphone-x", 99999, 89999),
+        (2, "notebook-avell-g1511", 150000, 135000),
+        (3, "playstation-4-slim", 32999, 29699),
+    ] {
+        let sent = product(id, slug, price);
+        let response = client
+            .apply_discount(request(1, sent.clone()))
+            .await?
+            .into_inner();
+        let got = response.product.ok_or("response without a product")?;
+        assert_eq!(
+            got,
+            Product {
+                discount_value: Some(DiscountValue {
+                    pct: 0.1,
+                    value_in_cents: expected
+                }),
+                ..sent
+            }
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn other_customers_get_the_product_back_with_an_empty_discount_value() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let mut client = client(&server, &pki).await?;
+
+    for customer_id in [0, 2, -1] {
+        let response = client
+            .apply_discount(request(customer_id, product(1, "iphone-x", 99999)))
+            .await?
+            .into_inner();
+        let got = response.product.ok_or("response without a product")?;
+        assert_eq!(
+            got.discount_value,
+            Some(DiscountValue::default()),
+            "customer {customer_id}"
+        );
+        assert_eq!(got.price_in_cents, 99999);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_without_customer_or_product_is_an_invalid_argument() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let mut client = client(&server, &pki).await?;
+
+    let no_customer = DiscountRequest {
+        customer: None,
+        product: Some(product(1, "iphone-x", 99999)),
+    };
+    let status = client
+        .apply_discount(no_customer)
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("customer is missing"),
+        "{}",
+        status.message()
+    );
+
+    let no_product = DiscountRequest {
+        customer: Some(customer(1)),
+        product: None,
+    };
+    let status = client
+        .apply_discount(no_product)
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("product is missing"),
+        "{}",
+        status.message()
+    );
+
+    // The server is still fine afterwards.
+    let ok = client
+        .apply_discount(request(1, product(1, "x", 100)))
+        .await?;
+    assert_eq!(
+        ok.into_inner().product.and_then(|p| p.discount_value),
+        Some(DiscountValue {
+            pct: 0.1,
+            value_in_cents: 90
+        })
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_ca_fails_with_a_certificate_error() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let stranger = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+
+    let stranger_ca = std::fs::read(stranger.path("ca.pem"))?;
+    let endpoint = endpoint(&server, &stranger_ca)?;
+    let error = tokio::time::timeout(HANG, endpoint.connect())
+        .await?
+        .err()
+        .ok_or("connected with an untrusted CA")?;
+    let chain = error_chain(&error);
+    assert!(
+        // BadSignature or UnknownIssuer, depending on whether the stranger's
+        // CA happens to share the test CA's name.
+        chain.contains("invalid peer certificate"),
+        "not a certificate error: {chain}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_never_starts_the_handshake_is_disconnected_after_the_limit()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let limit = Duration::from_millis(200);
+    let server = DiscountServer::start_on("127.0.0.1:0".parse()?, &pki, limit).await?;
+
+    let mut silent = tokio::net::TcpStream::connect(server.addr()).await?;
+    let started = std::time::Instant::now();
+    let mut buffer = [0_u8; 64];
+    let read = tokio::time::timeout(HANG, silent.read(&mut buffer)).await?;
+    // The server closes the socket: end of stream, or a reset.
+    assert!(matches!(read, Ok(0) | Err(_)), "server sent data: {read:?}");
+    assert!(started.elapsed() >= limit, "closed before the limit");
+
+    // A stalled client does not block others.
+    let mut client = client(&server, &pki).await?;
+    let ok = client
+        .apply_discount(request(2, product(1, "x", 100)))
+        .await?;
+    assert!(ok.into_inner().product.is_some());
+    Ok(())
+}
+
+#[test]
+fn the_binary_without_its_key_files_names_the_missing_file_and_the_fix() -> SetupResult<()> {
+    let empty = tempfile::tempdir()?;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_discount"))
+        .arg("0")
+        .current_dir(empty.path())
+        .env_remove("DISCOUNT_CERT")
+        .env_remove("DISCOUNT_KEY")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started without keys: {stderr}");
+    assert!(stderr.contains("keys/cert.pem: file not found"), "{stderr}");
+    assert!(stderr.contains("scripts/gen-keys.sh"), "{stderr}");
+    Ok(())
+}
