@@ -1,1 +1,42 @@
-fn main() {}
+//! `catalog [PORT]`: starts the catalog HTTP service. See `--help`.
+
+use std::process::ExitCode;
+
+use catalog::discount::DiscountClient;
+use catalog::{AppState, Config, StartupError};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    common::telemetry::init("warn,catalog=info,common=info,tower_http=info");
+    let config = Config::parse();
+    common::tls::install_default_provider();
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Plain stderr rather than tracing: this must show even with
+            // RUST_LOG=off.
+            eprintln!("catalog: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), StartupError> {
+    let discount = config.discount();
+    let client = DiscountClient::connect_lazy(&discount)?;
+    let listener = common::net::bind(config.listen_addr()).map_err(StartupError::Bind)?;
+    tracing::info!(
+        addr = %config.listen_addr(),
+        discount = %discount.addr,
+        server_name = %discount.server_name,
+        ca = %common::tls::display_path(&config.discount_ca),
+        "Server running on {}",
+        config.listen_addr()
+    );
+    catalog::run(listener, AppState::new(client), common::shutdown_signal())
+        .await
+        .map_err(StartupError::Serve)?;
+    tracing::info!("catalog stopped");
+    Ok(())
+}

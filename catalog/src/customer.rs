@@ -1,0 +1,129 @@
+//! Who is asking: the `X-USER-ID` header and the known customers.
+
+use ecommerce_proto::pb::Customer;
+use http::HeaderMap;
+
+use crate::error::CatalogError;
+
+/// The header that names the customer, as in the seed.
+pub const USER_ID_HEADER: &str = "x-user-id";
+
+/// Reads the customer id from `X-USER-ID`.
+///
+/// `Ok(None)` when the header is absent or blank: the plain product list is
+/// wanted. Otherwise the value must be what Go's `strconv.Atoi` accepts
+/// (the seed's parser): an optional `+` or `-`, then decimal digits, within
+/// a signed 64-bit integer, so `+1`, `01` and `-0` are fine and `1.0`,
+/// `0x1`, `1e3` and `9223372036854775808` are not. Surrounding spaces and
+/// tabs are not part of a header value (RFC 9110) and are ignored. When
+/// several `X-USER-ID` headers are sent, the first one counts, as in Go.
+///
+/// # Errors
+/// [`CatalogError::InvalidCustomerId`] for anything else, including values
+/// that are not ASCII.
+pub fn customer_id(headers: &HeaderMap) -> Result<Option<i64>, CatalogError> {
+    let Some(value) = headers.get(USER_ID_HEADER) else {
+        return Ok(None);
+    };
+    let text = value.as_bytes().trim_ascii();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    // i64's parser accepts exactly Atoi's syntax: sign, then ASCII digits.
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| CatalogError::InvalidCustomerId {
+            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        })
+}
+
+/// The customer with this id, if there is one. The seed's two customers.
+pub fn find(id: i64) -> Option<Customer> {
+    let (first_name, last_name) = match id {
+        1 => ("John", "Snow"),
+        2 => ("Daenerys", "Targaryen"),
+        _ => return None,
+    };
+    Some(Customer {
+        // Both ids above fit an i32, the proto's type.
+        id: i32::try_from(id).ok()?,
+        first_name: first_name.to_owned(),
+        last_name: last_name.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn parse(raw: &[u8]) -> Result<Option<i64>, ()> {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_bytes(raw) {
+            headers.insert(USER_ID_HEADER, value);
+        }
+        customer_id(&headers).map_err(|_| ())
+    }
+
+    #[test]
+    fn accepts_what_go_atoi_accepts() {
+        assert_eq!(parse(b"1"), Ok(Some(1)));
+        assert_eq!(parse(b"+1"), Ok(Some(1)));
+        assert_eq!(parse(b"01"), Ok(Some(1)));
+        assert_eq!(parse(b" 1\t"), Ok(Some(1)));
+        assert_eq!(parse(b"-0"), Ok(Some(0)));
+        assert_eq!(parse(b"-42"), Ok(Some(-42)));
+        assert_eq!(parse(b"9223372036854775807"), Ok(Some(i64::MAX)));
+        assert_eq!(parse(b"-9223372036854775808"), Ok(Some(i64::MIN)));
+    }
+
+    #[test]
+    fn rejects_what_go_atoi_rejects() {
+        for raw in [
+            &b"abc"[..],
+            b"1.0",
+            b"0x1",
+            b"1e3",
+            b"1_000",
+            b"+",
+            b"-",
+            b"+-1",
+            b"1 2",
+            b"9223372036854775808",
+            b"-9223372036854775809",
+            "\u{0661}".as_bytes(), // ARABIC-INDIC DIGIT ONE
+            b"\xff1",
+        ] {
+            assert_eq!(parse(raw), Err(()), "accepted {raw:?}");
+        }
+    }
+
+    #[test]
+    fn an_absent_or_blank_header_means_no_customer() {
+        assert_eq!(parse(b""), Ok(None));
+        assert_eq!(parse(b"  "), Ok(None));
+        assert_eq!(customer_id(&HeaderMap::new()).ok(), Some(None));
+    }
+
+    #[test]
+    fn the_first_of_repeated_headers_counts() {
+        let mut headers = HeaderMap::new();
+        headers.append(USER_ID_HEADER, HeaderValue::from_static("2"));
+        headers.append(USER_ID_HEADER, HeaderValue::from_static("abc"));
+        assert_eq!(customer_id(&headers).ok(), Some(Some(2)));
+    }
+
+    #[test]
+    fn knows_the_seed_customers_only() {
+        assert_eq!(
+            find(1).map(|c| (c.id, c.first_name)),
+            Some((1, "John".to_owned()))
+        );
+        assert_eq!(find(2).map(|c| c.last_name), Some("Targaryen".to_owned()));
+        for id in [0, 3, -1, i64::MAX, i64::from(i32::MAX) + 1] {
+            assert_eq!(find(id), None, "customer {id}");
+        }
+    }
+}

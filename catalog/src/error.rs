@@ -1,0 +1,77 @@
+//! Errors of the catalog, mapped once to HTTP responses and once to start-up
+//! messages.
+
+use std::io;
+
+use axum::response::{IntoResponse, Response};
+use common::tls::PemFileError;
+use http::{StatusCode, header};
+
+/// Why a request was refused. Each variant is one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// `X-USER-ID` was not an integer.
+    #[error("Customer ID is not a number.")]
+    InvalidCustomerId {
+        /// The header as sent (lossily decoded), for the log only.
+        value: String,
+    },
+}
+
+impl IntoResponse for CatalogError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::InvalidCustomerId { value } => {
+                // At most 64 characters of whatever the client sent, escaped
+                // by Debug so a hostile value cannot forge log lines.
+                let shown: String = value.chars().take(64).collect();
+                tracing::info!(x_user_id = ?shown, "rejected X-USER-ID");
+            }
+        }
+        let status = match self {
+            Self::InvalidCustomerId { .. } => StatusCode::BAD_REQUEST,
+        };
+        // The body and headers of Go's http.Error, which the seed used.
+        (
+            status,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            format!("{self}\n"),
+        )
+            .into_response()
+    }
+}
+
+/// Why the catalog could not start. Each message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The CA file could not be read.
+    #[error(transparent)]
+    Pem(#[from] PemFileError),
+    /// The CA file was read but cannot verify servers.
+    #[error(
+        "cannot verify discount's certificate with {ca}: {error}; point --discount-ca at the CA that signed discount's certificate"
+    )]
+    Trust {
+        /// The CA file.
+        ca: String,
+        /// What rustls said.
+        error: rustls::server::VerifierBuilderError,
+    },
+    /// tonic refused the discount endpoint.
+    #[error("cannot set up the connection to discount at {addr}: {error}")]
+    Endpoint {
+        /// The configured address.
+        addr: String,
+        /// What tonic said.
+        error: tonic::transport::Error,
+    },
+    /// The listening socket could not be bound.
+    #[error("{0}; pick another port (the first argument) or stop whatever holds it")]
+    Bind(io::Error),
+    /// The HTTP server failed.
+    #[error("the HTTP server failed: {0}")]
+    Serve(io::Error),
+}
