@@ -27,7 +27,6 @@ async fn serve(config: Config) -> Result<(), StartupError> {
     let client = DiscountClient::connect_lazy(&discount)?;
     let listener = common::net::bind(config.listen_addr()).map_err(StartupError::Bind)?;
     tracing::info!(
-        addr = %config.listen_addr(),
         discount = %discount.addr,
         server_name = %discount.server_name,
         ca = %common::tls::display_path(&config.discount_ca),

@@ -1,5 +1,7 @@
 //! Logging set-up shared by both binaries.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Sends `tracing` events to stderr, filtered by `RUST_LOG`.
@@ -9,6 +11,8 @@ use tracing_subscriber::EnvFilter;
 /// the start-up lines and problems, and `RUST_LOG=debug` shows every call.
 /// An invalid `RUST_LOG` is reported and the default is used, rather than
 /// silently logging nothing.
+///
+/// Call it once, first thing in `main`; tests do not call it and stay quiet.
 pub fn init(default_filter: &str) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
@@ -20,5 +24,7 @@ pub fn init(default_filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

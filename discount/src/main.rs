@@ -29,8 +29,8 @@ async fn serve(config: Config) -> Result<(), StartupError> {
     };
     let listener = common::net::bind(config.listen_addr()).map_err(StartupError::Bind)?;
     tracing::info!(
-        addr = %config.listen_addr(),
         cert = %common::tls::display_path(&config.cert),
+        handshake_timeout = ?config.tls_handshake_timeout,
         "Running Discount service on {}",
         config.listen_addr()
     );
