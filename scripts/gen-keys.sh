@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Makes the development TLS material in keys/ (or --dir DIR):
+#   ca.pem, ca.key          a development CA, the only root either service trusts
+#   cert.pem, private.key   discount's server identity, signed by the CA,
+#                           valid for DNS:localhost, IP:127.0.0.1 and IP:::1
+#   client.pem, client.key  catalog's client identity, signed by the CA
+# All keys are ECDSA P-256. Existing files are never overwritten unless
+# --force is given. These are for development only: see keys/README.md.
+set -euo pipefail
+
+usage() {
+  cat <<USAGE
+usage: scripts/gen-keys.sh [--dir DIR] [--force] [--days N]
+  --dir DIR   where to write the files (default: keys/ in the repository)
+  --force     replace existing files
+  --days N    validity of the server and client certificates (default 365)
+USAGE
+}
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+dir="$repo/keys"
+force=no
+days=365
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dir) dir=${2:?--dir needs a directory}; shift 2 ;;
+    --force) force=yes; shift ;;
+    --days) days=${2:?--days needs a number}; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gen-keys: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+command -v openssl >/dev/null || {
+  echo "gen-keys: openssl is not installed (Debian/Ubuntu: apt-get install openssl)" >&2
+  exit 1
+}
+
+files=(ca.pem ca.key cert.pem private.key client.pem client.key)
+if [ "$force" = no ]; then
+  existing=()
+  for f in "${files[@]}"; do [ -e "$dir/$f" ] && existing+=("$dir/$f"); done
+  if [ ${#existing[@]} -gt 0 ]; then
+    echo "gen-keys: refusing to overwrite ${existing[*]}" >&2
+    echo "gen-keys: keep them, or run again with --force to make new ones" >&2
+    exit 1
+  fi
+fi
+
+# Everything is made in a scratch directory and moved into place at the end,
+# so a failure halfway never leaves a mismatched set behind.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+umask 077
+
+new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/$1" 2>/dev/null; }
+serial() { echo "0x$(openssl rand -hex 16)"; }
+
+# The CA. openssl req -x509 marks its certificate CA:TRUE; that is right here
+# and is exactly why the seed's single self-signed certificate cannot serve
+# as a server identity under rustls (CaUsedAsEndEntity).
+new_key ca.key
+openssl req -x509 -new -key "$work/ca.key" -sha256 -days 3650 -set_serial "$(serial)" \
+  -subj "/O=ecommerce development/CN=ecommerce dev CA" \
+  -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+  -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  -addext "subjectKeyIdentifier=hash" \
+  -out "$work/ca.pem"
+
+# sign NAME SUBJECT EXTENSIONS: a leaf certificate signed by the CA.
+sign() {
+  local name=$1 subject=$2 extensions=$3
+  new_key "$name.key"
+  openssl req -new -key "$work/$name.key" -subj "$subject" -out "$work/$name.csr"
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature" \
+    "subjectKeyIdentifier=hash" \
+    "authorityKeyIdentifier=keyid" \
+    "$extensions" >"$work/$name.ext"
+  openssl x509 -req -in "$work/$name.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+    -set_serial "$(serial)" -days "$days" -sha256 -extfile "$work/$name.ext" \
+    -out "$work/$name.pem" 2>/dev/null
+}
+
+# Host names are matched against subjectAltName only (RFC 6125; rustls, and
+# Go since 1.15, never look at the CN), so the SAN must list every name and
+# address clients dial.
+sign server "/O=ecommerce development/CN=localhost" \
+  "extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
+sign client "/O=ecommerce development/CN=catalog" \
+  "extendedKeyUsage=clientAuth
+subjectAltName=DNS:catalog"
+
+openssl verify -CAfile "$work/ca.pem" "$work/server.pem" "$work/client.pem" >/dev/null
+
+mkdir -p "$dir"
+mv "$work/ca.pem" "$work/ca.key" "$dir/"
+mv "$work/server.pem" "$dir/cert.pem"
+mv "$work/server.key" "$dir/private.key"
+mv "$work/client.pem" "$dir/client.pem"
+mv "$work/client.key" "$dir/client.key"
+chmod 644 "$dir/ca.pem" "$dir/cert.pem" "$dir/client.pem"
+
+echo "gen-keys: wrote ${files[*]} to $dir"
+echo "gen-keys: server certificate valid for localhost, 127.0.0.1 and ::1 for $days days"
