@@ -3,9 +3,13 @@
 //! The proto is parsed by `protox`, a protobuf compiler written in Rust, so
 //! building needs no `protoc` binary on the machine. tonic-prost-build then
 //! turns the descriptors into prost messages and tonic client/server stubs;
-//! it does not care where the descriptors came from.
+//! it does not care where the descriptors came from. The encoded
+//! descriptors are also written out for gRPC server reflection.
 
 use std::error::Error;
+use std::path::PathBuf;
+
+use protox::prost::Message;
 
 const PROTO: &str = "ecommerce.proto";
 
@@ -15,6 +19,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO}");
 
     let descriptors = protox::compile([PROTO], ["."])?;
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("cargo did not set OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("ecommerce_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -324,7 +324,7 @@ async fn when_discount_stops_every_product_is_still_listed() -> SetupResult<()> 
         (StatusCode::OK, CUSTOMER_1.to_owned())
     );
 
-    discount.stop().await;
+    discount.stop().await?;
     assert_eq!(
         catalog.products(Some("1")).await?,
         (StatusCode::OK, PLAIN.to_owned())

@@ -9,6 +9,7 @@ use common::tls::{self, PemSource};
 use rustls::ServerConfig;
 
 use crate::error::StartupError;
+use crate::server::ServerOptions;
 
 /// `discount [PORT]`: the Discount gRPC service over TLS.
 ///
@@ -41,12 +42,37 @@ pub struct Config {
     /// connection is closed, so stalled or half-open clients cannot pile up.
     #[arg(long, env = "DISCOUNT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub tls_handshake_timeout: Duration,
+
+    /// On SIGTERM or Ctrl-C, how long to keep serving with health reporting
+    /// NOT_SERVING before refusing new calls. Behind a load balancer or a
+    /// health-checking client, set it to a little more than their check
+    /// interval so no call is sent to a closing server.
+    #[arg(long, env = "DISCOUNT_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// Then, how long calls in flight get to finish before the process
+    /// closes their connections and exits.
+    #[arg(long, env = "DISCOUNT_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 impl Config {
     /// The socket address to bind.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.listen_addr, self.port)
+    }
+
+    /// The server options these flags describe, with the TLS material read.
+    ///
+    /// # Errors
+    /// As [`Config::server_tls`].
+    pub fn server_options(&self) -> Result<ServerOptions, StartupError> {
+        Ok(ServerOptions {
+            tls: self.server_tls()?,
+            handshake_timeout: self.tls_handshake_timeout,
+            shutdown_delay: self.shutdown_delay,
+            drain_timeout: self.drain_timeout,
+        })
     }
 
     /// Reads `--cert` and `--key` into a rustls server configuration.

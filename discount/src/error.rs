@@ -49,6 +49,9 @@ pub enum StartupError {
     /// The listening socket could not be bound.
     #[error("{0}; pick another port (the first argument) or stop whatever holds it")]
     Bind(io::Error),
+    /// The reflection service could not read the embedded descriptors.
+    #[error("cannot set up gRPC server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     /// The server stopped with a transport error.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),

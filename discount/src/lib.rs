@@ -2,7 +2,8 @@
 //!
 //! - [`rule`] is the business rule, pure and exact (`rust_decimal`).
 //! - [`service`] adapts it to the generated tonic trait and validates input.
-//! - [`server`] accepts TLS connections and serves the service on them.
+//! - [`server`] accepts TLS connections and serves the service on them,
+//!   with `grpc.health.v1.Health` and server reflection beside it.
 //! - [`config`] is the command line, and turns it into a TLS configuration.
 //!
 //! `main.rs` only wires these together, so tests run the real server
@@ -16,5 +17,5 @@ pub mod service;
 
 pub use config::Config;
 pub use error::{DiscountError, StartupError};
-pub use server::run;
+pub use server::{ServerOptions, run, serve};
 pub use service::DiscountService;

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use discount::server::Tls;
 use discount::{Config, StartupError};
 
 #[tokio::main]
@@ -23,18 +22,15 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), StartupError> {
-    let tls = Tls {
-        config: config.server_tls()?,
-        handshake_timeout: config.tls_handshake_timeout,
-    };
+    let options = config.server_options()?;
     let listener = common::net::bind(config.listen_addr()).map_err(StartupError::Bind)?;
     tracing::info!(
         cert = %common::tls::display_path(&config.cert),
-        handshake_timeout = ?config.tls_handshake_timeout,
+        handshake_timeout = ?options.handshake_timeout,
         "Running Discount service on {}",
         config.listen_addr()
     );
-    discount::run(listener, tls, common::shutdown_signal()).await?;
+    discount::run(listener, options, common::shutdown_signal()).await?;
     tracing::info!("Discount service stopped");
     Ok(())
 }

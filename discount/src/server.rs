@@ -13,13 +13,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ecommerce_proto::pb::discount_server::DiscountServer;
+use common::conn::{ConnectionTracker, Tracked};
+use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic_health::ServingStatus;
 
 use crate::error::StartupError;
 use crate::service::DiscountService;
@@ -31,16 +33,36 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Handshaken connections waiting for the gRPC server to pick them up.
 const READY_QUEUE: usize = 128;
 
-/// TLS settings of the server.
+/// Everything the server needs besides its listener.
 #[derive(Debug, Clone)]
-pub struct Tls {
+pub struct ServerOptions {
     /// Certificate, key, protocol versions and ALPN.
-    pub config: Arc<ServerConfig>,
-    /// The time a client has to complete its handshake.
+    pub tls: Arc<ServerConfig>,
+    /// The time a client has to complete its TLS handshake.
     pub handshake_timeout: Duration,
+    /// After the shutdown signal: how long to keep serving while health
+    /// says NOT_SERVING, so that load balancers and health-checking clients
+    /// move away before connections are refused.
+    pub shutdown_delay: Duration,
+    /// Then: how long calls in flight get to finish before their
+    /// connections are closed.
+    pub drain_timeout: Duration,
 }
 
-/// Serves `ecommerce.Discount` on `listener` until `shutdown` completes.
+impl ServerOptions {
+    /// Options with `tls` and the defaults of the command line.
+    pub fn new(tls: Arc<ServerConfig>) -> Self {
+        Self {
+            tls,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `ecommerce.Discount`, the standard health service and server
+/// reflection on `listener` until `shutdown` completes, then drains.
 ///
 /// Takes an already-bound listener so that callers (tests in particular) can
 /// bind port 0 and read the real port before the server starts.
@@ -49,14 +71,69 @@ pub struct Tls {
 /// [`StartupError::Serve`] if the gRPC server fails.
 pub async fn run(
     listener: TcpListener,
-    tls: Tls,
-    shutdown: impl Future<Output = ()> + Send,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
-    let incoming = tls_incoming(listener, tls);
-    tonic::transport::Server::builder()
-        .add_service(DiscountServer::new(DiscountService))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+    serve(listener, options, DiscountService, shutdown).await
+}
+
+/// [`run`] with any implementation of the Discount service, for tests that
+/// need a discount which fails or stalls on purpose.
+///
+/// Shutting down goes: health turns NOT_SERVING (for the server as a whole,
+/// `""`, and for `ecommerce.Discount`); calls are still served for
+/// `shutdown_delay`; then no new connections or calls are taken, and calls
+/// in flight get `drain_timeout` to finish.
+///
+/// # Errors
+/// As [`run`].
+pub async fn serve<S: Discount>(
+    listener: TcpListener,
+    options: ServerOptions,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<DiscountServer<S>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ecommerce_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let delay = options.shutdown_delay;
+    let shutdown = async move {
+        shutdown.await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health.set_not_serving::<DiscountServer<S>>().await;
+        tracing::info!(
+            ?delay,
+            "health is NOT_SERVING; still serving for the shutdown delay"
+        );
+        tokio::time::sleep(delay).await;
+        tracing::info!("no longer accepting; draining calls in flight");
+    };
+    let connections = ConnectionTracker::new();
+    let incoming = tls_incoming(listener, &options, connections.clone());
+    let finished = common::shutdown::with_drain_limit(shutdown, options.drain_timeout, |signal| {
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(DiscountServer::new(service))
+            .serve_with_incoming_shutdown(incoming, signal)
+    })
+    .await;
+    match finished {
+        Some(result) => result?,
+        None => {
+            let closed = connections.close_all();
+            tracing::warn!(
+                connections = closed,
+                "closed connections with calls still in flight"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -66,10 +143,12 @@ pub async fn run(
 /// tonic does when it shuts down.
 fn tls_incoming(
     listener: TcpListener,
-    tls: Tls,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    options: &ServerOptions,
+    connections: ConnectionTracker,
+) -> ReceiverStream<io::Result<Tracked<TlsStream<TcpStream>>>> {
     let (ready, incoming) = mpsc::channel(READY_QUEUE);
-    let acceptor = TlsAcceptor::from(tls.config);
+    let acceptor = TlsAcceptor::from(Arc::clone(&options.tls));
+    let handshake_timeout = options.handshake_timeout;
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -78,12 +157,13 @@ fn tls_incoming(
             };
             match accepted {
                 Ok((tcp, peer)) => {
-                    let handshake = handshake(acceptor.clone(), tcp, peer, tls.handshake_timeout);
+                    let registration = connections.register(&tcp);
+                    let handshake = handshake(acceptor.clone(), tcp, peer, handshake_timeout);
                     let ready = ready.clone();
                     tokio::spawn(async move {
                         if let Some(stream) = handshake.await {
                             // Err only when the server is shutting down.
-                            let _ = ready.send(Ok(stream)).await;
+                            let _ = ready.send(Ok(registration.wrap(stream))).await;
                         }
                     });
                 }

@@ -25,8 +25,9 @@ fn endpoint(server: &DiscountServer, ca_pem: &[u8]) -> SetupResult<Endpoint> {
 }
 
 async fn client(server: &DiscountServer, pki: &Pki) -> SetupResult<DiscountClient<Channel>> {
-    let ca = std::fs::read(pki.path("ca.pem"))?;
-    Ok(DiscountClient::new(endpoint(server, &ca)?.connect().await?))
+    Ok(DiscountClient::new(
+        testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?,
+    ))
 }
 
 fn customer(id: i32) -> Customer {
@@ -198,7 +199,13 @@ async fn a_client_that_never_starts_the_handshake_is_disconnected_after_the_limi
 -> SetupResult<()> {
     let pki = Pki::generate()?;
     let limit = Duration::from_millis(200);
-    let server = DiscountServer::start_on("127.0.0.1:0".parse()?, &pki, limit).await?;
+    let server = DiscountServer::start_with(
+        &pki,
+        "127.0.0.1:0".parse()?,
+        |options| options.handshake_timeout = limit,
+        discount::DiscountService,
+    )
+    .await?;
 
     let mut silent = tokio::net::TcpStream::connect(server.addr()).await?;
     let started = std::time::Instant::now();

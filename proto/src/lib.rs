@@ -9,3 +9,9 @@
 pub mod pb {
     tonic::include_proto!("ecommerce");
 }
+
+/// The encoded `FileDescriptorSet` of `ecommerce.proto`, for gRPC server
+/// reflection: it lets tools such as `grpcurl` list and call the service
+/// without a copy of the proto.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ecommerce_descriptor.bin"));

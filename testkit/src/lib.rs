@@ -5,19 +5,29 @@
 //!   go through the same file-loading code as the binaries and nothing
 //!   secret is ever committed.
 //! - [`DiscountServer`]: the real discount server on `127.0.0.1:0`, stopped
-//!   when dropped.
+//!   when dropped; with [`ScriptedDiscount`] behind it, one that fails or
+//!   stalls on purpose.
+//! - [`CountingProxy`]: a TCP forwarder that counts connections.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use common::tls::PemSource;
+use discount::{DiscountService, ServerOptions};
+use ecommerce_proto::pb::discount_server::Discount;
+use ecommerce_proto::pb::{DiscountRequest, DiscountResponse};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Response, Status};
 
 /// Result type for test set-up: any failure there is a failed test.
 pub type SetupResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -105,6 +115,22 @@ impl Pki {
     }
 }
 
+/// A tonic channel to `addr` over TLS, trusting the CA of `ca_pem` and
+/// expecting the server to be `localhost`. Connects before returning.
+///
+/// # Errors
+/// The connection or the handshake failed.
+pub async fn grpc_channel(addr: SocketAddr, ca_pem: &Path) -> SetupResult<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca_pem)?))
+        .domain_name("localhost");
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config(tls)?
+        .connect()
+        .await?)
+}
+
 /// The real discount server, serving on `127.0.0.1` in this process.
 ///
 /// Dropping it (or calling [`DiscountServer::stop`]) shuts it down.
@@ -116,37 +142,39 @@ pub struct DiscountServer {
 }
 
 impl DiscountServer {
-    /// Starts discount with the server identity of `pki` on port 0.
+    /// Starts discount, with the server identity of `pki`, on port 0.
     ///
     /// # Errors
     /// The TLS material was refused or the port could not be bound.
     pub async fn start(pki: &Pki) -> SetupResult<Self> {
-        Self::start_on("127.0.0.1:0".parse()?, pki, Duration::from_secs(10)).await
+        Self::start_with(pki, "127.0.0.1:0".parse()?, |_| {}, DiscountService).await
     }
 
-    /// Starts discount on `addr` (port 0 for any) with a given TLS handshake
-    /// time limit.
+    /// Starts `service` on `addr` (port 0 for any) behind the real server,
+    /// with options adjusted by `configure`.
     ///
     /// # Errors
     /// As [`DiscountServer::start`].
-    pub async fn start_on(
-        addr: SocketAddr,
+    pub async fn start_with(
         pki: &Pki,
-        handshake_timeout: Duration,
+        addr: SocketAddr,
+        configure: impl FnOnce(&mut ServerOptions),
+        service: impl Discount,
     ) -> SetupResult<Self> {
         common::tls::install_default_provider();
-        let tls = discount::server::Tls {
-            config: discount::config::server_tls(&pki.server_cert(), &pki.server_key())?,
-            handshake_timeout,
-        };
+        let mut options = ServerOptions::new(discount::config::server_tls(
+            &pki.server_cert(),
+            &pki.server_key(),
+        )?);
+        configure(&mut options);
         let listener = common::net::bind(addr)?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
         let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(error) = discount::run(listener, tls, shutdown).await {
+            if let Err(error) = discount::serve(listener, options, service, shutdown).await {
                 panic!("discount server failed: {error}");
             }
         });
@@ -162,22 +190,125 @@ impl DiscountServer {
         self.addr
     }
 
-    /// Shuts the server down and waits until it has stopped, so that the
-    /// port is closed when this returns.
-    pub async fn stop(mut self) {
+    /// Sends the shutdown signal, as SIGTERM would, without waiting.
+    pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+    }
+
+    /// Waits until the server has stopped (after [`DiscountServer::begin_stop`]).
+    /// `true` if it stopped within `limit`.
+    pub async fn stopped_within(mut self, limit: Duration) -> bool {
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(limit, task).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// Shuts the server down and waits until it has stopped, so that the
+    /// port is closed when this returns.
+    ///
+    /// # Errors
+    /// The server did not stop within 10 seconds.
+    pub async fn stop(mut self) -> SetupResult<()> {
+        self.begin_stop();
+        if self.stopped_within(Duration::from_secs(10)).await {
+            Ok(())
+        } else {
+            Err("discount did not stop within 10 s".into())
         }
     }
 }
 
 impl Drop for DiscountServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        self.begin_stop();
+    }
+}
+
+/// A discount that misbehaves on request: it answers like the real one,
+/// but after `delay`, and with an error for `fail_product`. It reports each
+/// product id it receives on `received`, so a test can act at the moment a
+/// call is in flight instead of sleeping and hoping.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedDiscount {
+    /// The product id to answer with `INTERNAL`.
+    pub fail_product: Option<i32>,
+    /// How long to wait before answering.
+    pub delay: Duration,
+    /// Where to report each received product id.
+    pub received: Option<mpsc::UnboundedSender<i32>>,
+}
+
+#[tonic::async_trait]
+impl Discount for ScriptedDiscount {
+    async fn apply_discount(
+        &self,
+        request: Request<DiscountRequest>,
+    ) -> Result<Response<DiscountResponse>, Status> {
+        let product_id = request.get_ref().product.as_ref().map(|p| p.id);
+        if let (Some(received), Some(id)) = (&self.received, product_id) {
+            let _ = received.send(id);
         }
+        tokio::time::sleep(self.delay).await;
+        if product_id.is_some() && product_id == self.fail_product {
+            return Err(Status::internal("scripted failure for this product"));
+        }
+        DiscountService.apply_discount(request).await
+    }
+}
+
+/// A TCP forwarder on `127.0.0.1` that counts the connections made through
+/// it: put it between catalog and discount to see how many connections the
+/// catalog opens. TLS passes through untouched.
+#[derive(Debug)]
+pub struct CountingProxy {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl CountingProxy {
+    /// Forwards every connection to `target`.
+    ///
+    /// # Errors
+    /// The port could not be bound.
+    pub async fn start(target: SocketAddr) -> SetupResult<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    /// Where to connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many connections have been made through the proxy so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -1,0 +1,176 @@
+//! Health, reflection and graceful shutdown of the discount server, over
+//! real TLS sockets on loopback.
+
+use std::time::Duration;
+
+use ecommerce_proto::pb::discount_client::DiscountClient;
+use ecommerce_proto::pb::{Customer, DiscountRequest, Product};
+use testkit::{DiscountServer, Pki, ScriptedDiscount, SetupResult};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+/// Longer than anything here should take; reaching it is the failure.
+const HANG: Duration = Duration::from_secs(10);
+
+async fn health(channel: &Channel, service: &str) -> SetupResult<ServingStatus> {
+    let answer = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(ServingStatus::try_from(answer.status)?)
+}
+
+fn discount_request(product_id: i32) -> DiscountRequest {
+    DiscountRequest {
+        customer: Some(Customer {
+            id: 1,
+            ..Customer::default()
+        }),
+        product: Some(Product {
+            id: product_id,
+            price_in_cents: 1000,
+            ..Product::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn health_is_serving_then_not_serving_while_shutting_down() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let mut server = DiscountServer::start_with(
+        &pki,
+        "127.0.0.1:0".parse()?,
+        |options| options.shutdown_delay = Duration::from_secs(2),
+        discount::DiscountService,
+    )
+    .await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?;
+    assert_eq!(health(&channel, "").await?, ServingStatus::Serving);
+    assert_eq!(
+        health(&channel, "ecommerce.Discount").await?,
+        ServingStatus::Serving
+    );
+
+    server.begin_stop();
+    // Within the shutdown delay the server still answers, and says it is
+    // going away. Poll: the flip happens on the server's own task.
+    let mut status = ServingStatus::Serving;
+    for _ in 0..100 {
+        status = health(&channel, "ecommerce.Discount").await?;
+        if status == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, ServingStatus::NotServing);
+    assert_eq!(health(&channel, "").await?, ServingStatus::NotServing);
+
+    assert!(
+        server.stopped_within(HANG).await,
+        "did not stop after the delay"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn reflection_lists_the_discount_and_health_services() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?;
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.ok_or("no reflection answer")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        return Err(format!("unexpected answer: {answer:?}").into());
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "ecommerce.Discount",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection"
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_call_in_flight_when_shutdown_starts_completes() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (received, mut arrivals) = mpsc::unbounded_channel();
+    let slow = ScriptedDiscount {
+        delay: Duration::from_millis(500),
+        received: Some(received),
+        ..ScriptedDiscount::default()
+    };
+    let mut server = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, slow).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?;
+    let mut client = DiscountClient::new(channel);
+    let call = tokio::spawn(async move { client.apply_discount(discount_request(7)).await });
+
+    // Stop exactly when the call has reached the server.
+    assert_eq!(tokio::time::timeout(HANG, arrivals.recv()).await?, Some(7));
+    server.begin_stop();
+
+    let answer = tokio::time::timeout(HANG, call).await???.into_inner();
+    let value = answer
+        .product
+        .and_then(|p| p.discount_value)
+        .map(|d| d.value_in_cents);
+    assert_eq!(value, Some(900));
+    assert!(
+        server.stopped_within(HANG).await,
+        "did not stop after draining"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_call_that_outlasts_the_drain_timeout_does_not_keep_the_server_up() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (received, mut arrivals) = mpsc::unbounded_channel();
+    let stuck = ScriptedDiscount {
+        delay: Duration::from_secs(3600),
+        received: Some(received),
+        ..ScriptedDiscount::default()
+    };
+    let mut server = DiscountServer::start_with(
+        &pki,
+        "127.0.0.1:0".parse()?,
+        |options| options.drain_timeout = Duration::from_millis(300),
+        stuck,
+    )
+    .await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?;
+    let mut client = DiscountClient::new(channel);
+    let call = tokio::spawn(async move { client.apply_discount(discount_request(7)).await });
+    tokio::time::timeout(HANG, arrivals.recv()).await?;
+
+    server.begin_stop();
+    assert!(
+        server.stopped_within(HANG).await,
+        "a stuck call kept the server up"
+    );
+    // The stuck call ends with an error rather than hanging.
+    let outcome = tokio::time::timeout(HANG, call).await??;
+    assert!(outcome.is_err(), "the stuck call succeeded: {outcome:?}");
+    Ok(())
+}
