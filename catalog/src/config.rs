@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::tls::PemSource;
 use http::uri::Authority;
 
+use crate::ServeOptions;
 use crate::discount::DiscountSettings;
 
 /// `catalog [PORT]`: the catalog HTTP API, a TLS gRPC client of discount.
@@ -52,6 +53,20 @@ pub struct Config {
     /// may each take.
     #[arg(long, env = "CATALOG_DISCOUNT_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub discount_connect_timeout: Duration,
+
+    /// Open a new TLS connection to discount for every HTTP request, as the
+    /// seed did, instead of sharing one. Slower; for comparison only.
+    #[arg(long, env = "CATALOG_DIAL_PER_REQUEST")]
+    pub dial_per_request: bool,
+
+    /// The longest an HTTP request may take; past it the answer is 503.
+    #[arg(long, env = "CATALOG_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// On SIGTERM or Ctrl-C, how long requests in flight get to finish
+    /// before their connections are closed and the process exits.
+    #[arg(long, env = "CATALOG_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 impl Config {
@@ -71,6 +86,15 @@ impl Config {
             ca: PemSource::new(&self.discount_ca, "--discount-ca / CATALOG_DISCOUNT_CA"),
             deadline: self.discount_deadline,
             connect_timeout: self.discount_connect_timeout,
+            dial_per_request: self.dial_per_request,
+        }
+    }
+
+    /// How the HTTP server treats requests and shutdown.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            request_timeout: self.request_timeout,
+            drain_timeout: self.drain_timeout,
         }
     }
 }

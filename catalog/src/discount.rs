@@ -3,7 +3,9 @@
 //! One [`Channel`] is made at start and shared by every request: HTTP/2
 //! multiplexes the calls over one TLS connection, which tonic re-establishes
 //! by itself after discount restarts. It connects lazily, so the catalog
-//! starts (and serves undiscounted lists) while discount is down.
+//! starts (and serves undiscounted lists) while discount is down. The
+//! seed's model, a new connection per HTTP request, is kept behind
+//! `--dial-per-request` for benchmarks.
 //!
 //! Every failure degrades to "no discount for this product": the catalog
 //! never drops a product or fails a listing because discount misbehaved. The
@@ -11,6 +13,7 @@
 //! message for a refused connection or a TLS failure is a bare
 //! "transport error".
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
@@ -22,6 +25,9 @@ use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, Product};
 use futures_util::future::join_all;
 use rustls::client::WebPkiServerVerifier;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::config::DiscountAddr;
 use crate::error::StartupError;
@@ -39,13 +45,60 @@ pub struct DiscountSettings {
     pub deadline: Duration,
     /// The longest a TCP connect, and separately a TLS handshake, may take.
     pub connect_timeout: Duration,
+    /// Open a new connection for every HTTP request, as the seed did,
+    /// instead of sharing one.
+    pub dial_per_request: bool,
 }
 
-/// A cheap-to-clone handle on the shared channel to discount.
+/// A cheap-to-clone handle on the channel to discount.
 #[derive(Debug, Clone)]
 pub struct DiscountClient {
-    grpc: GrpcClient<Channel>,
+    endpoint: Endpoint,
+    /// The shared channel; `None` when dialling per request.
+    shared: Option<Channel>,
     deadline: Duration,
+}
+
+/// The service name discount reports its health under.
+const HEALTH_SERVICE: &str = "ecommerce.Discount";
+
+/// How a listing went, for the `X-Discount-Status` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscountStatus {
+    /// Every product has discount's answer.
+    Applied,
+    /// Some products have it; the others are listed without a discount.
+    Partial,
+    /// No product has it: discount is down, untrusted, too slow or failing.
+    Unavailable,
+}
+
+impl DiscountStatus {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Partial => "partial",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    fn of(failed: usize, total: usize) -> Self {
+        match failed {
+            0 => Self::Applied,
+            n if n == total => Self::Unavailable,
+            _ => Self::Partial,
+        }
+    }
+}
+
+/// Products priced for one customer, and how that went.
+#[derive(Debug, Clone)]
+pub struct Priced {
+    /// Every product asked about, in order.
+    pub products: Vec<Product>,
+    /// Whether discount answered for all, some or none of them.
+    pub status: DiscountStatus,
 }
 
 impl DiscountClient {
@@ -76,9 +129,43 @@ impl DiscountClient {
             .tls_config_with_verifier(tls, verifier)
             .map_err(endpoint_error)?;
         Ok(Self {
-            grpc: GrpcClient::new(endpoint.connect_lazy()),
+            shared: (!settings.dial_per_request).then(|| endpoint.connect_lazy()),
+            endpoint,
             deadline: settings.deadline,
         })
+    }
+
+    /// The channel for one HTTP request: the shared one, or a new one that
+    /// is closed when the request is done.
+    fn channel(&self) -> Channel {
+        match &self.shared {
+            Some(channel) => channel.clone(),
+            None => self.endpoint.connect_lazy(),
+        }
+    }
+
+    /// Asks discount's standard health service whether `ecommerce.Discount`
+    /// is SERVING, within the call deadline.
+    ///
+    /// # Errors
+    /// A [`CallError`] when discount cannot be reached in time, or a
+    /// [`CallError::NotServing`] with the status it reported.
+    pub async fn check_health(&self) -> Result<(), CallError> {
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: HEALTH_SERVICE.to_owned(),
+        });
+        request.set_timeout(self.deadline);
+        let mut health = HealthClient::new(self.channel());
+        let answer = tokio::time::timeout(self.deadline, health.check(request))
+            .await
+            .map_err(|_| CallError::Deadline(self.deadline))?
+            .map_err(CallError::Status)?
+            .into_inner();
+        match ServingStatus::try_from(answer.status) {
+            Ok(ServingStatus::Serving) => Ok(()),
+            Ok(other) => Err(CallError::NotServing(other.as_str_name())),
+            Err(_) => Err(CallError::NotServing("an unknown status")),
+        }
     }
 
     /// Asks discount for `customer`'s discount on `product`.
@@ -94,12 +181,21 @@ impl DiscountClient {
         customer: &Customer,
         product: &Product,
     ) -> Result<Option<DiscountValue>, CallError> {
+        self.call(self.channel(), customer, product).await
+    }
+
+    async fn call(
+        &self,
+        channel: Channel,
+        customer: &Customer,
+        product: &Product,
+    ) -> Result<Option<DiscountValue>, CallError> {
         let mut request = tonic::Request::new(DiscountRequest {
             customer: Some(customer.clone()),
             product: Some(product.clone()),
         });
         request.set_timeout(self.deadline);
-        let mut grpc = self.grpc.clone();
+        let mut grpc = GrpcClient::new(channel);
         let response = tokio::time::timeout(self.deadline, grpc.apply_discount(request))
             .await
             .map_err(|_| CallError::Deadline(self.deadline))?
@@ -122,15 +218,20 @@ impl DiscountClient {
     /// Returns every product of `products`, in order, each with the discount
     /// `customer` gets on it; where discount failed, the product as it was.
     ///
-    /// The calls run concurrently over the shared channel.
-    pub async fn apply_to_all(&self, customer: &Customer, products: Vec<Product>) -> Vec<Product> {
+    /// The calls run concurrently over one channel. Failures are logged once
+    /// per distinct cause, with the products it hit, so an outage is one
+    /// line per request rather than one per product.
+    pub async fn apply_to_all(&self, customer: &Customer, products: Vec<Product>) -> Priced {
+        let channel = self.channel();
         let answers = join_all(
             products
                 .iter()
-                .map(|product| self.discount(customer, product)),
+                .map(|product| self.call(channel.clone(), customer, product)),
         )
         .await;
-        products
+        let total = products.len();
+        let mut failures: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        let products: Vec<Product> = products
             .into_iter()
             .zip(answers)
             .map(|(product, answer)| match answer {
@@ -139,16 +240,29 @@ impl DiscountClient {
                     ..product
                 },
                 Err(error) => {
-                    tracing::warn!(
-                        customer_id = customer.id,
-                        product_id = product.id,
-                        %error,
-                        "discount failed; listing the product without it"
-                    );
+                    failures
+                        .entry(error.to_string())
+                        .or_default()
+                        .push(product.id);
                     product
                 }
             })
-            .collect()
+            .collect();
+        let failed = failures.values().map(Vec::len).sum();
+        for (cause, product_ids) in &failures {
+            tracing::warn!(
+                customer_id = customer.id,
+                ?product_ids,
+                failed = product_ids.len(),
+                of = total,
+                %cause,
+                "discount failed; listing these products without a discount"
+            );
+        }
+        Priced {
+            products,
+            status: DiscountStatus::of(failed, total),
+        }
     }
 }
 
@@ -162,6 +276,8 @@ pub enum CallError {
     Status(tonic::Status),
     /// Discount answered with something the catalog cannot use.
     Invalid(&'static str),
+    /// Discount's health service reported this status instead of SERVING.
+    NotServing(&'static str),
 }
 
 impl fmt::Display for CallError {
@@ -185,6 +301,7 @@ impl fmt::Display for CallError {
                 Ok(())
             }
             Self::Invalid(what) => write!(f, "discount sent an unusable response: {what}"),
+            Self::NotServing(status) => write!(f, "discount reports its health as {status}"),
         }
     }
 }

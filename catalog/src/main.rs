@@ -29,13 +29,19 @@ async fn serve(config: Config) -> Result<(), StartupError> {
     tracing::info!(
         discount = %discount.addr,
         server_name = %discount.server_name,
+        dial_per_request = discount.dial_per_request,
         ca = %common::tls::display_path(&config.discount_ca),
         "Server running on {}",
         config.listen_addr()
     );
-    catalog::run(listener, AppState::new(client), common::shutdown_signal())
-        .await
-        .map_err(StartupError::Serve)?;
+    catalog::run(
+        listener,
+        AppState::new(client),
+        config.serve_options(),
+        common::shutdown_signal(),
+    )
+    .await
+    .map_err(StartupError::Serve)?;
     tracing::info!("catalog stopped");
     Ok(())
 }

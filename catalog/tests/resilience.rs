@@ -1,0 +1,438 @@
+//! The catalog under faults and load: discount down, restarted, hung,
+//! failing for one product, untrusted; many requests at once; readiness;
+//! graceful shutdown. Real servers in-process on loopback, bounded in count
+//! and time.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use support::{
+    CUSTOMER_1, Catalog, HANG, HEALTHY_DEADLINE, PLAIN, call_error, discount_client,
+    silent_discount, system,
+};
+use testkit::{CountingProxy, DiscountServer, Pki, ScriptedDiscount, SetupResult};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// Customer 1's list when discount failed for product 2 only.
+const CUSTOMER_1_BUT_PRODUCT_2: &str = concat!(
+    r#"[{"id":1,"slug":"iphone-x","description":"64GB, black and iOS 12","price_in_cents":99999,"discount_value":{"pct":0.1,"value_in_cents":89999}},"#,
+    r#"{"id":2,"slug":"notebook-avell-g1511","description":"Notebook Gamer Intel Core i7","price_in_cents":150000},"#,
+    r#"{"id":3,"slug":"playstation-4-slim","description":"1TB Console","price_in_cents":32999,"discount_value":{"pct":0.1,"value_in_cents":29699}}]"#,
+    "\n"
+);
+
+fn applied() -> Option<String> {
+    Some("applied".to_owned())
+}
+
+fn unavailable() -> Option<String> {
+    Some("unavailable".to_owned())
+}
+
+/// Asks for customer 1's list until it is discounted again, at most
+/// `attempts` times, 50 ms apart. Returns the last answer.
+async fn until_discounted(
+    catalog: &Catalog,
+    attempts: usize,
+) -> SetupResult<(String, Option<String>)> {
+    let mut answer = catalog.priced("1").await?;
+    for _ in 1..attempts {
+        if answer.0 == CUSTOMER_1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answer = catalog.priced("1").await?;
+    }
+    Ok(answer)
+}
+
+#[tokio::test]
+async fn when_discount_was_never_up_every_product_is_listed_as_unavailable() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    // A port that was just free: nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let catalog =
+        Catalog::start(&closed.to_string(), &pki.path("ca.pem"), HEALTHY_DEADLINE).await?;
+    assert_eq!(
+        catalog.priced("1").await?,
+        (PLAIN.to_owned(), unavailable())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_discount_stops_and_restarts_the_catalog_recovers_by_itself() -> SetupResult<()> {
+    let (pki, discount, catalog) = system().await?;
+    let addr = discount.addr();
+    assert_eq!(
+        catalog.priced("1").await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+
+    discount.stop().await?;
+    assert_eq!(
+        catalog.priced("1").await?,
+        (PLAIN.to_owned(), unavailable())
+    );
+    assert_eq!(
+        catalog.priced("2").await?,
+        (PLAIN.to_owned(), unavailable())
+    );
+
+    // The same address again, and no restart of the catalog.
+    let _restarted =
+        DiscountServer::start_with(&pki, addr, |_| {}, discount::DiscountService).await?;
+    assert_eq!(
+        until_discounted(&catalog, 100).await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_discount_that_never_answers_costs_at_most_the_deadline_and_drops_nothing()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (addr, _) = silent_discount().await?;
+    let catalog = Catalog::start(&addr.to_string(), &pki.path("ca.pem"), "300ms").await?;
+
+    let started = Instant::now();
+    let answer = tokio::time::timeout(HANG, catalog.priced("1")).await??;
+    assert_eq!(answer, (PLAIN.to_owned(), unavailable()));
+    // The three calls run concurrently: one deadline, not three (the seed
+    // waited 10 s here). The margin absorbs a slow CI machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn when_one_products_call_fails_the_others_are_still_discounted() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let flaky = ScriptedDiscount {
+        fail_product: Some(2),
+        ..ScriptedDiscount::default()
+    };
+    let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, flaky).await?;
+    let catalog = Catalog::start(
+        &discount.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+    )
+    .await?;
+    assert_eq!(
+        catalog.priced("1").await?,
+        (
+            CUSTOMER_1_BUT_PRODUCT_2.to_owned(),
+            Some("partial".to_owned())
+        )
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_catalog_that_does_not_trust_discounts_certificate_lists_without_discounts()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let stranger = Pki::generate()?;
+    let discount = DiscountServer::start(&pki).await?;
+    let addr = discount.addr().to_string();
+    let catalog = Catalog::start(&addr, &stranger.path("ca.pem"), HEALTHY_DEADLINE).await?;
+    assert_eq!(
+        catalog.priced("1").await?,
+        (PLAIN.to_owned(), unavailable())
+    );
+
+    // And the reason is the certificate, not the network.
+    let client = discount_client(&addr, &stranger.path("ca.pem"), HEALTHY_DEADLINE, &[])?;
+    let error = call_error(&client).await?;
+    assert!(error.contains("invalid peer certificate"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_server_name_is_checked_against_discounts_certificate() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let discount = DiscountServer::start(&pki).await?;
+    // Dial by "localhost", which the certificate names: discounted.
+    let by_name = format!("localhost:{}", discount.addr().port());
+    let catalog = Catalog::start(&by_name, &pki.path("ca.pem"), HEALTHY_DEADLINE).await?;
+    assert_eq!(
+        catalog.priced("1").await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+
+    // Same server and CA, a name the certificate does not carry: refused.
+    let client = discount_client(
+        &discount.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        &["--discount-server-name", "discount.example"],
+    )?;
+    let error = call_error(&client).await?;
+    assert!(error.contains("not valid for name"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_reported_with_its_cause() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let client = discount_client(
+        &closed.to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        &[],
+    )?;
+    let error = call_error(&client).await?;
+    // tonic alone says "transport error"; the chain says why.
+    assert!(error.contains("Connection refused"), "{error}");
+    Ok(())
+}
+
+/// Sends `count` requests for customer 1, `concurrency` at a time; returns
+/// how many came back discounted with `X-Discount-Status: applied`.
+async fn discounted_answers(catalog: &Catalog, count: usize, concurrency: usize) -> usize {
+    futures_util::stream::iter(0..count)
+        .map(|_| catalog.priced("1"))
+        .buffer_unordered(concurrency)
+        .filter(|answer| {
+            let good =
+                matches!(answer, Ok((body, status)) if body == CUSTOMER_1 && *status == applied());
+            std::future::ready(good)
+        })
+        .count()
+        .await
+}
+
+#[tokio::test]
+async fn hundreds_of_concurrent_requests_share_one_connection_to_discount() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let discount = DiscountServer::start(&pki).await?;
+    let proxy = CountingProxy::start(discount.addr()).await?;
+    let catalog = Catalog::start(
+        &proxy.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+    )
+    .await?;
+
+    let good = tokio::time::timeout(
+        Duration::from_secs(60),
+        discounted_answers(&catalog, 300, 64),
+    )
+    .await?;
+    assert_eq!(good, 300, "every request discounted");
+    // 900 ApplyDiscount calls, multiplexed over one HTTP/2 connection.
+    assert_eq!(proxy.connections(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dial_per_request_opens_a_connection_for_every_request_like_the_seed() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let discount = DiscountServer::start(&pki).await?;
+    let proxy = CountingProxy::start(discount.addr()).await?;
+    let catalog = Catalog::start_with(
+        &proxy.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        &["--dial-per-request"],
+    )
+    .await?;
+
+    let good =
+        tokio::time::timeout(Duration::from_secs(60), discounted_answers(&catalog, 10, 1)).await?;
+    assert_eq!(good, 10);
+    // One per request, shared by that request's three calls.
+    assert_eq!(proxy.connections(), 10);
+    Ok(())
+}
+
+#[tokio::test]
+async fn healthz_is_up_whatever_discount_does_and_readyz_follows_discount() -> SetupResult<()> {
+    let (pki, discount, catalog) = system().await?;
+    let addr = discount.addr();
+    let ready = catalog.get("/readyz", None).await?;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (StatusCode::OK, "ready\n")
+    );
+
+    discount.stop().await?;
+    let not_ready = catalog.get("/readyz", None).await?;
+    assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        not_ready
+            .body
+            .starts_with("not ready: discount call failed with Unavailable"),
+        "{}",
+        not_ready.body
+    );
+    let alive = catalog.get("/healthz", None).await?;
+    assert_eq!(
+        (alive.status, alive.body.as_str()),
+        (StatusCode::OK, "ok\n")
+    );
+
+    let _restarted =
+        DiscountServer::start_with(&pki, addr, |_| {}, discount::DiscountService).await?;
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = catalog.get("/readyz", None).await?.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn readyz_turns_503_as_soon_as_discount_starts_shutting_down() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let mut discount = DiscountServer::start_with(
+        &pki,
+        "127.0.0.1:0".parse()?,
+        |options| options.shutdown_delay = Duration::from_secs(2),
+        discount::DiscountService,
+    )
+    .await?;
+    let catalog = Catalog::start(
+        &discount.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+    )
+    .await?;
+    assert_eq!(catalog.get("/readyz", None).await?.status, StatusCode::OK);
+
+    discount.begin_stop();
+    let mut answer = catalog.get("/readyz", None).await?;
+    for _ in 0..100 {
+        if answer.status != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        answer = catalog.get("/readyz", None).await?;
+    }
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: discount reports its health as NOT_SERVING\n"
+        )
+    );
+    // Still draining, so calls are still answered meanwhile.
+    assert_eq!(
+        catalog.priced("1").await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_in_flight_when_the_catalog_shuts_down_completes() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (received, mut arrivals) = mpsc::unbounded_channel();
+    let slow = ScriptedDiscount {
+        delay: Duration::from_millis(300),
+        received: Some(received),
+        ..ScriptedDiscount::default()
+    };
+    let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, slow).await?;
+    let mut catalog = Catalog::start(
+        &discount.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+    )
+    .await?;
+    let (http, url) = (
+        catalog.http.clone(),
+        format!("http://{}/products", catalog.addr),
+    );
+    let request = tokio::spawn(async move { http.get(url).header("X-USER-ID", "1").send().await });
+
+    // Shut down exactly when the request is waiting on discount.
+    tokio::time::timeout(HANG, arrivals.recv()).await?;
+    catalog.begin_stop();
+
+    let response = tokio::time::timeout(HANG, request).await???;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await?, CUSTOMER_1);
+    assert!(
+        catalog.stopped_within(HANG).await,
+        "did not stop after draining"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_still_running_at_the_drain_limit_is_cut_off_and_the_catalog_stops()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (received, mut arrivals) = mpsc::unbounded_channel();
+    let stuck = ScriptedDiscount {
+        delay: Duration::from_secs(3600),
+        received: Some(received),
+        ..ScriptedDiscount::default()
+    };
+    let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, stuck).await?;
+    let mut catalog = Catalog::start_with(
+        &discount.addr().to_string(),
+        &pki.path("ca.pem"),
+        "60s",
+        &["--request-timeout", "60s", "--drain-timeout", "300ms"],
+    )
+    .await?;
+    let (http, url) = (
+        catalog.http.clone(),
+        format!("http://{}/products", catalog.addr),
+    );
+    let request = tokio::spawn(async move { http.get(url).header("X-USER-ID", "1").send().await });
+    tokio::time::timeout(HANG, arrivals.recv()).await?;
+
+    catalog.begin_stop();
+    assert!(
+        catalog.stopped_within(HANG).await,
+        "a stuck request kept the catalog up"
+    );
+    let outcome = tokio::time::timeout(HANG, request).await??;
+    assert!(
+        outcome.is_err(),
+        "the stuck request was answered: {outcome:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_that_takes_too_long_is_answered_503() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let stuck = ScriptedDiscount {
+        delay: Duration::from_secs(3600),
+        ..ScriptedDiscount::default()
+    };
+    let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, stuck).await?;
+    let catalog = Catalog::start_with(
+        &discount.addr().to_string(),
+        &pki.path("ca.pem"),
+        "60s",
+        &["--request-timeout", "300ms"],
+    )
+    .await?;
+    let answer = tokio::time::timeout(HANG, catalog.get("/products", Some(b"1"))).await??;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The catalog itself is fine: requests that need no discount still work.
+    assert_eq!(
+        catalog.products(None).await?,
+        (StatusCode::OK, PLAIN.to_owned())
+    );
+    Ok(())
+}

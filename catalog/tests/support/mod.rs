@@ -1,0 +1,245 @@
+//! What the catalog's integration tests share: the expected bodies, and the
+//! real catalog started in-process on `127.0.0.1:0`.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use catalog::AppState;
+use catalog::discount::DiscountClient;
+use clap::Parser;
+use reqwest::StatusCode;
+use testkit::{DiscountServer, Pki, SetupResult};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The seed's three products with no discount: what anyone without a known
+/// `X-USER-ID` gets, and what everyone gets when discount is unavailable.
+pub const PLAIN: &str = concat!(
+    r#"[{"id":1,"slug":"iphone-x","description":"64GB, black and iOS 12","price_in_cents":99999},"#,
+    r#"{"id":2,"slug":"notebook-avell-g1511","description":"Notebook Gamer Intel Core i7","price_in_cents":150000},"#,
+    r#"{"id":3,"slug":"playstation-4-slim","description":"1TB Console","price_in_cents":32999}]"#,
+    "\n"
+);
+
+/// The seed README's output for `X-USER-ID: 1`, compact as Go writes it.
+pub const CUSTOMER_1: &str = concat!(
+    r#"[{"id":1,"slug":"iphone-x","description":"64GB, black and iOS 12","price_in_cents":99999,"discount_value":{"pct":0.1,"value_in_cents":89999}},"#,
+    r#"{"id":2,"slug":"notebook-avell-g1511","description":"Notebook Gamer Intel Core i7","price_in_cents":150000,"discount_value":{"pct":0.1,"value_in_cents":135000}},"#,
+    r#"{"id":3,"slug":"playstation-4-slim","description":"1TB Console","price_in_cents":32999,"discount_value":{"pct":0.1,"value_in_cents":29699}}]"#,
+    "\n"
+);
+
+/// Customer 2: discount answers, with an empty discount for every product.
+pub const CUSTOMER_2: &str = concat!(
+    r#"[{"id":1,"slug":"iphone-x","description":"64GB, black and iOS 12","price_in_cents":99999,"discount_value":{}},"#,
+    r#"{"id":2,"slug":"notebook-avell-g1511","description":"Notebook Gamer Intel Core i7","price_in_cents":150000,"discount_value":{}},"#,
+    r#"{"id":3,"slug":"playstation-4-slim","description":"1TB Console","price_in_cents":32999,"discount_value":{}}]"#,
+    "\n"
+);
+
+/// Deadline for discount calls in tests where discount is healthy: generous,
+/// because a debug build on a loaded CI machine is slow, and a pass never
+/// waits for it.
+pub const HEALTHY_DEADLINE: &str = "5s";
+
+/// Longer than anything in these tests should take; reaching it is a hang,
+/// which is itself the failure.
+pub const HANG: Duration = Duration::from_secs(10);
+
+/// One HTTP answer: status, `Content-Type`, `X-Discount-Status`, body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub discount_status: Option<String>,
+    pub body: String,
+}
+
+/// The catalog, serving on `127.0.0.1:<port>` until dropped or stopped.
+pub struct Catalog {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Catalog {
+    /// Starts the catalog pointed at `discount` and trusting `ca`.
+    pub async fn start(discount: &str, ca: &Path, deadline: &str) -> SetupResult<Self> {
+        Self::start_with(discount, ca, deadline, &[]).await
+    }
+
+    /// Starts the catalog with its real command-line parsing:
+    /// `--discount-host discount --discount-ca ca --discount-deadline
+    /// deadline`, then `extra`.
+    pub async fn start_with(
+        discount: &str,
+        ca: &Path,
+        deadline: &str,
+        extra: &[&str],
+    ) -> SetupResult<Self> {
+        let config = config(discount, ca, deadline, extra)?;
+        let client = DiscountClient::connect_lazy(&config.discount())?;
+        let listener = common::net::bind("127.0.0.1:0".parse()?)?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(catalog::run(
+            listener,
+            AppState::new(client),
+            config.serve_options(),
+            shutdown,
+        ));
+        Ok(Self {
+            addr,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub async fn get(&self, path: &str, user_id: Option<&[u8]>) -> SetupResult<Answer> {
+        let mut request = self.http.get(format!("http://{}{path}", self.addr));
+        if let Some(user_id) = user_id {
+            request = request.header(
+                "X-USER-ID",
+                reqwest::header::HeaderValue::from_bytes(user_id)?,
+            );
+        }
+        let response = request.send().await?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(Answer {
+            status: response.status(),
+            content_type: header("content-type").unwrap_or_default(),
+            discount_status: header("x-discount-status"),
+            body: response.text().await?,
+        })
+    }
+
+    /// `GET /products` as `user_id`: status and body.
+    pub async fn products(&self, user_id: Option<&str>) -> SetupResult<(StatusCode, String)> {
+        let answer = self.get("/products", user_id.map(str::as_bytes)).await?;
+        Ok((answer.status, answer.body))
+    }
+
+    /// `GET /products` as `user_id`: body and `X-Discount-Status`.
+    pub async fn priced(&self, user_id: &str) -> SetupResult<(String, Option<String>)> {
+        let answer = self.get("/products", Some(user_id.as_bytes())).await?;
+        if answer.status != StatusCode::OK {
+            return Err(format!("status {}: {}", answer.status, answer.body).into());
+        }
+        Ok((answer.body, answer.discount_status))
+    }
+
+    /// Sends the shutdown signal, as SIGTERM would, without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for the server to stop; `true` if it did, cleanly, within `limit`.
+    pub async fn stopped_within(mut self, limit: Duration) -> bool {
+        match self.task.take() {
+            Some(task) => matches!(tokio::time::timeout(limit, task).await, Ok(Ok(Ok(())))),
+            None => true,
+        }
+    }
+}
+
+/// The catalog's configuration from its real command line.
+pub fn config(
+    discount: &str,
+    ca: &Path,
+    deadline: &str,
+    extra: &[&str],
+) -> SetupResult<catalog::Config> {
+    common::tls::install_default_provider();
+    let ca = ca.display().to_string();
+    let mut args = vec![
+        "catalog",
+        "0",
+        "--listen-addr",
+        "127.0.0.1",
+        "--discount-host",
+        discount,
+        "--discount-ca",
+        &ca,
+        "--discount-deadline",
+        deadline,
+    ];
+    args.extend_from_slice(extra);
+    Ok(catalog::Config::try_parse_from(args)?)
+}
+
+/// The catalog's client of discount, configured like [`Catalog::start_with`].
+pub fn discount_client(
+    discount: &str,
+    ca: &Path,
+    deadline: &str,
+    extra: &[&str],
+) -> SetupResult<DiscountClient> {
+    Ok(DiscountClient::connect_lazy(
+        &config(discount, ca, deadline, extra)?.discount(),
+    )?)
+}
+
+/// Why `client` could not price the first product for customer 1.
+pub async fn call_error(client: &DiscountClient) -> SetupResult<String> {
+    let customer = catalog::customer::find(1).ok_or("no customer 1")?;
+    let product = catalog::products::all()
+        .into_iter()
+        .next()
+        .ok_or("no products")?;
+    match client.discount(&customer, &product).await {
+        Ok(answer) => Err(format!("discount answered: {answer:?}").into()),
+        Err(error) => Ok(error.to_string()),
+    }
+}
+
+/// discount and a catalog pointed at it.
+pub async fn system() -> SetupResult<(Pki, DiscountServer, Catalog)> {
+    let pki = Pki::generate()?;
+    let discount = DiscountServer::start(&pki).await?;
+    let catalog = Catalog::start(
+        &discount.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+    )
+    .await?;
+    Ok((pki, discount, catalog))
+}
+
+/// A TCP listener that accepts connections, counts them, and never answers:
+/// a stand-in for a discount that is hung, and a witness of whether the
+/// catalog tried to call discount at all.
+pub async fn silent_discount() -> SetupResult<(SocketAddr, Arc<AtomicUsize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    Ok((addr, accepted))
+}
