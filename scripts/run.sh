@@ -5,7 +5,8 @@
 #
 #   scripts/run.sh            run until Ctrl-C
 #   scripts/run.sh --release  the same with optimised builds
-#   scripts/run.sh --smoke    start, check one discounted request, stop
+#   scripts/run.sh --smoke    start, check one discounted request and /readyz,
+#                             stop both with SIGTERM and check they exit 0
 #
 # Ports come from DISCOUNT_PORT (11443) and CATALOG_PORT (11080); logs from
 # RUST_LOG. Logs of both services go to this terminal, prefixed.
@@ -20,7 +21,7 @@ for arg in "$@"; do
   case "$arg" in
     --release) profile=release ;;
     --smoke) smoke=yes ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run: unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -91,7 +92,23 @@ if [ "$smoke" = yes ]; then
     printf 'run: smoke test FAILED\nexpected: %s\ngot:      %s\n' "$expected" "$got" >&2
     exit 1
   fi
-  echo "run: smoke test passed: customer 1 got the discounted list over TLS gRPC"
+  ready=$(curl -sS -o /dev/null -w '%{http_code}' "http://localhost:$catalog_port/readyz")
+  if [ "$ready" != 200 ]; then
+    echo "run: smoke test FAILED: /readyz answered $ready, expected 200" >&2
+    exit 1
+  fi
+  # Both must stop cleanly on SIGTERM, as under systemd or Kubernetes.
+  for i in 1 0; do
+    kill -TERM "${pids[$i]}"
+    status=0
+    wait "${pids[$i]}" || status=$?
+    if [ "$status" != 0 ]; then
+      echo "run: smoke test FAILED: process ${pids[$i]} exited $status on SIGTERM, expected 0" >&2
+      exit 1
+    fi
+  done
+  pids=()
+  echo "run: smoke test passed: customer 1 got the discounted list over TLS gRPC, /readyz is 200, both stopped cleanly on SIGTERM"
   exit 0
 fi
 

@@ -107,11 +107,13 @@ pub async fn serve<S: Discount>(
             .set_service_status("", ServingStatus::NotServing)
             .await;
         health.set_not_serving::<DiscountServer<S>>().await;
-        tracing::info!(
-            ?delay,
-            "health is NOT_SERVING; still serving for the shutdown delay"
-        );
-        tokio::time::sleep(delay).await;
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "health is NOT_SERVING; still serving for the shutdown delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
         tracing::info!("no longer accepting; draining calls in flight");
     };
     let connections = ConnectionTracker::new();
