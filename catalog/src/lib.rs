@@ -95,31 +95,13 @@ struct TrackedListener {
     connections: ConnectionTracker,
 }
 
-/// How long to pause accepting after `accept` fails (for example when the
-/// process is out of file descriptors), instead of spinning on the error.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 impl axum::serve::Listener for TrackedListener {
     type Io = Tracked<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.listener.accept().await {
-                Ok((tcp, peer)) => {
-                    // Responses are small and written at once; Nagle would
-                    // only add delay.
-                    if let Err(error) = tcp.set_nodelay(true) {
-                        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
-                    }
-                    return (self.connections.register(&tcp).wrap(tcp), peer);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "accepting a connection failed; pausing accepts briefly");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            }
-        }
+        let (tcp, peer) = common::net::accept(&self.listener).await;
+        (self.connections.register(&tcp).wrap(tcp), peer)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {

@@ -15,7 +15,6 @@ use support::{
 };
 use testkit::{CountingProxy, DiscountServer, Pki, ScriptedDiscount, SetupResult};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 /// Customer 1's list when discount failed for product 2 only.
 const CUSTOMER_1_BUT_PRODUCT_2: &str = concat!(
@@ -341,12 +340,7 @@ async fn readyz_turns_503_as_soon_as_discount_starts_shutting_down() -> SetupRes
 #[tokio::test]
 async fn a_request_in_flight_when_the_catalog_shuts_down_completes() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let (received, mut arrivals) = mpsc::unbounded_channel();
-    let slow = ScriptedDiscount {
-        delay: Duration::from_millis(300),
-        received: Some(received),
-        ..ScriptedDiscount::default()
-    };
+    let (slow, mut arrivals) = ScriptedDiscount::reporting(Duration::from_millis(300));
     let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, slow).await?;
     let mut catalog = Catalog::start(
         &discount.addr().to_string(),
@@ -354,11 +348,7 @@ async fn a_request_in_flight_when_the_catalog_shuts_down_completes() -> SetupRes
         HEALTHY_DEADLINE,
     )
     .await?;
-    let (http, url) = (
-        catalog.http.clone(),
-        format!("http://{}/products", catalog.addr),
-    );
-    let request = tokio::spawn(async move { http.get(url).header("X-USER-ID", "1").send().await });
+    let request = catalog.spawn_products("1");
 
     // Shut down exactly when the request is waiting on discount.
     tokio::time::timeout(HANG, arrivals.recv()).await?;
@@ -378,12 +368,7 @@ async fn a_request_in_flight_when_the_catalog_shuts_down_completes() -> SetupRes
 async fn a_request_still_running_at_the_drain_limit_is_cut_off_and_the_catalog_stops()
 -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let (received, mut arrivals) = mpsc::unbounded_channel();
-    let stuck = ScriptedDiscount {
-        delay: Duration::from_secs(3600),
-        received: Some(received),
-        ..ScriptedDiscount::default()
-    };
+    let (stuck, mut arrivals) = ScriptedDiscount::reporting(Duration::from_secs(3600));
     let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, stuck).await?;
     let mut catalog = Catalog::start_with(
         &discount.addr().to_string(),
@@ -392,11 +377,7 @@ async fn a_request_still_running_at_the_drain_limit_is_cut_off_and_the_catalog_s
         &["--request-timeout", "60s", "--drain-timeout", "300ms"],
     )
     .await?;
-    let (http, url) = (
-        catalog.http.clone(),
-        format!("http://{}/products", catalog.addr),
-    );
-    let request = tokio::spawn(async move { http.get(url).header("X-USER-ID", "1").send().await });
+    let request = catalog.spawn_products("1");
     tokio::time::timeout(HANG, arrivals.recv()).await?;
 
     catalog.begin_stop();

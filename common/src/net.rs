@@ -2,12 +2,41 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// How many connections may wait in the kernel's accept queue.
 const BACKLOG: i32 = 1024;
+
+/// How long to pause accepting after `accept` fails, instead of spinning on
+/// the error.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The next connection on `listener`, with `TCP_NODELAY` set.
+///
+/// `accept` fails for reasons that pass (the process is out of file
+/// descriptors, a connection was reset while queued); a server must not
+/// stop over them, nor spin. So errors are logged, accepting pauses
+/// briefly, and it tries again. Nagle's algorithm is turned off because both
+/// services write small, complete messages that should leave at once.
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+                }
+                return (tcp, peer);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting a connection failed; pausing accepts briefly");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
 
 /// Binds `addr` for accepting TCP connections.
 ///

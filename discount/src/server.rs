@@ -26,10 +26,6 @@ use tonic_health::ServingStatus;
 use crate::error::StartupError;
 use crate::service::DiscountService;
 
-/// How long to pause accepting after `accept` fails (for example when the
-/// process is out of file descriptors), instead of spinning on the error.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Handshaken connections waiting for the gRPC server to pick them up.
 const READY_QUEUE: usize = 128;
 
@@ -153,27 +149,19 @@ fn tls_incoming(
     let handshake_timeout = options.handshake_timeout;
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 () = ready.closed() => break,
-                accepted = listener.accept() => accepted,
+                accepted = common::net::accept(&listener) => accepted,
             };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    let registration = connections.register(&tcp);
-                    let handshake = handshake(acceptor.clone(), tcp, peer, handshake_timeout);
-                    let ready = ready.clone();
-                    tokio::spawn(async move {
-                        if let Some(stream) = handshake.await {
-                            // Err only when the server is shutting down.
-                            let _ = ready.send(Ok(registration.wrap(stream))).await;
-                        }
-                    });
+            let registration = connections.register(&tcp);
+            let handshake = handshake(acceptor.clone(), tcp, peer, handshake_timeout);
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                if let Some(stream) = handshake.await {
+                    // Err only when the server is shutting down.
+                    let _ = ready.send(Ok(registration.wrap(stream))).await;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "accepting a connection failed; pausing accepts briefly");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            }
+            });
         }
     });
     ReceiverStream::new(incoming)
@@ -186,10 +174,6 @@ async fn handshake(
     peer: SocketAddr,
     limit: Duration,
 ) -> Option<TlsStream<TcpStream>> {
-    // gRPC messages are small and latency-bound; do not let Nagle hold them.
-    if let Err(error) = tcp.set_nodelay(true) {
-        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
-    }
     match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => Some(stream),
         // A TCP connect and close with no TLS at all is what port probes and

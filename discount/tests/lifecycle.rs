@@ -6,7 +6,6 @@ use std::time::Duration;
 use ecommerce_proto::pb::discount_client::DiscountClient;
 use ecommerce_proto::pb::{Customer, DiscountRequest, Product};
 use testkit::{DiscountServer, Pki, ScriptedDiscount, SetupResult};
-use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -115,12 +114,7 @@ async fn reflection_lists_the_discount_and_health_services() -> SetupResult<()> 
 #[tokio::test]
 async fn a_call_in_flight_when_shutdown_starts_completes() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let (received, mut arrivals) = mpsc::unbounded_channel();
-    let slow = ScriptedDiscount {
-        delay: Duration::from_millis(500),
-        received: Some(received),
-        ..ScriptedDiscount::default()
-    };
+    let (slow, mut arrivals) = ScriptedDiscount::reporting(Duration::from_millis(500));
     let mut server = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, slow).await?;
     let channel = testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?;
     let mut client = DiscountClient::new(channel);
@@ -146,12 +140,7 @@ async fn a_call_in_flight_when_shutdown_starts_completes() -> SetupResult<()> {
 #[tokio::test]
 async fn a_call_that_outlasts_the_drain_timeout_does_not_keep_the_server_up() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let (received, mut arrivals) = mpsc::unbounded_channel();
-    let stuck = ScriptedDiscount {
-        delay: Duration::from_secs(3600),
-        received: Some(received),
-        ..ScriptedDiscount::default()
-    };
+    let (stuck, mut arrivals) = ScriptedDiscount::reporting(Duration::from_secs(3600));
     let mut server = DiscountServer::start_with(
         &pki,
         "127.0.0.1:0".parse()?,

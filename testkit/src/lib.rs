@@ -241,6 +241,20 @@ pub struct ScriptedDiscount {
     pub received: Option<mpsc::UnboundedSender<i32>>,
 }
 
+impl ScriptedDiscount {
+    /// A discount that answers after `delay` and reports every product id it
+    /// receives on the returned channel.
+    pub fn reporting(delay: Duration) -> (Self, mpsc::UnboundedReceiver<i32>) {
+        let (received, arrivals) = mpsc::unbounded_channel();
+        let discount = Self {
+            delay,
+            received: Some(received),
+            fail_product: None,
+        };
+        (discount, arrivals)
+    }
+}
+
 #[tonic::async_trait]
 impl Discount for ScriptedDiscount {
     async fn apply_discount(

@@ -147,6 +147,19 @@ impl Catalog {
         Ok((answer.body, answer.discount_status))
     }
 
+    /// `GET /products` as `user_id`, sent from a task of its own, so the
+    /// test can act while the request is in flight.
+    pub fn spawn_products(
+        &self,
+        user_id: &'static str,
+    ) -> JoinHandle<reqwest::Result<reqwest::Response>> {
+        let request = self
+            .http
+            .get(format!("http://{}/products", self.addr))
+            .header("X-USER-ID", user_id);
+        tokio::spawn(request.send())
+    }
+
     /// Sends the shutdown signal, as SIGTERM would, without waiting.
     pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
