@@ -10,7 +10,7 @@ use common::tls::PemSource;
 use http::uri::Authority;
 
 use crate::ServeOptions;
-use crate::discount::DiscountSettings;
+use crate::discount::{DiscountSettings, Security};
 
 /// `catalog [PORT]`: the catalog HTTP API, a TLS gRPC client of discount.
 ///
@@ -43,6 +43,20 @@ pub struct Config {
     /// certificate. Only these are trusted: not the system's roots.
     #[arg(long, env = "CATALOG_DISCOUNT_CA", default_value = "keys/ca.pem")]
     pub discount_ca: PathBuf,
+
+    /// PEM file with the catalog's client certificate, presented to
+    /// discount (which requires one by default).
+    #[arg(long, env = "CATALOG_CLIENT_CERT", default_value = "keys/client.pem")]
+    pub client_cert: PathBuf,
+
+    /// PEM file with the private key of `--client-cert`.
+    #[arg(long, env = "CATALOG_CLIENT_KEY", default_value = "keys/client.key")]
+    pub client_key: PathBuf,
+
+    /// Talk to discount in plaintext, with no TLS at all. Only for running
+    /// behind a service mesh (Linkerd, Istio) whose sidecar does mutual TLS.
+    #[arg(long, env = "CATALOG_DISCOUNT_PLAINTEXT")]
+    pub discount_plaintext: bool,
 
     /// The longest one ApplyDiscount call may take, connecting included.
     /// Past it the product is listed without its discount.
@@ -83,7 +97,21 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.discount_host.host().to_owned()),
             addr: self.discount_host.clone(),
-            ca: PemSource::new(&self.discount_ca, "--discount-ca / CATALOG_DISCOUNT_CA"),
+            security: if self.discount_plaintext {
+                Security::Plaintext
+            } else {
+                Security::MutualTls {
+                    ca: PemSource::new(&self.discount_ca, "--discount-ca / CATALOG_DISCOUNT_CA"),
+                    client_cert: PemSource::new(
+                        &self.client_cert,
+                        "--client-cert / CATALOG_CLIENT_CERT",
+                    ),
+                    client_key: PemSource::new(
+                        &self.client_key,
+                        "--client-key / CATALOG_CLIENT_KEY",
+                    ),
+                }
+            },
             deadline: self.discount_deadline,
             connect_timeout: self.discount_connect_timeout,
             dial_per_request: self.dial_per_request,
@@ -120,9 +148,12 @@ impl DiscountAddr {
         self.port
     }
 
-    /// The `https://` URI tonic dials.
-    pub fn uri(&self) -> String {
-        format!("https://{self}")
+    /// The URI tonic dials: `https://` unless the connection is plaintext.
+    pub fn uri(&self, security: &Security) -> String {
+        match security {
+            Security::MutualTls { .. } => format!("https://{self}"),
+            Security::Plaintext => format!("http://{self}"),
+        }
     }
 }
 
@@ -226,8 +257,8 @@ mod tests {
 
     #[test]
     fn an_ipv6_address_is_bracketed_in_the_uri() {
-        let parsed = DiscountAddr::from_str("[::1]:11443").map(|a| a.uri());
-        assert_eq!(parsed.ok().as_deref(), Some("https://[::1]:11443"));
+        let parsed = DiscountAddr::from_str("[::1]:11443").map(|a| a.uri(&Security::Plaintext));
+        assert_eq!(parsed.ok().as_deref(), Some("http://[::1]:11443"));
     }
 
     #[test]

@@ -19,12 +19,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::tls::PemSource;
+use common::reload::Reloadable;
+use common::tls::{PemFile, PemSource};
 use ecommerce_proto::pb::discount_client::DiscountClient as GrpcClient;
 use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, Product};
 use futures_util::future::join_all;
 use rustls::client::WebPkiServerVerifier;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -39,8 +40,8 @@ pub struct DiscountSettings {
     pub addr: DiscountAddr,
     /// The name discount's certificate must carry; usually `addr`'s host.
     pub server_name: String,
-    /// The CA certificates that may sign discount's certificate.
-    pub ca: PemSource,
+    /// How the connection is secured.
+    pub security: Security,
     /// The longest a single ApplyDiscount call may take, connecting included.
     pub deadline: Duration,
     /// The longest a TCP connect, and separately a TLS handshake, may take.
@@ -50,13 +51,89 @@ pub struct DiscountSettings {
     pub dial_per_request: bool,
 }
 
-/// A cheap-to-clone handle on the channel to discount.
+/// How the connection to discount is secured.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// Mutual TLS: discount's certificate is checked against `ca`, and the
+    /// catalog presents `client_cert` with `client_key`.
+    MutualTls {
+        /// The CA certificates that may sign discount's certificate.
+        ca: PemSource,
+        /// The catalog's certificate chain.
+        client_cert: PemSource,
+        /// Its private key.
+        client_key: PemSource,
+    },
+    /// No TLS. Only behind a service mesh that secures connections itself.
+    Plaintext,
+}
+
+/// A cheap-to-clone handle on the connection to discount.
+///
+/// The TLS material can be re-read with [`DiscountClient::reload`]: new
+/// requests then use a new channel built from it, while requests in flight
+/// finish on the old one, which closes when the last of them is done.
 #[derive(Debug, Clone)]
 pub struct DiscountClient {
-    endpoint: Endpoint,
-    /// The shared channel; `None` when dialling per request.
-    shared: Option<Channel>,
+    connection: Arc<Reloadable<Connection>>,
     deadline: Duration,
+}
+
+/// One generation of the connection set-up: what to dial and how, and the
+/// shared channel (`None` when dialling per request).
+#[derive(Debug, Clone)]
+struct Connection {
+    endpoint: Endpoint,
+    shared: Option<Channel>,
+}
+
+impl Connection {
+    fn new(settings: &DiscountSettings) -> Result<Self, StartupError> {
+        let endpoint_error = |error| StartupError::Endpoint {
+            addr: settings.addr.to_string(),
+            error,
+        };
+        let endpoint = Endpoint::from_shared(settings.addr.uri(&settings.security))
+            .map_err(endpoint_error)?
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true);
+        let endpoint = match &settings.security {
+            Security::Plaintext => endpoint,
+            Security::MutualTls {
+                ca,
+                client_cert,
+                client_key,
+            } => {
+                let roots = common::tls::read_root_store(ca)?;
+                let verifier = WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    common::tls::provider(),
+                )
+                .build()
+                .map_err(|error| StartupError::Trust {
+                    ca: ca.path.display().to_string(),
+                    error,
+                })?;
+                // Read once; parse here for a clear error, hand the same
+                // bytes to tonic.
+                let cert = PemFile::read(client_cert)?;
+                cert.certificates()?;
+                let key = PemFile::read(client_key)?;
+                key.private_key()?;
+                let tls = ClientTlsConfig::new()
+                    .domain_name(settings.server_name.clone())
+                    .identity(Identity::from_pem(cert.bytes(), key.bytes()))
+                    .timeout(settings.connect_timeout);
+                endpoint
+                    .tls_config_with_verifier(tls, verifier)
+                    .map_err(endpoint_error)?
+            }
+        };
+        Ok(Self {
+            shared: (!settings.dial_per_request).then(|| endpoint.connect_lazy()),
+            endpoint,
+        })
+    }
 }
 
 /// The service name discount reports its health under.
@@ -105,43 +182,32 @@ impl DiscountClient {
     /// Prepares the channel without connecting.
     ///
     /// # Errors
-    /// The CA file is unusable, or tonic refuses the address.
+    /// A TLS file is unusable, or tonic refuses the address.
     pub fn connect_lazy(settings: &DiscountSettings) -> Result<Self, StartupError> {
-        let roots = common::tls::read_root_store(&settings.ca)?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), common::tls::provider())
-                .build()
-                .map_err(|error| StartupError::Trust {
-                    ca: settings.ca.path.display().to_string(),
-                    error,
-                })?;
-        let tls = ClientTlsConfig::new()
-            .domain_name(settings.server_name.clone())
-            .timeout(settings.connect_timeout);
-        let endpoint_error = |error| StartupError::Endpoint {
-            addr: settings.addr.to_string(),
-            error,
-        };
-        let endpoint = Endpoint::from_shared(settings.addr.uri())
-            .map_err(endpoint_error)?
-            .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true)
-            .tls_config_with_verifier(tls, verifier)
-            .map_err(endpoint_error)?;
+        let reload_settings = settings.clone();
+        let connection = Reloadable::new("catalog TLS identity and discount CA", move || {
+            Connection::new(&reload_settings)
+        })?;
         Ok(Self {
-            shared: (!settings.dial_per_request).then(|| endpoint.connect_lazy()),
-            endpoint,
+            connection: Arc::new(connection),
             deadline: settings.deadline,
         })
+    }
+
+    /// Re-reads the TLS files; new requests use them, requests in flight
+    /// finish on the old ones. If the files are broken, nothing changes.
+    ///
+    /// # Errors
+    /// Why the new files could not be used.
+    pub fn reload(&self) -> Result<(), String> {
+        self.connection.reload()
     }
 
     /// The channel for one HTTP request: the shared one, or a new one that
     /// is closed when the request is done.
     fn channel(&self) -> Channel {
-        match &self.shared {
-            Some(channel) => channel.clone(),
-            None => self.endpoint.connect_lazy(),
-        }
+        let Connection { endpoint, shared } = self.connection.current();
+        shared.unwrap_or_else(|| endpoint.connect_lazy())
     }
 
     /// Asks discount's standard health service whether `ecommerce.Discount`

@@ -25,12 +25,22 @@ async fn main() -> ExitCode {
 async fn serve(config: Config) -> Result<(), StartupError> {
     let discount = config.discount();
     let client = DiscountClient::connect_lazy(&discount)?;
+    if config.discount_plaintext {
+        tracing::warn!(
+            "talking to discount in PLAINTEXT: no TLS, no authentication; only behind a service mesh that secures connections"
+        );
+    }
+    let reloader = client.clone();
+    tokio::spawn(common::reload::on_sighup(move || {
+        let _ = reloader.reload();
+    }));
     let listener = common::net::bind(config.listen_addr()).map_err(StartupError::Bind)?;
     tracing::info!(
         discount = %discount.addr,
         server_name = %discount.server_name,
         dial_per_request = discount.dial_per_request,
         ca = %common::tls::display_path(&config.discount_ca),
+        client_cert = %common::tls::display_path(&config.client_cert),
         "Server running on {}",
         config.listen_addr()
     );

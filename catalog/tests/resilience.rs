@@ -417,3 +417,32 @@ async fn a_request_that_takes_too_long_is_answered_503() -> SetupResult<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn behind_a_mesh_both_sides_can_run_plaintext_when_asked_explicitly() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let discount = DiscountServer::start_with(
+        &pki,
+        "127.0.0.1:0".parse()?,
+        |options| options.transport = discount::Transport::Plaintext,
+        discount::DiscountService,
+    )
+    .await?;
+    let addr = discount.addr().to_string();
+    let plaintext = Catalog::start_with(
+        &addr,
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        &["--discount-plaintext"],
+    )
+    .await?;
+    assert_eq!(
+        plaintext.priced("1").await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+
+    // Without the flag the catalog insists on TLS, and gets no discounts.
+    let tls = Catalog::start(&addr, &pki.path("ca.pem"), HEALTHY_DEADLINE).await?;
+    assert_eq!(tls.priced("1").await?, (PLAIN.to_owned(), unavailable()));
+    Ok(())
+}

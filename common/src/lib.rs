@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod net;
+pub mod reload;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -126,27 +126,102 @@ impl PemFileError {
     }
 }
 
+/// A PEM file read into memory once, to be parsed as what it should hold.
+#[derive(Debug, Clone)]
+pub struct PemFile {
+    source: PemSource,
+    bytes: Vec<u8>,
+}
+
+impl PemFile {
+    /// Reads the file.
+    ///
+    /// # Errors
+    /// A [`PemFileError`] if the file is missing or unreadable.
+    pub fn read(source: &PemSource) -> Result<Self, PemFileError> {
+        let bytes = std::fs::read(&source.path).map_err(|e| {
+            let problem = if e.kind() == io::ErrorKind::NotFound {
+                PemProblem::Missing
+            } else {
+                PemProblem::Unreadable(e)
+            };
+            PemFileError::new(source, problem)
+        })?;
+        Ok(Self {
+            source: source.clone(),
+            bytes,
+        })
+    }
+
+    /// Where it came from.
+    pub fn source(&self) -> &PemSource {
+        &self.source
+    }
+
+    /// The file as read.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Every certificate in the file, in order (leaf first for a chain).
+    ///
+    /// # Errors
+    /// A [`PemFileError`] if there is no `CERTIFICATE` block.
+    pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
+        const WANTED: &str = "CERTIFICATE";
+        let certificates = CertificateDer::pem_slice_iter(&self.bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PemFileError::from_pem(&self.source, WANTED, e))?;
+        if certificates.is_empty() {
+            return Err(PemFileError::new(
+                &self.source,
+                PemProblem::NoBlock {
+                    wanted: WANTED,
+                    detail: None,
+                },
+            ));
+        }
+        Ok(certificates)
+    }
+
+    /// The first private key (PKCS#8, PKCS#1 or SEC1) in the file.
+    ///
+    /// # Errors
+    /// A [`PemFileError`] if there is no private key block.
+    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, PemFileError> {
+        PrivateKeyDer::from_pem_slice(&self.bytes)
+            .map_err(|e| PemFileError::from_pem(&self.source, "PRIVATE KEY", e))
+    }
+
+    /// Every certificate in the file as a trust anchor, for verifying peers.
+    ///
+    /// # Errors
+    /// A [`PemFileError`] if there is no certificate, or one cannot serve as
+    /// a trust anchor.
+    pub fn root_store(&self) -> Result<rustls::RootCertStore, PemFileError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in self.certificates()? {
+            roots.add(certificate).map_err(|e| {
+                PemFileError::new(
+                    &self.source,
+                    PemProblem::NoBlock {
+                        wanted: "CA CERTIFICATE",
+                        detail: Some(e.to_string()),
+                    },
+                )
+            })?;
+        }
+        Ok(roots)
+    }
+}
+
 /// Reads every certificate in a PEM file, in order (leaf first for a chain).
 ///
 /// # Errors
 /// A [`PemFileError`] if the file is missing, unreadable, or holds no
 /// `CERTIFICATE` block.
 pub fn read_certificates(source: &PemSource) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
-    const WANTED: &str = "CERTIFICATE";
-    let certificates = CertificateDer::pem_file_iter(&source.path)
-        .map_err(|e| PemFileError::from_pem(source, WANTED, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PemFileError::from_pem(source, WANTED, e))?;
-    if certificates.is_empty() {
-        return Err(PemFileError::new(
-            source,
-            PemProblem::NoBlock {
-                wanted: WANTED,
-                detail: None,
-            },
-        ));
-    }
-    Ok(certificates)
+    PemFile::read(source)?.certificates()
 }
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
@@ -155,8 +230,7 @@ pub fn read_certificates(source: &PemSource) -> Result<Vec<CertificateDer<'stati
 /// A [`PemFileError`] if the file is missing, unreadable, or holds no
 /// private key block.
 pub fn read_private_key(source: &PemSource) -> Result<PrivateKeyDer<'static>, PemFileError> {
-    PrivateKeyDer::from_pem_file(&source.path)
-        .map_err(|e| PemFileError::from_pem(source, "PRIVATE KEY", e))
+    PemFile::read(source)?.private_key()
 }
 
 /// Reads every certificate of `source` into a root store, for verifying peers.
@@ -165,19 +239,7 @@ pub fn read_private_key(source: &PemSource) -> Result<PrivateKeyDer<'static>, Pe
 /// A [`PemFileError`] if the file cannot be read, or if a certificate in it
 /// cannot serve as a trust anchor.
 pub fn read_root_store(source: &PemSource) -> Result<rustls::RootCertStore, PemFileError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in read_certificates(source)? {
-        roots.add(certificate).map_err(|e| {
-            PemFileError::new(
-                source,
-                PemProblem::NoBlock {
-                    wanted: "CA CERTIFICATE",
-                    detail: Some(e.to_string()),
-                },
-            )
-        })?;
-    }
-    Ok(roots)
+    PemFile::read(source)?.root_store()
 }
 
 /// Where a path came from, for start-up log lines.

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::reload::Reloadable;
 use common::tls::{self, PemSource};
 use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
 
 use crate::error::StartupError;
-use crate::server::ServerOptions;
+use crate::server::{ServerOptions, Transport};
 
 /// `discount [PORT]`: the Discount gRPC service over TLS.
 ///
@@ -38,6 +40,22 @@ pub struct Config {
     #[arg(long, env = "DISCOUNT_KEY", default_value = "keys/private.key")]
     pub key: PathBuf,
 
+    /// Which clients may call: `required` (mutual TLS: a certificate signed
+    /// by `--client-ca`), `optional` (clients without a certificate too), or
+    /// `none` (anyone who can reach the port, as in the seed).
+    #[arg(long, env = "DISCOUNT_CLIENT_AUTH", value_enum, default_value_t = ClientAuth::Required)]
+    pub client_auth: ClientAuth,
+
+    /// PEM file with the CA certificate(s) that sign client certificates.
+    #[arg(long, env = "DISCOUNT_CLIENT_CA", default_value = "keys/ca.pem")]
+    pub client_ca: PathBuf,
+
+    /// Serve gRPC in plaintext, with no TLS at all. Only for running behind
+    /// a service mesh (Linkerd, Istio) whose sidecar does mutual TLS; on any
+    /// other network it exposes every call.
+    #[arg(long, env = "DISCOUNT_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
     /// How long a client may take to finish the TLS handshake before the
     /// connection is closed, so stalled or half-open clients cannot pile up.
     #[arg(long, env = "DISCOUNT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -56,26 +74,55 @@ pub struct Config {
     pub drain_timeout: Duration,
 }
 
+/// Re-reads the TLS files into the configuration new connections use.
+pub type TlsReloader = Reloadable<Arc<ServerConfig>>;
+
+/// Which clients discount accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientAuth {
+    /// Only clients presenting a certificate signed by `--client-ca`
+    /// (mutual TLS). The default.
+    Required,
+    /// Clients with no certificate too; a certificate that is presented must
+    /// still be valid. For migrating clients one at a time.
+    Optional,
+    /// Anyone who can reach the port and trusts the server certificate, as
+    /// in the seed. For peers that cannot present a certificate.
+    None,
+}
+
 impl Config {
     /// The socket address to bind.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.listen_addr, self.port)
     }
 
-    /// The server options these flags describe, with the TLS material read.
+    /// The server options these flags describe, with the TLS material read,
+    /// and the handle that reloads that material (none in plaintext mode).
     ///
     /// # Errors
     /// As [`Config::server_tls`].
-    pub fn server_options(&self) -> Result<ServerOptions, StartupError> {
-        Ok(ServerOptions {
-            tls: self.server_tls()?,
+    pub fn server_options(&self) -> Result<(ServerOptions, Option<TlsReloader>), StartupError> {
+        let (transport, reloadable) = if self.insecure_plaintext {
+            (Transport::Plaintext, None)
+        } else {
+            let config = self.clone();
+            let reloadable = Reloadable::new("discount TLS identity and client CA", move || {
+                config.server_tls()
+            })?;
+            (Transport::Tls(reloadable.subscribe()), Some(reloadable))
+        };
+        let options = ServerOptions {
+            transport,
             handshake_timeout: self.tls_handshake_timeout,
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
-        })
+        };
+        Ok((options, reloadable))
     }
 
-    /// Reads `--cert` and `--key` into a rustls server configuration.
+    /// Reads `--cert`, `--key` and `--client-ca` into a rustls server
+    /// configuration.
     ///
     /// # Errors
     /// [`StartupError::Pem`] when a file is missing or holds the wrong kind of
@@ -84,17 +131,25 @@ impl Config {
         server_tls(
             &PemSource::new(&self.cert, "--cert / DISCOUNT_CERT"),
             &PemSource::new(&self.key, "--key / DISCOUNT_KEY"),
+            self.client_auth,
+            &PemSource::new(&self.client_ca, "--client-ca / DISCOUNT_CLIENT_CA"),
         )
     }
 }
 
 /// Builds the TLS configuration of the gRPC server: TLS 1.2 and 1.3 with the
-/// `ring` provider, no client authentication yet, and ALPN `h2` only, since
-/// gRPC runs on HTTP/2 and nothing else may be negotiated on this port.
+/// `ring` provider, clients verified against `client_ca` as `client_auth`
+/// says, and ALPN `h2` only, since gRPC runs on HTTP/2 and nothing else may
+/// be negotiated on this port.
 ///
 /// # Errors
 /// As [`Config::server_tls`].
-pub fn server_tls(cert: &PemSource, key: &PemSource) -> Result<Arc<ServerConfig>, StartupError> {
+pub fn server_tls(
+    cert: &PemSource,
+    key: &PemSource,
+    client_auth: ClientAuth,
+    client_ca: &PemSource,
+) -> Result<Arc<ServerConfig>, StartupError> {
     let chain = tls::read_certificates(cert)?;
     let private_key = tls::read_private_key(key)?;
     let identity_error = |error: rustls::Error| StartupError::Identity {
@@ -102,10 +157,27 @@ pub fn server_tls(cert: &PemSource, key: &PemSource) -> Result<Arc<ServerConfig>
         key: key.path.display().to_string(),
         error,
     };
-    let mut config = ServerConfig::builder_with_provider(tls::provider())
+    let builder = ServerConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()
-        .map_err(identity_error)?
-        .with_no_client_auth()
+        .map_err(identity_error)?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Required | ClientAuth::Optional => {
+            let roots = Arc::new(tls::read_root_store(client_ca)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, tls::provider());
+            let verifier = if client_auth == ClientAuth::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier.build().map_err(|error| StartupError::ClientCa {
+                ca: client_ca.path.display().to_string(),
+                error,
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
         .with_single_cert(chain, private_key)
         .map_err(identity_error)?;
     config.alpn_protocols = vec![b"h2".to_vec()];

@@ -46,6 +46,16 @@ pub enum StartupError {
         /// What rustls said.
         error: rustls::Error,
     },
+    /// The client CA file was read but cannot verify clients.
+    #[error(
+        "cannot verify client certificates with {ca}: {error}; point --client-ca at the CA that signs your clients' certificates"
+    )]
+    ClientCa {
+        /// The CA file.
+        ca: String,
+        /// What rustls said.
+        error: rustls::server::VerifierBuilderError,
+    },
     /// The listening socket could not be bound.
     #[error("{0}; pick another port (the first argument) or stop whatever holds it")]
     Bind(io::Error),

@@ -17,5 +17,5 @@ pub mod service;
 
 pub use config::Config;
 pub use error::{DiscountError, StartupError};
-pub use server::{ServerOptions, run, serve};
+pub use server::{ServerOptions, Transport, run, serve};
 pub use service::DiscountService;

@@ -1,15 +1,19 @@
 //! Serving the discount service on TLS connections.
 //!
 //! The TLS handshake is done here with rustls rather than by tonic's built-in
-//! TLS, for two reasons: each handshake runs in its own task with a time
+//! TLS, for three reasons: each handshake runs in its own task with a time
 //! limit, so a client that connects and says nothing ties up neither the
-//! accept loop nor memory for long; and a failed handshake is logged with the
-//! peer address and rustls' reason, which is the first thing anyone asks
-//! when "the catalog cannot reach discount".
+//! accept loop nor memory for long; a failed handshake (a client without a
+//! certificate, or with one from another CA) is logged with the peer
+//! address and rustls' reason, which is the first thing anyone asks when
+//! "the catalog cannot reach discount"; and each connection takes the TLS
+//! configuration current when it arrives, so certificates can be replaced
+//! without a restart.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +21,7 @@ use common::conn::{ConnectionTracker, Tracked};
 use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,11 +33,29 @@ use crate::service::DiscountService;
 /// Handshaken connections waiting for the gRPC server to pick them up.
 const READY_QUEUE: usize = 128;
 
+/// How connections are secured.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// TLS with the configuration current when each connection arrives:
+    /// certificate, key, client verification, protocol versions and ALPN.
+    Tls(watch::Receiver<Arc<ServerConfig>>),
+    /// No TLS. Only behind a service mesh that secures connections itself.
+    Plaintext,
+}
+
+impl Transport {
+    /// TLS with a configuration that never changes.
+    pub fn tls(config: Arc<ServerConfig>) -> Self {
+        // The receiver keeps the last value after the sender is gone.
+        Self::Tls(watch::channel(config).1)
+    }
+}
+
 /// Everything the server needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Certificate, key, protocol versions and ALPN.
-    pub tls: Arc<ServerConfig>,
+    /// TLS or plaintext.
+    pub transport: Transport,
     /// The time a client has to complete its TLS handshake.
     pub handshake_timeout: Duration,
     /// After the shutdown signal: how long to keep serving while health
@@ -46,10 +68,10 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
-    /// Options with `tls` and the defaults of the command line.
-    pub fn new(tls: Arc<ServerConfig>) -> Self {
+    /// Options with `transport` and the defaults of the command line.
+    pub fn new(transport: Transport) -> Self {
         Self {
-            tls,
+            transport,
             handshake_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(5),
@@ -113,15 +135,32 @@ pub async fn serve<S: Discount>(
         tracing::info!("no longer accepting; draining calls in flight");
     };
     let connections = ConnectionTracker::new();
-    let incoming = tls_incoming(listener, &options, connections.clone());
-    let finished = common::shutdown::with_drain_limit(shutdown, options.drain_timeout, |signal| {
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(DiscountServer::new(service))
-            .serve_with_incoming_shutdown(incoming, signal)
-    })
-    .await;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(DiscountServer::new(service));
+    let limit = options.handshake_timeout;
+    let tracker = connections.clone();
+    let finished =
+        common::shutdown::with_drain_limit(shutdown, options.drain_timeout, move |signal| {
+            let serving: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+                match options.transport {
+                    Transport::Tls(tls) => {
+                        let incoming = incoming(listener, tracker, move |tcp, peer| {
+                            let acceptor = TlsAcceptor::from(Arc::clone(&tls.borrow()));
+                            handshake(acceptor, tcp, peer, limit)
+                        });
+                        Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+                    }
+                    Transport::Plaintext => {
+                        let incoming =
+                            incoming(listener, tracker, |tcp, _| std::future::ready(Some(tcp)));
+                        Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+                    }
+                };
+            serving
+        })
+        .await;
     match finished {
         Some(result) => result?,
         None => {
@@ -135,18 +174,23 @@ pub async fn serve<S: Discount>(
     Ok(())
 }
 
-/// Accepts TCP connections and yields those that complete a TLS handshake.
+/// Accepts TCP connections, turns each into a stream with `upgrade` (the
+/// TLS handshake, or nothing) in a task of its own, and yields those that
+/// come through, tracked.
 ///
 /// The accept loop stops when the returned stream is dropped, which is what
 /// tonic does when it shuts down.
-fn tls_incoming(
+fn incoming<IO, F, U>(
     listener: TcpListener,
-    options: &ServerOptions,
     connections: ConnectionTracker,
-) -> ReceiverStream<io::Result<Tracked<TlsStream<TcpStream>>>> {
+    upgrade: U,
+) -> ReceiverStream<io::Result<Tracked<IO>>>
+where
+    IO: Send + 'static,
+    F: Future<Output = Option<IO>> + Send + 'static,
+    U: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
+{
     let (ready, incoming) = mpsc::channel(READY_QUEUE);
-    let acceptor = TlsAcceptor::from(Arc::clone(&options.tls));
-    let handshake_timeout = options.handshake_timeout;
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -154,10 +198,10 @@ fn tls_incoming(
                 accepted = common::net::accept(&listener) => accepted,
             };
             let registration = connections.register(&tcp);
-            let handshake = handshake(acceptor.clone(), tcp, peer, handshake_timeout);
+            let upgraded = upgrade(tcp, peer);
             let ready = ready.clone();
             tokio::spawn(async move {
-                if let Some(stream) = handshake.await {
+                if let Some(stream) = upgraded.await {
                     // Err only when the server is shutting down.
                     let _ = ready.send(Ok(registration.wrap(stream))).await;
                 }

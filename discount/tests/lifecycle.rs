@@ -52,7 +52,7 @@ async fn health_is_serving_then_not_serving_while_shutting_down() -> SetupResult
         discount::DiscountService,
     )
     .await?;
-    let channel = testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
     assert_eq!(health(&channel, "").await?, ServingStatus::Serving);
     assert_eq!(
         health(&channel, "ecommerce.Discount").await?,
@@ -84,7 +84,7 @@ async fn health_is_serving_then_not_serving_while_shutting_down() -> SetupResult
 async fn reflection_lists_the_discount_and_health_services() -> SetupResult<()> {
     let pki = Pki::generate()?;
     let server = DiscountServer::start(&pki).await?;
-    let channel = testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
 
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -116,7 +116,7 @@ async fn a_call_in_flight_when_shutdown_starts_completes() -> SetupResult<()> {
     let pki = Pki::generate()?;
     let (slow, mut arrivals) = ScriptedDiscount::reporting(Duration::from_millis(500));
     let mut server = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, slow).await?;
-    let channel = testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
     let mut client = DiscountClient::new(channel);
     let call = tokio::spawn(async move { client.apply_discount(discount_request(7)).await });
 
@@ -148,7 +148,7 @@ async fn a_call_that_outlasts_the_drain_timeout_does_not_keep_the_server_up() ->
         stuck,
     )
     .await?;
-    let channel = testkit::grpc_channel(server.addr(), &pki.path("ca.pem")).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
     let mut client = DiscountClient::new(channel);
     let call = tokio::spawn(async move { client.apply_discount(discount_request(7)).await });
     tokio::time::timeout(HANG, arrivals.recv()).await?;

@@ -1,6 +1,7 @@
 //! Test support shared by the services' integration tests.
 //!
-//! - [`Pki`]: a CA, a server identity and a client identity made with
+//! - [`Pki`]: a CA, a server identity and client identities (good, expired,
+//!   for the wrong purpose) made with
 //!   `rcgen` when the test runs and written to a temporary directory, so tests
 //!   go through the same file-loading code as the binaries and nothing
 //!   secret is ever committed.
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::tls::PemSource;
-use discount::{DiscountService, ServerOptions};
+use discount::config::ClientAuth;
+use discount::{DiscountService, ServerOptions, Transport};
 use ecommerce_proto::pb::discount_server::Discount;
 use ecommerce_proto::pb::{DiscountRequest, DiscountResponse};
 use rcgen::{
@@ -26,7 +28,7 @@ use rcgen::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status};
 
 /// Result type for test set-up: any failure there is a failed test.
@@ -40,6 +42,19 @@ pub const SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 #[derive(Debug)]
 pub struct Pki {
     dir: tempfile::TempDir,
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+}
+
+/// What kind of client certificate [`Pki::issue_client`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCert {
+    /// A good one: `clientAuth`, valid now.
+    Valid,
+    /// Valid for `clientAuth`, but expired in 2021.
+    Expired,
+    /// Valid now, but for `serverAuth` only: the wrong purpose.
+    ServerPurpose,
 }
 
 impl Pki {
@@ -59,34 +74,68 @@ impl Pki {
             .push(DnType::CommonName, "ecommerce test CA");
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, &ca_key);
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem())?;
+        std::fs::write(dir.path().join("ca.key"), ca_key.serialize_pem())?;
 
-        let leaf = |names: Vec<String>, common_name: &str, usage: ExtendedKeyUsagePurpose| {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::new(names)?;
-            params.is_ca = IsCa::ExplicitNoCa;
-            params
-                .distinguished_name
-                .push(DnType::CommonName, common_name);
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![usage];
-            let cert = params.signed_by(&key, &issuer)?;
-            Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
+        let pki = Self {
+            dir,
+            ca_params,
+            ca_key,
         };
         let names = SERVER_NAMES.iter().map(|s| (*s).to_owned()).collect();
-        let (server_pem, server_key) =
-            leaf(names, "localhost", ExtendedKeyUsagePurpose::ServerAuth)?;
-        let (client_pem, client_key) =
-            leaf(Vec::new(), "catalog", ExtendedKeyUsagePurpose::ClientAuth)?;
+        pki.issue(
+            "cert.pem",
+            "private.key",
+            names,
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            false,
+        )?;
+        pki.issue_client("client", ClientCert::Valid)?;
+        Ok(pki)
+    }
 
-        let write = |name: &str, contents: &str| std::fs::write(dir.path().join(name), contents);
-        write("ca.pem", &ca_cert.pem())?;
-        write("ca.key", &ca_key.serialize_pem())?;
-        write("cert.pem", &server_pem)?;
-        write("private.key", &server_key)?;
-        write("client.pem", &client_pem)?;
-        write("client.key", &client_key)?;
-        Ok(Self { dir })
+    /// Issues a client certificate from this CA into `<name>.pem` and
+    /// `<name>.key`.
+    ///
+    /// # Errors
+    /// Key generation or file writing failed.
+    pub fn issue_client(&self, name: &str, kind: ClientCert) -> SetupResult<()> {
+        let usage = match kind {
+            ClientCert::ServerPurpose => ExtendedKeyUsagePurpose::ServerAuth,
+            ClientCert::Valid | ClientCert::Expired => ExtendedKeyUsagePurpose::ClientAuth,
+        };
+        let names = vec![name.to_owned()];
+        let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+        self.issue(&cert, &key, names, name, usage, kind == ClientCert::Expired)
+    }
+
+    fn issue(
+        &self,
+        cert_file: &str,
+        key_file: &str,
+        names: Vec<String>,
+        common_name: &str,
+        usage: ExtendedKeyUsagePurpose,
+        expired: bool,
+    ) -> SetupResult<()> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer)?;
+        std::fs::write(self.path(cert_file), cert.pem())?;
+        std::fs::write(self.path(key_file), key.serialize_pem())?;
+        Ok(())
     }
 
     /// The directory holding the files.
@@ -115,15 +164,37 @@ impl Pki {
     }
 }
 
-/// A tonic channel to `addr` over TLS, trusting the CA of `ca_pem` and
-/// expecting the server to be `localhost`. Connects before returning.
+/// A tonic channel to `addr` over mutual TLS, trusting the CA of `pki`,
+/// expecting the server to be `localhost`, and presenting `pki`'s client
+/// certificate. Connects before returning.
 ///
 /// # Errors
 /// The connection or the handshake failed.
-pub async fn grpc_channel(addr: SocketAddr, ca_pem: &Path) -> SetupResult<Channel> {
-    let tls = ClientTlsConfig::new()
+pub async fn grpc_channel(addr: SocketAddr, pki: &Pki) -> SetupResult<Channel> {
+    let identity = Identity::from_pem(
+        std::fs::read(pki.path("client.pem"))?,
+        std::fs::read(pki.path("client.key"))?,
+    );
+    grpc_channel_with(addr, &pki.path("ca.pem"), Some(identity)).await
+}
+
+/// A tonic channel to `addr` over TLS, trusting the CA of `ca_pem`,
+/// expecting the server to be `localhost`, presenting `identity` if any.
+/// Connects before returning.
+///
+/// # Errors
+/// The connection or the handshake failed.
+pub async fn grpc_channel_with(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    identity: Option<Identity>,
+) -> SetupResult<Channel> {
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca_pem)?))
         .domain_name("localhost");
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
     Ok(Endpoint::from_shared(format!("https://{addr}"))?
         .connect_timeout(Duration::from_secs(5))
         .tls_config(tls)?
@@ -162,10 +233,13 @@ impl DiscountServer {
         service: impl Discount,
     ) -> SetupResult<Self> {
         common::tls::install_default_provider();
-        let mut options = ServerOptions::new(discount::config::server_tls(
+        let tls = discount::config::server_tls(
             &pki.server_cert(),
             &pki.server_key(),
-        )?);
+            ClientAuth::Required,
+            &pki.ca(),
+        )?;
+        let mut options = ServerOptions::new(Transport::tls(tls));
         configure(&mut options);
         let listener = common::net::bind(addr)?;
         let addr = listener.local_addr()?;

@@ -177,6 +177,9 @@ impl Catalog {
 }
 
 /// The catalog's configuration from its real command line.
+///
+/// The client certificate and key are `client.pem` and `client.key` beside
+/// `ca`, as `testkit::Pki` lays them out.
 pub fn config(
     discount: &str,
     ca: &Path,
@@ -184,7 +187,13 @@ pub fn config(
     extra: &[&str],
 ) -> SetupResult<catalog::Config> {
     common::tls::install_default_provider();
-    let ca = ca.display().to_string();
+    let dir = ca.parent().ok_or("the CA file has no directory")?;
+    let [ca, client_cert, client_key] = [
+        ca.to_path_buf(),
+        dir.join("client.pem"),
+        dir.join("client.key"),
+    ]
+    .map(|p| p.display().to_string());
     let mut args = vec![
         "catalog",
         "0",
@@ -194,6 +203,10 @@ pub fn config(
         discount,
         "--discount-ca",
         &ca,
+        "--client-cert",
+        &client_cert,
+        "--client-key",
+        &client_key,
         "--discount-deadline",
         deadline,
     ];

@@ -1,0 +1,197 @@
+//! Who may call discount: mutual TLS by default, the weaker modes, and
+//! plaintext behind a mesh. Real TLS sockets on loopback, certificates made
+//! when the test runs.
+
+use std::error::Error;
+use std::time::Duration;
+
+use discount::config::{ClientAuth, server_tls};
+use discount::{DiscountService, Transport};
+use ecommerce_proto::pb::discount_client::DiscountClient;
+use ecommerce_proto::pb::{Customer, DiscountRequest, Product};
+use testkit::{ClientCert, DiscountServer, Pki, SetupResult};
+use tonic::transport::{Endpoint, Identity};
+
+/// Longer than anything here should take; reaching it is the failure.
+const HANG: Duration = Duration::from_secs(10);
+
+async fn start(pki: &Pki, mode: ClientAuth) -> SetupResult<DiscountServer> {
+    let tls = server_tls(&pki.server_cert(), &pki.server_key(), mode, &pki.ca())?;
+    DiscountServer::start_with(
+        pki,
+        "127.0.0.1:0".parse()?,
+        |options| options.transport = Transport::tls(tls),
+        DiscountService,
+    )
+    .await
+}
+
+fn identity(pki: &Pki, name: &str) -> SetupResult<Identity> {
+    Ok(Identity::from_pem(
+        std::fs::read(pki.path(&format!("{name}.pem")))?,
+        std::fs::read(pki.path(&format!("{name}.key")))?,
+    ))
+}
+
+fn chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Connects to `server` trusting `pki`'s CA, presenting `identity`, and
+/// makes one call. `Ok(value_in_cents)`, or the whole error chain.
+async fn call(
+    server: &DiscountServer,
+    pki: &Pki,
+    identity: Option<Identity>,
+) -> SetupResult<Result<i32, String>> {
+    let attempt = async {
+        // With TLS 1.3 the server refuses a client certificate after the
+        // client considers the handshake done, so the refusal may surface
+        // at connect or at the first call.
+        let channel = testkit::grpc_channel_with(server.addr(), &pki.path("ca.pem"), identity)
+            .await
+            .map_err(|e| chain(&*e))?;
+        let request = DiscountRequest {
+            customer: Some(Customer {
+                id: 1,
+                ..Customer::default()
+            }),
+            product: Some(Product {
+                id: 1,
+                price_in_cents: 1000,
+                ..Product::default()
+            }),
+        };
+        let answer = DiscountClient::new(channel)
+            .apply_discount(request)
+            .await
+            .map_err(|e| chain(&e))?;
+        Ok(answer
+            .into_inner()
+            .product
+            .and_then(|p| p.discount_value)
+            .map(|d| d.value_in_cents)
+            .unwrap_or_default())
+    };
+    Ok(tokio::time::timeout(HANG, attempt).await?)
+}
+
+#[tokio::test]
+async fn by_default_a_client_must_present_a_certificate_from_the_client_ca() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let stranger = Pki::generate()?;
+    let server = start(&pki, ClientAuth::Required).await?;
+
+    assert_eq!(
+        call(&server, &pki, Some(identity(&pki, "client")?)).await?,
+        Ok(900)
+    );
+
+    let anonymous = call(&server, &pki, None).await?;
+    assert!(
+        matches!(&anonymous, Err(e) if e.contains("CertificateRequired")),
+        "{anonymous:?}"
+    );
+    let foreign = call(&server, &pki, Some(identity(&stranger, "client")?)).await?;
+    assert!(
+        foreign.is_err(),
+        "a certificate from another CA was accepted"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_and_wrong_purpose_client_certificates_are_refused() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client("expired", ClientCert::Expired)?;
+    pki.issue_client("server-only", ClientCert::ServerPurpose)?;
+    let server = start(&pki, ClientAuth::Required).await?;
+
+    for name in ["expired", "server-only"] {
+        let outcome = call(&server, &pki, Some(identity(&pki, name)?)).await?;
+        assert!(outcome.is_err(), "{name} was accepted");
+    }
+    // The server is unharmed.
+    assert_eq!(
+        call(&server, &pki, Some(identity(&pki, "client")?)).await?,
+        Ok(900)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn optional_client_auth_admits_clients_without_a_certificate_but_not_bad_ones()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client("expired", ClientCert::Expired)?;
+    let server = start(&pki, ClientAuth::Optional).await?;
+
+    assert_eq!(call(&server, &pki, None).await?, Ok(900));
+    assert_eq!(
+        call(&server, &pki, Some(identity(&pki, "client")?)).await?,
+        Ok(900)
+    );
+    assert!(
+        call(&server, &pki, Some(identity(&pki, "expired")?))
+            .await?
+            .is_err()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_auth_none_admits_anyone_who_trusts_the_server() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = start(&pki, ClientAuth::None).await?;
+    assert_eq!(call(&server, &pki, None).await?, Ok(900));
+    Ok(())
+}
+
+#[tokio::test]
+async fn plaintext_mode_speaks_grpc_without_tls_and_refuses_tls_clients() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start_with(
+        &pki,
+        "127.0.0.1:0".parse()?,
+        |options| options.transport = Transport::Plaintext,
+        DiscountService,
+    )
+    .await?;
+
+    let channel = Endpoint::from_shared(format!("http://{}", server.addr()))?
+        .connect()
+        .await?;
+    let request = DiscountRequest {
+        customer: Some(Customer {
+            id: 1,
+            ..Customer::default()
+        }),
+        product: Some(Product {
+            id: 1,
+            price_in_cents: 1000,
+            ..Product::default()
+        }),
+    };
+    let answer = DiscountClient::new(channel).apply_discount(request).await?;
+    assert_eq!(
+        answer
+            .into_inner()
+            .product
+            .and_then(|p| p.discount_value)
+            .map(|d| d.value_in_cents),
+        Some(900)
+    );
+    assert!(
+        call(&server, &pki, Some(identity(&pki, "client")?))
+            .await?
+            .is_err()
+    );
+    Ok(())
+}
