@@ -26,7 +26,7 @@ fn endpoint(server: &DiscountServer, ca_pem: &[u8]) -> SetupResult<Endpoint> {
 
 async fn client(server: &DiscountServer, pki: &Pki) -> SetupResult<DiscountClient<Channel>> {
     Ok(DiscountClient::new(
-        testkit::grpc_channel(server.addr(), &pki).await?,
+        testkit::grpc_channel(server.addr(), pki).await?,
     ))
 }
 
