@@ -7,6 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use common::tls::PemSource;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use support::{
@@ -444,5 +445,72 @@ async fn behind_a_mesh_both_sides_can_run_plaintext_when_asked_explicitly() -> S
     // Without the flag the catalog insists on TLS, and gets no discounts.
     let tls = Catalog::start(&addr, &pki.path("ca.pem"), HEALTHY_DEADLINE).await?;
     assert_eq!(tls.priced("1").await?, (PLAIN.to_owned(), unavailable()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn certificates_rotate_on_both_sides_without_a_restart_or_a_failed_request() -> SetupResult<()>
+{
+    let (old, new) = (Pki::generate()?, Pki::generate()?);
+    let (discount_keys, catalog_keys) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    old.install_into(discount_keys.path())?;
+    old.install_into(catalog_keys.path())?;
+
+    let dir = discount_keys.path().to_path_buf();
+    let discount_tls = common::reload::Reloadable::new("test TLS", move || {
+        discount::config::server_tls(
+            &PemSource::new(dir.join("cert.pem"), "--cert"),
+            &PemSource::new(dir.join("private.key"), "--key"),
+            discount::config::ClientAuth::Required,
+            &PemSource::new(dir.join("ca.pem"), "--client-ca"),
+        )
+    })?;
+    let current = discount_tls.subscribe();
+    let discount = DiscountServer::start_with(
+        &old,
+        "127.0.0.1:0".parse()?,
+        |options| options.transport = discount::Transport::Tls(current),
+        discount::DiscountService,
+    )
+    .await?;
+    let proxy = CountingProxy::start(discount.addr()).await?;
+    let catalog = Catalog::start(
+        &proxy.addr().to_string(),
+        &catalog_keys.path().join("ca.pem"),
+        HEALTHY_DEADLINE,
+    )
+    .await?;
+    assert_eq!(
+        catalog.priced("1").await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+
+    // discount rotates first: the catalog's open connection carries on.
+    new.install_into(discount_keys.path())?;
+    assert_eq!(discount_tls.reload(), Ok(()));
+    assert_eq!(
+        catalog.priced("1").await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+    assert_eq!(proxy.connections(), 1);
+
+    // A broken file on the catalog side changes nothing.
+    std::fs::write(catalog_keys.path().join("client.pem"), "not a certificate")?;
+    let refused = catalog.discount.reload().err().unwrap_or_default();
+    assert!(refused.contains("client.pem"), "{refused}");
+    assert_eq!(
+        catalog.priced("1").await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+
+    // Then the catalog: its next requests use a new connection with the
+    // new material, which the rotated discount accepts.
+    new.install_into(catalog_keys.path())?;
+    assert_eq!(catalog.discount.reload(), Ok(()));
+    assert_eq!(
+        catalog.priced("1").await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+    assert_eq!(proxy.connections(), 2);
     Ok(())
 }

@@ -148,6 +148,24 @@ impl Pki {
         self.dir.path().join(name)
     }
 
+    /// Copies this PKI's files into `dir`, replacing what is there: what an
+    /// operator does when rotating certificates.
+    ///
+    /// # Errors
+    /// A file could not be copied.
+    pub fn install_into(&self, dir: &Path) -> SetupResult<()> {
+        for name in [
+            "ca.pem",
+            "cert.pem",
+            "private.key",
+            "client.pem",
+            "client.key",
+        ] {
+            std::fs::copy(self.path(name), dir.join(name))?;
+        }
+        Ok(())
+    }
+
     /// The CA certificate, as a [`PemSource`].
     pub fn ca(&self) -> PemSource {
         PemSource::new(self.path("ca.pem"), "test CA")

@@ -67,6 +67,8 @@ pub struct Answer {
 pub struct Catalog {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
+    /// The catalog's own client of discount, to reload its TLS material.
+    pub discount: DiscountClient,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
 }
@@ -96,13 +98,14 @@ impl Catalog {
         };
         let task = tokio::spawn(catalog::run(
             listener,
-            AppState::new(client),
+            AppState::new(client.clone()),
             config.serve_options(),
             shutdown,
         ));
         Ok(Self {
             addr,
             http: reqwest::Client::new(),
+            discount: client,
             stop: Some(stop),
             task: Some(task),
         })
