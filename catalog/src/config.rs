@@ -53,6 +53,12 @@ pub struct Config {
     #[arg(long, env = "CATALOG_CLIENT_KEY", default_value = "keys/client.key")]
     pub client_key: PathBuf,
 
+    /// Check the TLS material (files, dates, key pair, purpose), print what
+    /// is wrong and how to fix it, and exit: 0 when it can be used, 1
+    /// otherwise. Nothing is served.
+    #[arg(long)]
+    pub check_certs: bool,
+
     /// Talk to discount in plaintext, with no TLS at all. Only for running
     /// behind a service mesh (Linkerd, Istio) whose sidecar does mutual TLS.
     #[arg(long, env = "CATALOG_DISCOUNT_PLAINTEXT")]

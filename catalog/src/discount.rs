@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use common::doctor::{self, Report, Role};
 use common::reload::Reloadable;
 use common::tls::{PemFile, PemSource};
 use ecommerce_proto::pb::discount_client::DiscountClient as GrpcClient;
@@ -49,6 +50,31 @@ pub struct DiscountSettings {
     /// Open a new connection for every HTTP request, as the seed did,
     /// instead of sharing one.
     pub dial_per_request: bool,
+}
+
+impl DiscountSettings {
+    /// What the certificate doctor finds in the CA and the client identity
+    /// (nothing to check in plaintext mode).
+    pub fn check_certificates(&self) -> Report {
+        match &self.security {
+            Security::Plaintext => Report::default(),
+            Security::MutualTls {
+                ca,
+                client_cert,
+                client_key,
+            } => {
+                let now = SystemTime::now();
+                let mut report = doctor::check_ca(ca, now);
+                report.extend(doctor::check_identity(
+                    client_cert,
+                    client_key,
+                    &Role::Client,
+                    now,
+                ));
+                report
+            }
+        }
+    }
 }
 
 /// How the connection to discount is secured.
@@ -88,7 +114,11 @@ struct Connection {
 }
 
 impl Connection {
+    /// Checks the TLS files with the certificate doctor and builds the
+    /// connection. Runs at start and on every reload, so broken replacement
+    /// files are refused.
     fn new(settings: &DiscountSettings) -> Result<Self, StartupError> {
+        settings.check_certificates().enforce()?;
         let endpoint_error = |error| StartupError::Endpoint {
             addr: settings.addr.to_string(),
             error,

@@ -47,6 +47,9 @@ impl IntoResponse for CatalogError {
 /// Why the catalog could not start. Each message names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The certificate doctor found errors.
+    #[error(transparent)]
+    Certificates(#[from] common::doctor::CertificateErrors),
     /// The CA file could not be read.
     #[error(transparent)]
     Pem(#[from] PemFileError),

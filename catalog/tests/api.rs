@@ -154,3 +154,53 @@ fn the_binary_without_its_ca_file_names_the_missing_file_and_the_fix() -> SetupR
     assert!(stderr.contains("scripts/gen-keys.sh"), "{stderr}");
     Ok(())
 }
+
+/// Runs the catalog binary with `--check-certs` on the files of `dir`.
+fn check_certs(dir: &std::path::Path) -> SetupResult<std::process::Output> {
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_catalog"))
+        .arg("--discount-ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--client-cert")
+        .arg(dir.join("client.pem"))
+        .arg("--client-key")
+        .arg(dir.join("client.key"))
+        .arg("--check-certs")
+        .output()?)
+}
+
+#[test]
+fn keys_from_gen_keys_pass_the_catalogs_certificate_doctor() -> SetupResult<()> {
+    let keys = tempfile::tempdir()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gen-keys.sh");
+    let made = std::process::Command::new("bash")
+        .arg(script)
+        .arg("--dir")
+        .arg(keys.path())
+        .output()?;
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let checked = check_certs(keys.path())?;
+    assert_eq!(
+        String::from_utf8_lossy(&checked.stdout),
+        "certificates OK\n"
+    );
+    assert!(checked.status.success());
+    Ok(())
+}
+
+#[test]
+fn an_expired_client_certificate_is_reported_and_stops_the_catalog() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client("client", testkit::ClientCert::Expired)?;
+    let checked = check_certs(pki.dir())?;
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("client.pem") && report.contains("expired on"),
+        "{report}"
+    );
+    Ok(())
+}

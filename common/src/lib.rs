@@ -6,6 +6,7 @@
 //! service's crate.
 
 pub mod conn;
+pub mod doctor;
 pub mod net;
 pub mod reload;
 pub mod shutdown;

@@ -3,8 +3,9 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use common::doctor::{self, Report, Role};
 use common::reload::Reloadable;
 use common::tls::{self, PemSource};
 use rustls::ServerConfig;
@@ -49,6 +50,22 @@ pub struct Config {
     /// PEM file with the CA certificate(s) that sign client certificates.
     #[arg(long, env = "DISCOUNT_CLIENT_CA", default_value = "keys/ca.pem")]
     pub client_ca: PathBuf,
+
+    /// A host name or address clients dial; the certificate doctor checks
+    /// that `--cert` covers it. Repeat for several. Without it, the doctor
+    /// only warns when `localhost` is not covered.
+    #[arg(
+        long = "server-name",
+        env = "DISCOUNT_SERVER_NAMES",
+        value_delimiter = ','
+    )]
+    pub server_names: Vec<String>,
+
+    /// Check the TLS material (files, dates, names, key pairs, purposes),
+    /// print what is wrong and how to fix it, and exit: 0 when it can be
+    /// used, 1 otherwise. Nothing is served.
+    #[arg(long)]
+    pub check_certs: bool,
 
     /// Serve gRPC in plaintext, with no TLS at all. Only for running behind
     /// a service mesh (Linkerd, Istio) whose sidecar does mutual TLS; on any
@@ -121,18 +138,53 @@ impl Config {
         Ok((options, reloadable))
     }
 
-    /// Reads `--cert`, `--key` and `--client-ca` into a rustls server
-    /// configuration.
+    /// What the certificate doctor finds in `--cert`, `--key` and (unless
+    /// client authentication is off) `--client-ca`.
+    pub fn check_certificates(&self) -> Report {
+        let role = Role::Server {
+            names: if self.server_names.is_empty() {
+                vec!["localhost".to_owned()]
+            } else {
+                self.server_names.clone()
+            },
+            strict: !self.server_names.is_empty(),
+        };
+        let now = SystemTime::now();
+        let mut report =
+            doctor::check_identity(&self.cert_source(), &self.key_source(), &role, now);
+        if self.client_auth != ClientAuth::None {
+            report.extend(doctor::check_ca(&self.client_ca_source(), now));
+        }
+        report
+    }
+
+    fn cert_source(&self) -> PemSource {
+        PemSource::new(&self.cert, "--cert / DISCOUNT_CERT")
+    }
+
+    fn key_source(&self) -> PemSource {
+        PemSource::new(&self.key, "--key / DISCOUNT_KEY")
+    }
+
+    fn client_ca_source(&self) -> PemSource {
+        PemSource::new(&self.client_ca, "--client-ca / DISCOUNT_CLIENT_CA")
+    }
+
+    /// Checks `--cert`, `--key` and `--client-ca` with the certificate
+    /// doctor and reads them into a rustls server configuration. Runs at
+    /// start and on every reload, so broken replacement files are refused.
     ///
     /// # Errors
-    /// [`StartupError::Pem`] when a file is missing or holds the wrong kind of
-    /// PEM block, [`StartupError::Identity`] when rustls refuses the pair.
+    /// [`StartupError::Certificates`] with the doctor's findings,
+    /// [`StartupError::Pem`] or [`StartupError::Identity`] if rustls still
+    /// refuses the files.
     pub fn server_tls(&self) -> Result<Arc<ServerConfig>, StartupError> {
+        self.check_certificates().enforce()?;
         server_tls(
-            &PemSource::new(&self.cert, "--cert / DISCOUNT_CERT"),
-            &PemSource::new(&self.key, "--key / DISCOUNT_KEY"),
+            &self.cert_source(),
+            &self.key_source(),
             self.client_auth,
-            &PemSource::new(&self.client_ca, "--client-ca / DISCOUNT_CLIENT_CA"),
+            &self.client_ca_source(),
         )
     }
 }

@@ -30,6 +30,9 @@ impl From<DiscountError> for Status {
 /// Why the service could not start. Each message names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The certificate doctor found errors.
+    #[error(transparent)]
+    Certificates(#[from] common::doctor::CertificateErrors),
     /// A certificate or key file could not be read.
     #[error(transparent)]
     Pem(#[from] PemFileError),

@@ -11,6 +11,9 @@ async fn main() -> ExitCode {
     common::telemetry::init("warn,discount=info,common=info");
     let config = Config::parse();
     common::tls::install_default_provider();
+    if config.check_certs {
+        return common::doctor::print_and_exit_code(&config.check_certificates());
+    }
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

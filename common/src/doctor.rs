@@ -1,0 +1,659 @@
+//! The certificate doctor: checks TLS material before a service uses it.
+//!
+//! rustls' own errors arrive at the first handshake, on the peer's side, as
+//! one word (`UnknownIssuer`, `NotValidForName`, `CaUsedAsEndEntity`). The
+//! doctor reads the files at start-up, and on `--check-certs`, and says
+//! which file is wrong, how, and what to do, before anything is served.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::sign::CertifiedKey;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use crate::tls::{GEN_KEYS_HINT, PemFile, PemSource};
+
+/// How to replace development keys, quoted where a certificate must be renewed.
+const REGEN_HINT: &str = "`scripts/gen-keys.sh --force` makes new development keys";
+
+/// Certificates expiring sooner than this get a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Worth knowing; the service starts.
+    Warning,
+    /// The material cannot work; the service does not start.
+    Error,
+}
+
+/// One thing the doctor found about one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Warning or error.
+    pub severity: Severity,
+    /// The file it is about.
+    pub file: PathBuf,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        write!(f, "{level}: {}: {}", self.file.display(), self.message)
+    }
+}
+
+/// What a certificate is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A server identity. `names` are the host names or addresses clients
+    /// dial, each of which the subjectAltName must cover; `strict` makes an
+    /// uncovered name an error rather than a warning.
+    Server {
+        /// Names clients dial.
+        names: Vec<String>,
+        /// Whether an uncovered name stops the service.
+        strict: bool,
+    },
+    /// A client identity, for mutual TLS.
+    Client,
+}
+
+/// The findings of one examination.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Everything found, in the order found.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// True when nothing stops the service.
+    pub fn is_ok(&self) -> bool {
+        self.findings.iter().all(|f| f.severity < Severity::Error)
+    }
+
+    /// Adds another report's findings.
+    pub fn extend(&mut self, other: Report) {
+        self.findings.extend(other.findings);
+    }
+
+    fn add(&mut self, severity: Severity, file: &PemSource, message: impl Into<String>) {
+        self.findings.push(Finding {
+            severity,
+            file: file.path.clone(),
+            message: message.into(),
+        });
+    }
+}
+
+/// The errors of a report that stop a service.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the TLS material cannot be used:\n{}", .0.iter().map(|f| format!("  {f}")).collect::<Vec<_>>().join("\n"))]
+pub struct CertificateErrors(pub Vec<Finding>);
+
+impl Report {
+    /// Logs the warnings, and turns the errors, if any, into an error.
+    ///
+    /// # Errors
+    /// [`CertificateErrors`] with every error finding.
+    pub fn enforce(self) -> Result<(), CertificateErrors> {
+        let (errors, warnings): (Vec<Finding>, Vec<Finding>) = self
+            .findings
+            .into_iter()
+            .partition(|f| f.severity == Severity::Error);
+        for warning in warnings {
+            tracing::warn!(file = %warning.file.display(), "{}", warning.message);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CertificateErrors(errors))
+        }
+    }
+}
+
+/// For `--check-certs`: prints every finding to stdout, then a verdict, and
+/// returns the exit code (0 when the material can be used).
+pub fn print_and_exit_code(report: &Report) -> std::process::ExitCode {
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    if report.is_ok() {
+        println!("certificates OK");
+        std::process::ExitCode::SUCCESS
+    } else {
+        println!("certificates NOT OK: fix the errors above");
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Examines an identity: the certificate chain in `cert`, the key in `key`,
+/// for `role`, at time `now`.
+pub fn check_identity(cert: &PemSource, key: &PemSource, role: &Role, now: SystemTime) -> Report {
+    let mut report = Report::default();
+    let chain = match PemFile::read(cert).and_then(|file| file.certificates()) {
+        Ok(chain) => chain,
+        Err(error) => {
+            report.add(Severity::Error, cert, problem_of(&error.to_string()));
+            return report;
+        }
+    };
+    let Some(leaf_der) = chain.first() else {
+        return report;
+    };
+    match X509Certificate::from_der(leaf_der) {
+        Ok((_, leaf)) => {
+            check_validity(&mut report, cert, &leaf, now);
+            check_purpose(&mut report, cert, &leaf, role);
+        }
+        Err(error) => report.add(
+            Severity::Error,
+            cert,
+            format!(
+                "the CERTIFICATE block is not a valid X.509 certificate ({error}); {GEN_KEYS_HINT}"
+            ),
+        ),
+    }
+    match PemFile::read(key).and_then(|file| file.private_key()) {
+        Ok(private_key) => {
+            let matches = crate::tls::provider()
+                .key_provider
+                .load_private_key(private_key)
+                .and_then(|signer| CertifiedKey::new(chain, signer).keys_match());
+            if let Err(error) = matches {
+                report.add(
+                    Severity::Error,
+                    key,
+                    format!(
+                        "this private key does not belong to the certificate in {} ({error}); use the key that was made with it, or make a new pair ({REGEN_HINT})",
+                        cert.path.display()
+                    ),
+                );
+            }
+        }
+        Err(error) => report.add(Severity::Error, key, problem_of(&error.to_string())),
+    }
+    report
+}
+
+/// Examines a CA file used to verify peers, at time `now`.
+pub fn check_ca(ca: &PemSource, now: SystemTime) -> Report {
+    let mut report = Report::default();
+    let certificates = match PemFile::read(ca).and_then(|file| file.certificates()) {
+        Ok(certificates) => certificates,
+        Err(error) => {
+            report.add(Severity::Error, ca, problem_of(&error.to_string()));
+            return report;
+        }
+    };
+    for der in &certificates {
+        match X509Certificate::from_der(der) {
+            Ok((_, certificate)) => {
+                check_validity(&mut report, ca, &certificate, now);
+                if !is_ca(&certificate) {
+                    report.add(
+                        Severity::Warning,
+                        ca,
+                        format!(
+                            "{} is not a CA certificate (no CA:TRUE); it can only verify a peer that presents this very certificate. Point {} at the CA that signs the peer's certificate",
+                            subject(&certificate),
+                            ca.flag
+                        ),
+                    );
+                }
+            }
+            Err(error) => report.add(
+                Severity::Error,
+                ca,
+                format!("a CERTIFICATE block is not a valid X.509 certificate ({error})"),
+            ),
+        }
+    }
+    report
+}
+
+/// The part of a [`crate::tls::PemFileError`] message after the path, so the
+/// finding does not name the file twice.
+fn problem_of(message: &str) -> String {
+    message
+        .split_once(": ")
+        .map_or(message, |(_, rest)| rest)
+        .to_owned()
+}
+
+fn check_validity(
+    report: &mut Report,
+    file: &PemSource,
+    certificate: &X509Certificate<'_>,
+    now: SystemTime,
+) {
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let validity = certificate.validity();
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    let who = subject(certificate);
+    if now < not_before {
+        report.add(
+            Severity::Error,
+            file,
+            format!(
+                "{who} is not valid until {}; check this machine's clock, or the certificate's dates",
+                validity.not_before
+            ),
+        );
+    } else if now > not_after {
+        report.add(
+            Severity::Error,
+            file,
+            format!(
+                "{who} expired on {}; renew it ({GEN_KEYS_HINT} with --force)",
+                validity.not_after
+            ),
+        );
+    } else if not_after - now < i64::try_from(EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX) {
+        let days = (not_after - now) / 86_400;
+        report.add(
+            Severity::Warning,
+            file,
+            format!(
+                "{who} expires on {}, in {days} days; renew it soon",
+                validity.not_after
+            ),
+        );
+    }
+}
+
+fn check_purpose(
+    report: &mut Report,
+    file: &PemSource,
+    certificate: &X509Certificate<'_>,
+    role: &Role,
+) {
+    let who = subject(certificate);
+    if is_ca(certificate) {
+        report.add(
+            Severity::Error,
+            file,
+            format!(
+                "{who} is a CA certificate (CA:TRUE) and rustls refuses it as an identity (CaUsedAsEndEntity). `openssl req -x509` makes such certificates; issue a leaf certificate from a CA instead ({GEN_KEYS_HINT})"
+            ),
+        );
+    }
+    let usage = certificate
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .map(|e| e.value);
+    let (wanted, allowed) = match role {
+        Role::Server { .. } => ("serverAuth", usage.is_none_or(|u| u.any || u.server_auth)),
+        Role::Client => ("clientAuth", usage.is_none_or(|u| u.any || u.client_auth)),
+    };
+    if !allowed {
+        report.add(
+            Severity::Error,
+            file,
+            format!("{who} is not for {wanted}: its extendedKeyUsage does not include it; issue one that does ({GEN_KEYS_HINT})"),
+        );
+    }
+    if let Role::Server { names, strict } = role {
+        check_names(report, file, certificate, names, *strict);
+    }
+}
+
+fn check_names(
+    report: &mut Report,
+    file: &PemSource,
+    certificate: &X509Certificate<'_>,
+    names: &[String],
+    strict: bool,
+) {
+    let who = subject(certificate);
+    let san = certificate
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|e| e.value.general_names.clone())
+        .unwrap_or_default();
+    if san.is_empty() {
+        report.add(
+            Severity::Error,
+            file,
+            format!(
+                "{who} has no subjectAltName. Clients match the host name against subjectAltName only and never the Common Name (RFC 6125; rustls, and Go since 1.15), so this certificate is valid for no name at all. This is the problem with the seed's `openssl req -x509 ... -subj '/CN=localhost'` certificate; {GEN_KEYS_HINT}, which adds DNS:localhost, IP:127.0.0.1 and IP:::1"
+            ),
+        );
+        return;
+    }
+    for name in names {
+        if !san.iter().any(|entry| covers(entry, name)) {
+            let listed: Vec<String> = san.iter().map(describe).collect();
+            report.add(
+                if strict { Severity::Error } else { Severity::Warning },
+                file,
+                format!(
+                    "{who} does not cover the name {name:?} that clients dial (it covers {}); issue a certificate for that name, or set --server-name to the name clients really use",
+                    listed.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// Whether a subjectAltName entry matches `name`: an IP entry an address,
+/// a DNS entry the name, case-insensitively, with a leading `*.` matching
+/// exactly one label.
+fn covers(entry: &GeneralName<'_>, name: &str) -> bool {
+    match (entry, name.parse::<IpAddr>()) {
+        (GeneralName::IPAddress(bytes), Ok(ip)) => match ip {
+            IpAddr::V4(v4) => *bytes == v4.octets(),
+            IpAddr::V6(v6) => *bytes == v6.octets(),
+        },
+        (GeneralName::DNSName(pattern), Err(_)) => {
+            let (pattern, name) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
+            match pattern.strip_prefix("*.") {
+                Some(suffix) => name
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+                None => pattern == name,
+            }
+        }
+        _ => false,
+    }
+}
+
+fn describe(entry: &GeneralName<'_>) -> String {
+    match entry {
+        GeneralName::DNSName(name) => format!("DNS:{name}"),
+        GeneralName::IPAddress(bytes) => match <[u8; 4]>::try_from(*bytes) {
+            Ok(v4) => format!("IP:{}", IpAddr::from(v4)),
+            Err(_) => <[u8; 16]>::try_from(*bytes)
+                .map(|v6| format!("IP:{}", IpAddr::from(v6)))
+                .unwrap_or_else(|_| "IP:?".to_owned()),
+        },
+        GeneralName::URI(uri) => format!("URI:{uri}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn is_ca(certificate: &X509Certificate<'_>) -> bool {
+    certificate
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|constraints| constraints.value.ca)
+}
+
+fn subject(certificate: &X509Certificate<'_>) -> String {
+    format!("the certificate for \"{}\"", certificate.subject())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, date_time_ymd,
+    };
+
+    /// 2030-01-15: every test certificate is valid from 2030-01-01 to
+    /// 2030-03-01 unless it says otherwise, so results do not depend on
+    /// today's date.
+    fn mid_january_2030() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_894_665_600)
+    }
+
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+            }
+        }
+
+        fn write(&self, name: &str, contents: &str) -> PemSource {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {name}: {e}"));
+            PemSource::new(path, "--cert")
+        }
+    }
+
+    fn params(
+        names: &[&str],
+        common_name: &str,
+        configure: impl FnOnce(&mut CertificateParams),
+    ) -> CertificateParams {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap_or_else(|e| panic!("params: {e}"));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.not_before = date_time_ymd(2030, 1, 1);
+        params.not_after = date_time_ymd(2030, 3, 1);
+        configure(&mut params);
+        params
+    }
+
+    /// Writes a CA-signed certificate and its key; returns their sources.
+    fn issue(files: &Files, stem: &str, params: &CertificateParams) -> (PemSource, PemSource) {
+        let ca_key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let cert = params
+            .signed_by(&key, &issuer)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            files.write(&format!("{stem}.pem"), &cert.pem()),
+            files.write(&format!("{stem}.key"), &key.serialize_pem()),
+        )
+    }
+
+    fn server(names: &[&str]) -> Role {
+        Role::Server {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            strict: true,
+        }
+    }
+
+    fn messages(report: &Report, severity: Severity) -> Vec<String> {
+        report
+            .findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .map(|f| f.message.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_good_server_identity_has_no_findings() {
+        let files = Files::new();
+        let (cert, key) = issue(
+            &files,
+            "good",
+            &params(&["localhost", "127.0.0.1"], "localhost", |_| {}),
+        );
+        let report = check_identity(
+            &cert,
+            &key,
+            &server(&["localhost", "127.0.0.1"]),
+            mid_january_2030(),
+        );
+        assert!(report.findings.is_empty(), "{:?}", report.findings);
+    }
+
+    #[test]
+    fn the_seeds_cn_only_certificate_is_called_out_by_name() {
+        let files = Files::new();
+        let (cert, key) = issue(&files, "seed", &params(&[], "localhost", |_| {}));
+        let report = check_identity(&cert, &key, &server(&["localhost"]), mid_january_2030());
+        assert!(!report.is_ok());
+        let errors = messages(&report, Severity::Error).join("\n");
+        assert!(errors.contains("has no subjectAltName"), "{errors}");
+        assert!(errors.contains("seed's `openssl req -x509"), "{errors}");
+    }
+
+    #[test]
+    fn a_ca_certificate_as_a_server_identity_is_an_error() {
+        let files = Files::new();
+        let ca_like = params(&["localhost"], "localhost", |p| {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        });
+        let (cert, key) = issue(&files, "ca-like", &ca_like);
+        let report = check_identity(&cert, &key, &server(&["localhost"]), mid_january_2030());
+        let errors = messages(&report, Severity::Error).join("\n");
+        assert!(errors.contains("CaUsedAsEndEntity"), "{errors}");
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_certificates_are_errors_and_expiring_ones_warnings() {
+        let files = Files::new();
+        let (cert, key) = issue(
+            &files,
+            "dated",
+            &params(&["localhost"], "localhost", |_| {}),
+        );
+        let role = server(&["localhost"]);
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+
+        let expired = check_identity(&cert, &key, &role, at(1_900_000_000)); // 2030-03-17
+        assert!(
+            messages(&expired, Severity::Error)
+                .join("")
+                .contains("expired on")
+        );
+
+        let early = check_identity(&cert, &key, &role, at(1_890_000_000)); // 2029-11-22
+        assert!(
+            messages(&early, Severity::Error)
+                .join("")
+                .contains("is not valid until")
+        );
+
+        let soon = check_identity(&cert, &key, &role, at(1_898_118_000)); // 5 days and an hour before expiry
+        assert!(soon.is_ok(), "{:?}", soon.findings);
+        assert!(
+            messages(&soon, Severity::Warning)
+                .join("")
+                .contains("in 5 days")
+        );
+    }
+
+    #[test]
+    fn a_key_from_another_pair_is_named_as_the_problem() {
+        let files = Files::new();
+        let (cert, _) = issue(&files, "one", &params(&["localhost"], "localhost", |_| {}));
+        let (_, other_key) = issue(&files, "two", &params(&["localhost"], "localhost", |_| {}));
+        let report = check_identity(
+            &cert,
+            &other_key,
+            &server(&["localhost"]),
+            mid_january_2030(),
+        );
+        let finding = report
+            .findings
+            .iter()
+            .find(|f| f.severity == Severity::Error);
+        assert_eq!(
+            finding.map(|f| f.file.clone()),
+            Some(other_key.path.clone())
+        );
+        assert!(finding.is_some_and(|f| f.message.contains("does not belong to the certificate")));
+    }
+
+    #[test]
+    fn a_certificate_for_the_wrong_purpose_is_an_error() {
+        let files = Files::new();
+        let server_only = params(&["catalog"], "catalog", |p| {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        });
+        let (cert, key) = issue(&files, "server-only", &server_only);
+        let report = check_identity(&cert, &key, &Role::Client, mid_january_2030());
+        assert!(
+            messages(&report, Severity::Error)
+                .join("")
+                .contains("is not for clientAuth")
+        );
+    }
+
+    #[test]
+    fn an_uncovered_host_name_is_an_error_when_strict_and_a_warning_otherwise() {
+        let files = Files::new();
+        let (cert, key) = issue(
+            &files,
+            "named",
+            &params(&["discount.internal"], "discount", |_| {}),
+        );
+        let strict = check_identity(&cert, &key, &server(&["localhost"]), mid_january_2030());
+        let errors = messages(&strict, Severity::Error).join("");
+        assert!(
+            errors.contains("does not cover the name \"localhost\""),
+            "{errors}"
+        );
+        assert!(errors.contains("DNS:discount.internal"), "{errors}");
+
+        let lenient = Role::Server {
+            names: vec!["localhost".to_owned()],
+            strict: false,
+        };
+        let report = check_identity(&cert, &key, &lenient, mid_january_2030());
+        assert!(report.is_ok());
+        assert_eq!(messages(&report, Severity::Warning).len(), 1);
+    }
+
+    #[test]
+    fn wildcards_cover_exactly_one_label() {
+        let entry = GeneralName::DNSName("*.svc.local");
+        assert!(covers(&entry, "discount.svc.local"));
+        assert!(covers(&entry, "DISCOUNT.svc.local"));
+        assert!(!covers(&entry, "svc.local"));
+        assert!(!covers(&entry, "a.discount.svc.local"));
+        assert!(covers(
+            &GeneralName::IPAddress(&[127, 0, 0, 1]),
+            "127.0.0.1"
+        ));
+        assert!(!covers(&GeneralName::DNSName("127.0.0.1"), "127.0.0.1"));
+    }
+
+    #[test]
+    fn a_ca_file_holding_a_leaf_certificate_is_a_warning() {
+        let files = Files::new();
+        let (leaf, _) = issue(&files, "leaf", &params(&["localhost"], "localhost", |_| {}));
+        let report = check_ca(&leaf, mid_january_2030());
+        assert!(report.is_ok());
+        assert!(
+            messages(&report, Severity::Warning)
+                .join("")
+                .contains("is not a CA certificate")
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_with_the_fix() {
+        let files = Files::new();
+        let missing = PemSource::new(files.dir.path().join("nope.pem"), "--cert");
+        let report = check_ca(&missing, mid_january_2030());
+        let errors = messages(&report, Severity::Error).join("");
+        assert!(
+            errors.contains("file not found") && errors.contains("scripts/gen-keys.sh"),
+            "{errors}"
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! The certificate doctor on the real binaries, with keys made the way users
+//! make them: by `scripts/gen-keys.sh`, and by the seed's own openssl line.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use testkit::SetupResult;
+
+fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Runs the discount binary with the key files of `dir`, plus `args`.
+fn discount(dir: &Path, args: &[&str]) -> SetupResult<Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_discount"))
+        .arg("--cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--key")
+        .arg(dir.join("private.key"))
+        .arg("--client-ca")
+        .arg(dir.join("ca.pem"))
+        .args(["--listen-addr", "127.0.0.1"])
+        .args(args)
+        .output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn keys_from_gen_keys_pass_the_doctor() -> SetupResult<()> {
+    let keys = tempfile::tempdir()?;
+    let made = Command::new("bash")
+        .arg(repo_root().join("scripts/gen-keys.sh"))
+        .arg("--dir")
+        .arg(keys.path())
+        .output()?;
+    assert!(
+        made.status.success(),
+        "gen-keys failed: {}",
+        text(&made.stderr)
+    );
+
+    let checked = discount(keys.path(), &["--check-certs"])?;
+    assert!(checked.status.success(), "{}", text(&checked.stdout));
+    assert_eq!(text(&checked.stdout), "certificates OK\n");
+
+    Ok(())
+}
+
+/// The seed's command, verbatim but for the key size and the paths.
+fn seed_certificate(dir: &Path) -> SetupResult<()> {
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "365", "-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("private.key"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()?;
+    if !made.status.success() {
+        return Err(format!("openssl failed: {}", text(&made.stderr)).into());
+    }
+    std::fs::copy(dir.join("cert.pem"), dir.join("ca.pem"))?;
+    Ok(())
+}
+
+#[test]
+fn the_seeds_own_certificate_is_refused_with_the_reasons_and_the_fix() -> SetupResult<()> {
+    let keys = tempfile::tempdir()?;
+    seed_certificate(keys.path())?;
+
+    let checked = discount(keys.path(), &["--check-certs"])?;
+    let report = text(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(1), "{report}");
+    assert!(report.contains("has no subjectAltName"), "{report}");
+    assert!(report.contains("CaUsedAsEndEntity"), "{report}");
+    assert!(report.contains("scripts/gen-keys.sh"), "{report}");
+
+    // Started for real, it refuses to serve, with the same findings.
+    let started = discount(keys.path(), &["0"])?;
+    let stderr = text(&started.stderr);
+    assert_eq!(started.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cert.pem") && stderr.contains("has no subjectAltName"),
+        "{stderr}"
+    );
+    Ok(())
+}
