@@ -83,6 +83,16 @@ pub struct Config {
     #[arg(long, env = "CATALOG_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// The longest a client may take to send a request's headers, and the
+    /// longest an HTTP/1 connection may sit idle between requests.
+    #[arg(long, env = "CATALOG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// The most HTTP connections served at once; further clients wait in
+    /// the kernel's queue until one closes.
+    #[arg(long, env = "CATALOG_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// On SIGTERM or Ctrl-C, how long requests in flight get to finish
     /// before their connections are closed and the process exits.
     #[arg(long, env = "CATALOG_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -128,6 +138,8 @@ impl Config {
     pub fn serve_options(&self) -> ServeOptions {
         ServeOptions {
             request_timeout: self.request_timeout,
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
         }
     }

@@ -19,19 +19,28 @@ use std::time::Duration;
 
 use common::conn::{ConnectionTracker, Tracked};
 use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
+use http_body::Frame;
+use http_body_util::BodyExt;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http;
 use tonic_health::ServingStatus;
+use tower::util::MapResponseLayer;
 
 use crate::error::StartupError;
 use crate::service::DiscountService;
 
 /// Handshaken connections waiting for the gRPC server to pick them up.
 const READY_QUEUE: usize = 128;
+
+/// The largest request or response message: 64 KiB. A DiscountRequest is a
+/// few hundred bytes; tonic's default of 4 MiB per call would let a client
+/// make the server buffer far more than any real request needs.
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
 /// How connections are secured.
 #[derive(Debug, Clone)]
@@ -135,10 +144,14 @@ pub async fn serve<S: Discount>(
         tracing::info!("no longer accepting; draining calls in flight");
     };
     let connections = ConnectionTracker::new();
+    let discount = DiscountServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let router = tonic::transport::Server::builder()
+        .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(DiscountServer::new(service));
+        .add_service(discount);
     let limit = options.handshake_timeout;
     let tracker = connections.clone();
     let finished =
@@ -234,5 +247,39 @@ async fn handshake(
             tracing::warn!(%peer, timeout = ?limit, "TLS handshake timed out; closing the connection");
             None
         }
+    }
+}
+
+/// tonic answers a request over the size limit with OUT_OF_RANGE; the gRPC
+/// status code specification, grpc-go and grpcio say RESOURCE_EXHAUSTED, and
+/// clients retry or alert on that code. The status travels in the trailers
+/// (or, for a trailers-only answer, in the headers); both are rewritten.
+fn oversized_is_resource_exhausted(
+    response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let (mut parts, body) = response.into_parts();
+    rewrite_oversized_status(&mut parts.headers);
+    let body = body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            rewrite_oversized_status(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    http::Response::from_parts(parts, tonic::body::Body::new(body))
+}
+
+fn rewrite_oversized_status(headers: &mut http::HeaderMap) {
+    let oversized = tonic::Status::from_header_map(headers).is_some_and(|status| {
+        status.code() == tonic::Code::OutOfRange
+            && status
+                .message()
+                .starts_with("Error, decoded message length too large")
+    });
+    if oversized {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        );
     }
 }

@@ -1,0 +1,205 @@
+//! Hostile and malformed HTTP to the catalog, over raw TCP so that no client
+//! library tidies the bytes up. Each case leaves the catalog answering the
+//! next good request correctly. Loopback only, bounded in count and time.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::{CUSTOMER_2, Catalog, HANG, HEALTHY_DEADLINE, PLAIN, system};
+use testkit::{DiscountServer, Pki, SetupResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends `request` on a new connection and reads until the server closes
+/// it. Requests say `Connection: close`, so a complete answer ends there.
+async fn raw(addr: SocketAddr, request: &[u8]) -> SetupResult<String> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(request).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(HANG, tcp.read_to_end(&mut answer)).await??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+fn get_products(headers: &[u8]) -> Vec<u8> {
+    let mut request = b"GET /products HTTP/1.1\r\nHost: catalog\r\nConnection: close\r\n".to_vec();
+    request.extend_from_slice(headers);
+    request.extend_from_slice(b"\r\n");
+    request
+}
+
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or_default()
+}
+
+fn body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+/// The catalog still serves a good request correctly.
+async fn assert_healthy(catalog: &Catalog) -> SetupResult<()> {
+    assert_eq!(
+        catalog.products(None).await?,
+        (reqwest::StatusCode::OK, PLAIN.to_owned())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn strange_user_ids_are_400_whatever_bytes_they_hold() -> SetupResult<()> {
+    let (_pki, _discount, catalog) = system().await?;
+    let long_number = format!("X-USER-ID: {}\r\n", "9".repeat(8000));
+    let cases: [&[u8]; 4] = [
+        long_number.as_bytes(),
+        "X-USER-ID: \u{0661}\r\n".as_bytes(), // a non-ASCII digit
+        b"X-USER-ID: \xff\xfe1\r\n",          // not UTF-8 at all
+        b"X-USER-ID: 123456789012345678901234567890\r\n",
+    ];
+    for header in cases {
+        let answer = raw(catalog.addr, &get_products(header)).await?;
+        assert_eq!(
+            status_line(&answer),
+            "HTTP/1.1 400 Bad Request",
+            "{header:?}"
+        );
+        assert_eq!(body(&answer), "Customer ID is not a number.\n");
+    }
+    assert_healthy(&catalog).await
+}
+
+#[tokio::test]
+async fn control_characters_in_a_header_are_refused_by_the_parser() -> SetupResult<()> {
+    let (_pki, _discount, catalog) = system().await?;
+    let answer = raw(catalog.addr, &get_products(b"X-USER-ID: 1\x01\r\n")).await?;
+    assert!(
+        status_line(&answer).starts_with("HTTP/1.1 400"),
+        "{answer:?}"
+    );
+    assert_healthy(&catalog).await
+}
+
+#[tokio::test]
+async fn with_repeated_user_ids_the_first_one_counts() -> SetupResult<()> {
+    let (_pki, _discount, catalog) = system().await?;
+    let answer = raw(
+        catalog.addr,
+        &get_products(b"X-USER-ID: 2\r\nX-USER-ID: 1\r\nX-USER-ID: abc\r\n"),
+    )
+    .await?;
+    assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
+    assert_eq!(body(&answer), CUSTOMER_2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_headers_and_too_many_headers_are_431() -> SetupResult<()> {
+    let (_pki, _discount, catalog) = system().await?;
+    let big = format!("X-Padding: {}\r\n", "a".repeat(catalog::MAX_REQUEST_HEAD));
+    let answer = raw(catalog.addr, &get_products(big.as_bytes())).await?;
+    assert!(
+        status_line(&answer).starts_with("HTTP/1.1 431"),
+        "{:?}",
+        status_line(&answer)
+    );
+
+    let many: String = (0..=catalog::MAX_HEADERS)
+        .map(|i| format!("X-H{i}: {i}\r\n"))
+        .collect();
+    let answer = raw(catalog.addr, &get_products(many.as_bytes())).await?;
+    assert!(
+        status_line(&answer).starts_with("HTTP/1.1 431"),
+        "{:?}",
+        status_line(&answer)
+    );
+    assert_healthy(&catalog).await
+}
+
+#[tokio::test]
+async fn a_body_on_a_get_is_ignored_and_the_connection_stays_usable() -> SetupResult<()> {
+    let (_pki, _discount, catalog) = system().await?;
+    let mut tcp = TcpStream::connect(catalog.addr).await?;
+    tcp.write_all(b"GET /products HTTP/1.1\r\nHost: c\r\nContent-Length: 11\r\n\r\nhello world")
+        .await?;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answers = Vec::new();
+    tokio::time::timeout(HANG, tcp.read_to_end(&mut answers)).await??;
+    let answers = String::from_utf8_lossy(&answers);
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
+    assert!(answers.contains(PLAIN.trim_end()));
+    assert!(answers.ends_with("It is working."));
+    Ok(())
+}
+
+async fn catalog_with(extra: &[&str]) -> SetupResult<(Pki, DiscountServer, Catalog)> {
+    let pki = Pki::generate()?;
+    let discount = DiscountServer::start(&pki).await?;
+    let catalog = Catalog::start_with(
+        &discount.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        extra,
+    )
+    .await?;
+    Ok((pki, discount, catalog))
+}
+
+#[tokio::test]
+async fn a_client_sending_headers_a_byte_at_a_time_is_cut_off_at_the_header_timeout()
+-> SetupResult<()> {
+    let (_pki, _discount, catalog) = catalog_with(&["--header-read-timeout", "500ms"]).await?;
+    let mut tcp = TcpStream::connect(catalog.addr).await?;
+    let started = Instant::now();
+    let request =
+        b"GET /products HTTP/1.1\r\nHost: catalog\r\nX-Slow: abcdefghijklmnopqrstuvwxyz\r\n\r\n";
+    let mut cut_off = false;
+    // One byte every 100 ms would take 7 s; the server must not wait that long.
+    for byte in request {
+        if tcp.write_all(&[*byte]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut probe = [0_u8; 256];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe)).await
+        {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(cut_off, "the server waited for the whole slow request");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
+    assert_healthy(&catalog).await
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_connections_is_bounded_and_closed() -> SetupResult<()> {
+    let (_pki, _discount, catalog) =
+        catalog_with(&["--header-read-timeout", "500ms", "--max-connections", "32"]).await?;
+    // 300 connections that never send a byte: at most 32 are served at a
+    // time, each is closed after the header timeout, and then the rest.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(catalog.addr).await?);
+    }
+    let closed_by_server = async {
+        for mut tcp in idle {
+            let mut probe = [0_u8; 16];
+            if !matches!(tcp.read(&mut probe).await, Ok(0) | Err(_)) {
+                return false;
+            }
+        }
+        true
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), closed_by_server).await?,
+        "an idle connection got data"
+    );
+    assert_healthy(&catalog).await
+}

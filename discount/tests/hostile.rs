@@ -1,0 +1,250 @@
+//! Hostile and malformed input to discount: each leaves the server up and
+//! answering the next good call, with a clear status or a refused handshake.
+//! Loopback only, bounded in count and time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut};
+use discount::server::MAX_MESSAGE_SIZE;
+use ecommerce_proto::pb::discount_client::DiscountClient;
+use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, Product};
+use rustls::pki_types::ServerName;
+use testkit::{DiscountServer, Pki, SetupResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::{Channel, Endpoint};
+
+/// Longer than anything here should take; reaching it is the failure.
+const HANG: Duration = Duration::from_secs(10);
+
+fn request(customer_id: i32, price_in_cents: i32, description: String) -> DiscountRequest {
+    DiscountRequest {
+        customer: Some(Customer {
+            id: customer_id,
+            ..Customer::default()
+        }),
+        product: Some(Product {
+            id: 1,
+            slug: "x".into(),
+            description,
+            price_in_cents,
+            discount_value: None,
+        }),
+    }
+}
+
+/// The discount customer 1 gets on `price`, asked over a fresh connection.
+async fn priced(
+    server: &DiscountServer,
+    pki: &Pki,
+    price: i32,
+) -> SetupResult<Option<DiscountValue>> {
+    let channel = testkit::grpc_channel(server.addr(), pki).await?;
+    let answer = tokio::time::timeout(
+        HANG,
+        DiscountClient::new(channel).apply_discount(request(1, price, String::new())),
+    )
+    .await??;
+    Ok(answer.into_inner().product.and_then(|p| p.discount_value))
+}
+
+/// Still up, still right.
+async fn assert_healthy(server: &DiscountServer, pki: &Pki) -> SetupResult<()> {
+    let value = priced(server, pki, 1000).await?;
+    assert_eq!(value.map(|v| v.value_in_cents), Some(900));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_extreme_prices_are_priced_without_overflow() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    assert_eq!(
+        priced(&server, &pki, i32::MIN).await?,
+        Some(DiscountValue::default())
+    );
+    assert_eq!(
+        priced(&server, &pki, i32::MAX).await?,
+        Some(DiscountValue {
+            pct: 0.1,
+            value_in_cents: 1_932_735_282
+        })
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_resource_exhausted() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
+    let huge = "x".repeat(MAX_MESSAGE_SIZE + 1);
+    let status = DiscountClient::new(channel)
+        .apply_discount(request(1, 1000, huge))
+        .await
+        .err()
+        .ok_or("an oversized request was accepted")?;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
+    assert_healthy(&server, &pki).await
+}
+
+/// Sends bytes as the request message, unchanged: for what no generated
+/// client would send.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawBytes;
+
+impl Codec for RawBytes {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        Self
+    }
+
+    fn decoder(&mut self) -> Self {
+        Self
+    }
+}
+
+impl Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let bytes = src.chunk().to_vec();
+        src.advance(bytes.len());
+        Ok(Some(bytes))
+    }
+}
+
+async fn send_raw(channel: Channel, message: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/ecommerce.Discount/ApplyDiscount");
+    grpc.unary(tonic::Request::new(message), path, RawBytes)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_protobuf_get_a_status_not_a_crash() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
+
+    // A field header with an invalid wire type, then a truncated varint.
+    for garbage in [
+        vec![0x0f, 0x01],
+        vec![0x08, 0xff, 0xff],
+        vec![0x12, 0x7f, 0x01],
+    ] {
+        let status = send_raw(channel.clone(), garbage.clone())
+            .await
+            .err()
+            .ok_or("garbage was accepted")?;
+        assert_eq!(status.code(), Code::Internal, "{garbage:?}: {status:?}");
+        assert!(status.message().contains("decode"), "{}", status.message());
+    }
+    // An empty message is a valid DiscountRequest with nothing in it.
+    let status = send_raw(channel, Vec::new())
+        .await
+        .err()
+        .ok_or("empty accepted")?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_healthy(&server, &pki).await
+}
+
+#[tokio::test]
+async fn a_plaintext_grpc_client_on_the_tls_port_is_refused_quickly() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let plaintext =
+        Endpoint::from_shared(format!("http://{}", server.addr()))?.connect_timeout(HANG);
+    let attempt = async {
+        let channel = plaintext.connect().await?;
+        DiscountClient::new(channel)
+            .apply_discount(request(1, 1000, String::new()))
+            .await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    let outcome = tokio::time::timeout(HANG, attempt).await?;
+    assert!(
+        outcome.is_err(),
+        "a plaintext client was served on the TLS port"
+    );
+    assert_healthy(&server, &pki).await
+}
+
+/// A TLS client of `pki` (with its client certificate) offering `alpn`.
+fn tls_client(pki: &Pki, alpn: &[&[u8]]) -> SetupResult<tokio_rustls::TlsConnector> {
+    let roots = common::tls::read_root_store(&pki.ca())?;
+    let chain = common::tls::read_certificates(&common::tls::PemSource::new(
+        pki.path("client.pem"),
+        "test",
+    ))?;
+    let key = common::tls::read_private_key(&common::tls::PemSource::new(
+        pki.path("client.key"),
+        "test",
+    ))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(common::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[tokio::test]
+async fn a_tls_client_that_only_speaks_http1_is_refused() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let name = ServerName::try_from("localhost")?;
+
+    // Offering only http/1.1: no protocol in common, so no handshake.
+    let tcp = TcpStream::connect(server.addr()).await?;
+    let refused = tokio::time::timeout(
+        HANG,
+        tls_client(&pki, &[b"http/1.1"])?.connect(name.clone(), tcp),
+    )
+    .await?;
+    let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("NoApplicationProtocol"), "{error:?}");
+
+    // Offering nothing, then speaking HTTP/1.1: the connection is closed,
+    // and nothing that looks like an HTTP/1.1 answer comes back.
+    let tcp = TcpStream::connect(server.addr()).await?;
+    let mut tls = tokio::time::timeout(HANG, tls_client(&pki, &[])?.connect(name, tcp)).await??;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(HANG, tls.read_to_end(&mut answer)).await?;
+    assert!(
+        !answer.starts_with(b"HTTP/1.1"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_healthy(&server, &pki).await
+}
