@@ -127,3 +127,65 @@ mod tests {
         }
     }
 }
+
+/// Property tests: `customer_id` against an independent model of Go's
+/// `strconv.Atoi`, on arbitrary input. `PROPTEST_CASES=100000 cargo test -p
+/// catalog --lib customer` runs them longer.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    /// Go's Atoi for a 64-bit int, written from its specification: an
+    /// optional sign, then one or more ASCII digits, in range.
+    fn atoi_model(text: &str) -> Option<i64> {
+        let (negative, digits) = match text.as_bytes().first() {
+            Some(b'-') => (true, &text[1..]),
+            Some(b'+') => (false, &text[1..]),
+            _ => (false, text),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let mut value: i128 = 0;
+        for digit in digits.bytes() {
+            value = value * 10 + i128::from(digit - b'0');
+            if value > i128::from(i64::MAX) + 1 {
+                return None;
+            }
+        }
+        let value = if negative { -value } else { value };
+        i64::try_from(value).ok()
+    }
+
+    fn parse(raw: &[u8]) -> Option<Result<Option<i64>, ()>> {
+        let value = HeaderValue::from_bytes(raw).ok()?;
+        let mut headers = HeaderMap::new();
+        headers.insert(USER_ID_HEADER, value);
+        Some(customer_id(&headers).map_err(|_| ()))
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_go_atoi_on_number_like_text(text in "[ \t]{0,2}[+-]{0,2}[0-9]{0,25}[ \t]{0,2}") {
+            let trimmed = text.trim_matches([' ', '\t']);
+            let expected = if trimmed.is_empty() { Ok(None) } else { atoi_model(trimmed).map(Some).ok_or(()) };
+            prop_assert_eq!(parse(text.as_bytes()), Some(expected));
+        }
+
+        #[test]
+        fn every_i64_round_trips(n in any::<i64>()) {
+            prop_assert_eq!(parse(n.to_string().as_bytes()), Some(Ok(Some(n))));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_only_digits_parse(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Some(Ok(Some(_))) = parse(&raw) {
+                let text = String::from_utf8_lossy(&raw);
+                let trimmed = text.trim_matches([' ', '\t']);
+                prop_assert!(atoi_model(trimmed).is_some(), "accepted {:?}", raw);
+            }
+        }
+    }
+}

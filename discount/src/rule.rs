@@ -111,3 +111,23 @@ mod tests {
         assert_eq!(discount_for(1, 100).pct, 0.1_f32);
     }
 }
+
+/// Property tests: the decimal computation against integer arithmetic,
+/// which cannot round: for a positive price, 90% truncated is `price * 9 / 10`.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn matches_integer_arithmetic_for_every_customer_and_price(customer in any::<i32>(), price in any::<i32>()) {
+            let expected = if customer == 1 && price > 0 {
+                DiscountValue { pct: 0.1, value_in_cents: i32::try_from(i64::from(price) * 9 / 10).unwrap_or(-1) }
+            } else {
+                DiscountValue::default()
+            };
+            prop_assert_eq!(discount_for(customer, price), expected);
+        }
+    }
+}

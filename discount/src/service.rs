@@ -45,3 +45,49 @@ impl Discount for DiscountService {
         }))
     }
 }
+
+/// Property tests: any bytes, decoded as a request and handed to the
+/// service, give a well-formed answer or a clear status, never a panic.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use ecommerce_proto::pb::DiscountValue;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn answer(request: DiscountRequest) -> Result<DiscountResponse, Status> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build();
+        let Ok(runtime) = runtime else {
+            return Err(Status::internal("no runtime"));
+        };
+        runtime
+            .block_on(DiscountService.apply_discount(Request::new(request)))
+            .map(Response::into_inner)
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_decode_to_an_answer_or_a_clear_refusal(raw in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let Ok(request) = DiscountRequest::decode(raw.as_slice()) else {
+                return Ok(()); // tonic answers INTERNAL before the service sees it
+            };
+            let sent = request.product.clone();
+            let complete = request.customer.is_some() && sent.is_some();
+            match answer(request) {
+                Ok(response) => {
+                    prop_assert!(complete);
+                    let product = response.product.unwrap_or_default();
+                    let sent = sent.unwrap_or_default();
+                    prop_assert_eq!((&product.slug, &product.description, product.id, product.price_in_cents),
+                        (&sent.slug, &sent.description, sent.id, sent.price_in_cents));
+                    let value = product.discount_value.unwrap_or(DiscountValue { pct: -1.0, value_in_cents: -1 });
+                    prop_assert!(value.value_in_cents >= 0 && value.value_in_cents <= sent.price_in_cents.max(0));
+                }
+                Err(status) => {
+                    prop_assert!(!complete);
+                    prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                }
+            }
+        }
+    }
+}
