@@ -1,7 +1,6 @@
 //! The discount server over real TLS sockets on loopback, with certificates
 //! made when the test runs.
 
-use std::error::Error;
 use std::time::Duration;
 
 use ecommerce_proto::pb::discount_client::DiscountClient;
@@ -53,17 +52,6 @@ fn request(customer_id: i32, product: Product) -> DiscountRequest {
         customer: Some(customer(customer_id)),
         product: Some(product),
     }
-}
-
-fn error_chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[tokio::test]
@@ -184,7 +172,7 @@ async fn a_client_that_does_not_trust_the_ca_fails_with_a_certificate_error() ->
         .await?
         .err()
         .ok_or("connected with an untrusted CA")?;
-    let chain = error_chain(&error);
+    let chain = testkit::error_chain(&error);
     assert!(
         // BadSignature or UnknownIssuer, depending on whether the stranger's
         // CA happens to share the test CA's name.

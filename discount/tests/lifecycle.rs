@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use ecommerce_proto::pb::discount_client::DiscountClient;
-use ecommerce_proto::pb::{Customer, DiscountRequest, Product};
 use testkit::{DiscountServer, Pki, ScriptedDiscount, SetupResult};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -26,20 +25,6 @@ async fn health(channel: &Channel, service: &str) -> SetupResult<ServingStatus> 
         .await?
         .into_inner();
     Ok(ServingStatus::try_from(answer.status)?)
-}
-
-fn discount_request(product_id: i32) -> DiscountRequest {
-    DiscountRequest {
-        customer: Some(Customer {
-            id: 1,
-            ..Customer::default()
-        }),
-        product: Some(Product {
-            id: product_id,
-            price_in_cents: 1000,
-            ..Product::default()
-        }),
-    }
 }
 
 #[tokio::test]
@@ -118,7 +103,11 @@ async fn a_call_in_flight_when_shutdown_starts_completes() -> SetupResult<()> {
     let mut server = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, slow).await?;
     let channel = testkit::grpc_channel(server.addr(), &pki).await?;
     let mut client = DiscountClient::new(channel);
-    let call = tokio::spawn(async move { client.apply_discount(discount_request(7)).await });
+    let call = tokio::spawn(async move {
+        client
+            .apply_discount(testkit::discount_request(1, 7, 1000))
+            .await
+    });
 
     // Stop exactly when the call has reached the server.
     assert_eq!(tokio::time::timeout(HANG, arrivals.recv()).await?, Some(7));
@@ -150,7 +139,11 @@ async fn a_call_that_outlasts_the_drain_timeout_does_not_keep_the_server_up() ->
     .await?;
     let channel = testkit::grpc_channel(server.addr(), &pki).await?;
     let mut client = DiscountClient::new(channel);
-    let call = tokio::spawn(async move { client.apply_discount(discount_request(7)).await });
+    let call = tokio::spawn(async move {
+        client
+            .apply_discount(testkit::discount_request(1, 7, 1000))
+            .await
+    });
     tokio::time::timeout(HANG, arrivals.recv()).await?;
 
     server.begin_stop();

@@ -2,14 +2,12 @@
 //! plaintext behind a mesh. Real TLS sockets on loopback, certificates made
 //! when the test runs.
 
-use std::error::Error;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discount::config::{ClientAuth, server_tls};
 use discount::{DiscountService, Transport};
 use ecommerce_proto::pb::discount_client::DiscountClient;
-use ecommerce_proto::pb::{Customer, DiscountRequest, Product};
 use testkit::{ClientCert, DiscountServer, Pki, SetupResult};
 use tonic::transport::{Endpoint, Identity};
 
@@ -34,17 +32,6 @@ fn identity(pki: &Pki, name: &str) -> SetupResult<Identity> {
     ))
 }
 
-fn chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Connects to `server` trusting `pki`'s CA, presenting `identity`, and
 /// makes one call. `Ok(value_in_cents)`, or the whole error chain.
 async fn call(
@@ -58,22 +45,12 @@ async fn call(
         // at connect or at the first call.
         let channel = testkit::grpc_channel_with(server.addr(), &pki.path("ca.pem"), identity)
             .await
-            .map_err(|e| chain(&*e))?;
-        let request = DiscountRequest {
-            customer: Some(Customer {
-                id: 1,
-                ..Customer::default()
-            }),
-            product: Some(Product {
-                id: 1,
-                price_in_cents: 1000,
-                ..Product::default()
-            }),
-        };
+            .map_err(|e| testkit::error_chain(&*e))?;
+        let request = testkit::discount_request(1, 1, 1000);
         let answer = DiscountClient::new(channel)
             .apply_discount(request)
             .await
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| testkit::error_chain(&e))?;
         Ok(answer
             .into_inner()
             .product
@@ -169,17 +146,7 @@ async fn plaintext_mode_speaks_grpc_without_tls_and_refuses_tls_clients() -> Set
     let channel = Endpoint::from_shared(format!("http://{}", server.addr()))?
         .connect()
         .await?;
-    let request = DiscountRequest {
-        customer: Some(Customer {
-            id: 1,
-            ..Customer::default()
-        }),
-        product: Some(Product {
-            id: 1,
-            price_in_cents: 1000,
-            ..Product::default()
-        }),
-    };
+    let request = testkit::discount_request(1, 1, 1000);
     let answer = DiscountClient::new(channel).apply_discount(request).await?;
     assert_eq!(
         answer

@@ -13,7 +13,6 @@ use common::tls::PemSource;
 use discount::config::{ClientAuth, server_tls};
 use discount::{DiscountService, Transport};
 use ecommerce_proto::pb::discount_client::DiscountClient;
-use ecommerce_proto::pb::{Customer, DiscountRequest, Product};
 use rustls::ServerConfig;
 use testkit::{DiscountServer, Pki, SetupResult};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -38,17 +37,7 @@ fn reloadable_tls(dir: &Path) -> SetupResult<Reloadable<Arc<ServerConfig>>> {
 }
 
 async fn priced(channel: Channel) -> SetupResult<i32> {
-    let request = DiscountRequest {
-        customer: Some(Customer {
-            id: 1,
-            ..Customer::default()
-        }),
-        product: Some(Product {
-            id: 1,
-            price_in_cents: 1000,
-            ..Product::default()
-        }),
-    };
+    let request = testkit::discount_request(1, 1, 1000);
     let answer =
         tokio::time::timeout(HANG, DiscountClient::new(channel).apply_discount(request)).await??;
     Ok(answer

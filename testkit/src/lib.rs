@@ -21,7 +21,7 @@ use common::tls::PemSource;
 use discount::config::ClientAuth;
 use discount::{DiscountService, ServerOptions, Transport};
 use ecommerce_proto::pb::discount_server::Discount;
-use ecommerce_proto::pb::{DiscountRequest, DiscountResponse};
+use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountResponse, Product};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -180,6 +180,35 @@ impl Pki {
     pub fn server_key(&self) -> PemSource {
         PemSource::new(self.path("private.key"), "test server key")
     }
+}
+
+/// A request for customer `customer_id`'s price of product `product_id`,
+/// priced `price_in_cents`.
+pub fn discount_request(customer_id: i32, product_id: i32, price_in_cents: i32) -> DiscountRequest {
+    DiscountRequest {
+        customer: Some(Customer {
+            id: customer_id,
+            ..Customer::default()
+        }),
+        product: Some(Product {
+            id: product_id,
+            price_in_cents,
+            ..Product::default()
+        }),
+    }
+}
+
+/// `error` followed by each of its sources, joined by `": "`: the whole
+/// story, where tonic's own message is often just "transport error".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A tonic channel to `addr` over mutual TLS, trusting the CA of `pki`,
