@@ -38,14 +38,16 @@ async fn serve(config: Config) -> Result<(), StartupError> {
         let _ = reloader.reload();
     }));
     let listener = common::net::bind(config.listen_addr()).map_err(StartupError::Bind)?;
+    // The bound address, not the configured one: with port 0 only this
+    // says where the service really is.
+    let addr = listener.local_addr().map_err(StartupError::Bind)?;
     tracing::info!(
         discount = %discount.addr,
         server_name = %discount.server_name,
         dial_per_request = discount.dial_per_request,
         ca = %common::tls::display_path(&config.discount_ca),
         client_cert = %common::tls::display_path(&config.client_cert),
-        "Server running on {}",
-        config.listen_addr()
+        "Server running on {addr}"
     );
     catalog::run(
         listener,

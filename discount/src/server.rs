@@ -122,10 +122,15 @@ pub async fn serve<S: Discount>(
 ) -> Result<(), StartupError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DiscountServer<S>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ecommerce_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl speaks v1, grpcio's reflection
+    // client (and older tools) only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ecommerce_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let delay = options.shutdown_delay;
     let shutdown = async move {
@@ -150,7 +155,8 @@ pub async fn serve<S: Discount>(
     let router = tonic::transport::Server::builder()
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(discount);
     let limit = options.handshake_timeout;
     let tracker = connections.clone();
