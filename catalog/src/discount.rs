@@ -17,13 +17,14 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use common::doctor::{self, Report, Role};
 use common::reload::Reloadable;
 use common::tls::{PemFile, PemSource};
 use ecommerce_proto::pb::discount_client::DiscountClient as GrpcClient;
-use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, Product};
+use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, DiscountsRequest, Product};
 use futures_util::future::join_all;
 use rustls::client::WebPkiServerVerifier;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
@@ -105,12 +106,24 @@ pub struct DiscountClient {
     deadline: Duration,
 }
 
-/// One generation of the connection set-up: what to dial and how, and the
-/// shared channel (`None` when dialling per request).
+/// One generation of the connection set-up: what to dial and how, the
+/// shared channel (`None` when dialling per request), and whether the peer
+/// has `ApplyDiscounts` (assumed until it answers UNIMPLEMENTED).
 #[derive(Debug, Clone)]
 struct Connection {
     endpoint: Endpoint,
     shared: Option<Channel>,
+    batch: Arc<AtomicBool>,
+}
+
+impl Connection {
+    /// The channel for one HTTP request: the shared one, or a new one that
+    /// is closed when the request is done.
+    fn channel(&self) -> Channel {
+        self.shared
+            .clone()
+            .unwrap_or_else(|| self.endpoint.connect_lazy())
+    }
 }
 
 impl Connection {
@@ -162,6 +175,7 @@ impl Connection {
         Ok(Self {
             shared: (!settings.dial_per_request).then(|| endpoint.connect_lazy()),
             endpoint,
+            batch: Arc::new(AtomicBool::new(true)),
         })
     }
 }
@@ -236,8 +250,7 @@ impl DiscountClient {
     /// The channel for one HTTP request: the shared one, or a new one that
     /// is closed when the request is done.
     fn channel(&self) -> Channel {
-        let Connection { endpoint, shared } = self.connection.current();
-        shared.unwrap_or_else(|| endpoint.connect_lazy())
+        self.connection.current().channel()
     }
 
     /// Asks discount's standard health service whether `ecommerce.Discount`
@@ -297,34 +310,85 @@ impl DiscountClient {
             .map_err(|_| CallError::Deadline(self.deadline))?
             .map_err(CallError::Status)?
             .into_inner();
-        let priced = response
-            .product
-            .ok_or(CallError::Invalid("the response has no product"))?;
-        if priced.id != product.id {
-            return Err(CallError::Invalid("the response is for another product"));
+        check_answer(product, response.product)
+    }
+
+    /// Asks discount for `customer`'s discounts on all of `products` in one
+    /// `ApplyDiscounts` call, under one deadline. Each product gets its own
+    /// answer, checked as [`DiscountClient::discount`] checks one.
+    async fn call_batch(
+        &self,
+        channel: Channel,
+        customer: &Customer,
+        products: &[Product],
+    ) -> Result<Vec<Result<Option<DiscountValue>, CallError>>, CallError> {
+        let mut request = tonic::Request::new(DiscountsRequest {
+            customer: Some(customer.clone()),
+            products: products.to_vec(),
+        });
+        request.set_timeout(self.deadline);
+        let mut grpc = GrpcClient::new(channel);
+        let priced = tokio::time::timeout(self.deadline, grpc.apply_discounts(request))
+            .await
+            .map_err(|_| CallError::Deadline(self.deadline))?
+            .map_err(CallError::Status)?
+            .into_inner()
+            .products;
+        if priced.len() != products.len() {
+            return Err(CallError::Invalid(
+                "the response has a different number of products",
+            ));
         }
-        match priced.discount_value {
-            Some(value) if !value.pct.is_finite() => {
-                Err(CallError::Invalid("pct is not a finite number"))
-            }
-            other => Ok(other),
-        }
+        Ok(products
+            .iter()
+            .zip(priced)
+            .map(|(sent, priced)| check_answer(sent, Some(priced)))
+            .collect())
+    }
+
+    /// One `ApplyDiscount` per product, concurrently: for peers without
+    /// `ApplyDiscounts`.
+    async fn call_each(
+        &self,
+        channel: Channel,
+        customer: &Customer,
+        products: &[Product],
+    ) -> Vec<Result<Option<DiscountValue>, CallError>> {
+        join_all(
+            products
+                .iter()
+                .map(|product| self.call(channel.clone(), customer, product)),
+        )
+        .await
     }
 
     /// Returns every product of `products`, in order, each with the discount
     /// `customer` gets on it; where discount failed, the product as it was.
     ///
-    /// The calls run concurrently over one channel. Failures are logged once
-    /// per distinct cause, with the products it hit, so an outage is one
-    /// line per request rather than one per product.
+    /// One `ApplyDiscounts` call prices them all. A discount built from the
+    /// seed's proto does not have that method and answers UNIMPLEMENTED;
+    /// from then on (until the next reload) this client sends one
+    /// `ApplyDiscount` per product instead, concurrently. Failures are
+    /// logged once per distinct cause, with the products it hit, so an
+    /// outage is one line per request rather than one per product.
     pub async fn apply_to_all(&self, customer: &Customer, products: Vec<Product>) -> Priced {
-        let channel = self.channel();
-        let answers = join_all(
-            products
-                .iter()
-                .map(|product| self.call(channel.clone(), customer, product)),
-        )
-        .await;
+        let connection = self.connection.current();
+        let channel = connection.channel();
+        let answers = if connection.batch.load(Ordering::Relaxed) {
+            match self.call_batch(channel.clone(), customer, &products).await {
+                Ok(answers) => answers,
+                Err(CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
+                    connection.batch.store(false, Ordering::Relaxed);
+                    tracing::info!(
+                        "discount has no ApplyDiscounts (a peer built from the seed's proto); calling ApplyDiscount per product from now on"
+                    );
+                    self.call_each(channel, customer, &products).await
+                }
+                Err(error) => products.iter().map(|_| Err(error.clone())).collect(),
+            }
+        } else {
+            self.call_each(channel, customer, &products).await
+        };
         let total = products.len();
         let mut failures: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         let products: Vec<Product> = products
@@ -363,7 +427,7 @@ impl DiscountClient {
 }
 
 /// Why one ApplyDiscount call gave no usable answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CallError {
     /// No answer within the deadline.
     Deadline(Duration),
@@ -403,3 +467,21 @@ impl fmt::Display for CallError {
 }
 
 impl Error for CallError {}
+
+/// Checks discount's answer for `sent`: it must be there, be for the same
+/// product, and carry a finite `pct` (Go, and our JSON, cannot print NaN).
+fn check_answer(
+    sent: &Product,
+    priced: Option<Product>,
+) -> Result<Option<DiscountValue>, CallError> {
+    let priced = priced.ok_or(CallError::Invalid("the response has no product"))?;
+    if priced.id != sent.id {
+        return Err(CallError::Invalid("the response is for another product"));
+    }
+    match priced.discount_value {
+        Some(value) if !value.pct.is_finite() => {
+            Err(CallError::Invalid("pct is not a finite number"))
+        }
+        other => Ok(other),
+    }
+}

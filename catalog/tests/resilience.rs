@@ -230,7 +230,7 @@ async fn hundreds_of_concurrent_requests_share_one_connection_to_discount() -> S
     )
     .await?;
     assert_eq!(good, 300, "every request discounted");
-    // 900 ApplyDiscount calls, multiplexed over one HTTP/2 connection.
+    // 300 ApplyDiscounts calls, multiplexed over one HTTP/2 connection.
     assert_eq!(proxy.connections(), 1);
     Ok(())
 }
@@ -512,5 +512,37 @@ async fn certificates_rotate_on_both_sides_without_a_restart_or_a_failed_request
         (CUSTOMER_1.to_owned(), applied())
     );
     assert_eq!(proxy.connections(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_is_one_apply_discounts_call_or_one_apply_discount_per_product_for_seed_peers()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    for (batch, expected_calls) in [(true, 5), (false, 1 + 5 * 3)] {
+        let discount = ScriptedDiscount {
+            batch,
+            ..ScriptedDiscount::default()
+        };
+        let calls = std::sync::Arc::clone(&discount.calls);
+        let server =
+            DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, discount).await?;
+        let catalog = Catalog::start(
+            &server.addr().to_string(),
+            &pki.path("ca.pem"),
+            HEALTHY_DEADLINE,
+        )
+        .await?;
+        for _ in 0..5 {
+            // The same bytes either way.
+            assert_eq!(
+                catalog.priced("1").await?,
+                (CUSTOMER_1.to_owned(), applied())
+            );
+        }
+        // Without ApplyDiscounts: one UNIMPLEMENTED, then three calls a request.
+        let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(calls, expected_calls, "batch={batch}");
+    }
     Ok(())
 }

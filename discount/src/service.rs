@@ -1,7 +1,11 @@
 //! The `ecommerce.Discount` gRPC service.
 
 use ecommerce_proto::pb::discount_server::Discount;
-use ecommerce_proto::pb::{DiscountRequest, DiscountResponse, Product};
+use std::net::SocketAddr;
+
+use ecommerce_proto::pb::{
+    Customer, DiscountRequest, DiscountResponse, DiscountsRequest, DiscountsResponse, Product,
+};
 use tonic::{Request, Response, Status};
 
 use crate::error::DiscountError;
@@ -24,25 +28,42 @@ impl Discount for DiscountService {
         let DiscountRequest { customer, product } = request.into_inner();
         let customer = customer.ok_or(DiscountError::MissingCustomer)?;
         let product = product.ok_or(DiscountError::MissingProduct)?;
-
-        let discount = rule::discount_for(customer.id, product.price_in_cents);
-        tracing::debug!(
-            customer_id = customer.id,
-            product_id = product.id,
-            price_in_cents = product.price_in_cents,
-            value_in_cents = discount.value_in_cents,
-            peer = ?peer,
-            "ApplyDiscount"
-        );
-        // Echo the product as sent, with the discount in place of whatever
-        // discount_value the caller put there.
-        let product = Product {
-            discount_value: Some(discount),
-            ..product
-        };
+        let product = price(&customer, product, peer);
         Ok(Response::new(DiscountResponse {
             product: Some(product),
         }))
+    }
+
+    async fn apply_discounts(
+        &self,
+        request: Request<DiscountsRequest>,
+    ) -> Result<Response<DiscountsResponse>, Status> {
+        let peer = request.remote_addr();
+        let DiscountsRequest { customer, products } = request.into_inner();
+        let customer = customer.ok_or(DiscountError::MissingCustomer)?;
+        let products = products
+            .into_iter()
+            .map(|product| price(&customer, product, peer))
+            .collect();
+        Ok(Response::new(DiscountsResponse { products }))
+    }
+}
+
+/// `product` as sent, with the discount `customer` gets on it in place of
+/// whatever `discount_value` the caller put there.
+fn price(customer: &Customer, product: Product, peer: Option<SocketAddr>) -> Product {
+    let discount = rule::discount_for(customer.id, product.price_in_cents);
+    tracing::debug!(
+        customer_id = customer.id,
+        product_id = product.id,
+        price_in_cents = product.price_in_cents,
+        value_in_cents = discount.value_in_cents,
+        peer = ?peer,
+        "priced"
+    );
+    Product {
+        discount_value: Some(discount),
+        ..product
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ecommerce_proto::pb::discount_client::DiscountClient;
-use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, Product};
+use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, DiscountsRequest, Product};
 use testkit::{DiscountServer, Pki, SetupResult};
 use tokio::io::AsyncReadExt;
 use tonic::Code;
@@ -225,5 +225,62 @@ fn the_binary_without_its_key_files_names_the_missing_file_and_the_fix() -> Setu
     assert!(!output.status.success(), "started without keys: {stderr}");
     assert!(stderr.contains("keys/cert.pem: file not found"), "{stderr}");
     assert!(stderr.contains("scripts/gen-keys.sh"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn apply_discounts_prices_several_products_in_one_call_in_order() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let mut client = client(&server, &pki).await?;
+
+    let sent = vec![
+        product(1, "iphone-x", 99999),
+        product(2, "notebook-avell-g1511", 150000),
+        product(3, "playstation-4-slim", 32999),
+        product(4, "free", 0),
+    ];
+    let request = DiscountsRequest {
+        customer: Some(customer(1)),
+        products: sent.clone(),
+    };
+    let priced = client.apply_discounts(request).await?.into_inner().products;
+    let cents: Vec<i32> = priced
+        .iter()
+        .map(|p| p.discount_value.map(|d| d.value_in_cents).unwrap_or(-1))
+        .collect();
+    assert_eq!(cents, [89999, 135000, 29699, 0]);
+    let echoed: Vec<_> = priced
+        .into_iter()
+        .map(|p| Product {
+            discount_value: None,
+            ..p
+        })
+        .collect();
+    assert_eq!(echoed, sent);
+
+    let none = DiscountsRequest {
+        customer: Some(customer(1)),
+        products: Vec::new(),
+    };
+    assert!(
+        client
+            .apply_discounts(none)
+            .await?
+            .into_inner()
+            .products
+            .is_empty()
+    );
+
+    let no_customer = DiscountsRequest {
+        customer: None,
+        products: vec![product(1, "x", 100)],
+    };
+    let status = client
+        .apply_discounts(no_customer)
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!(status.code(), Code::InvalidArgument);
     Ok(())
 }

@@ -21,7 +21,9 @@ use common::tls::PemSource;
 use discount::config::ClientAuth;
 use discount::{DiscountService, ServerOptions, Transport};
 use ecommerce_proto::pb::discount_server::Discount;
-use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountResponse, Product};
+use ecommerce_proto::pb::{
+    Customer, DiscountRequest, DiscountResponse, DiscountsRequest, DiscountsResponse, Product,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -360,6 +362,11 @@ pub struct ScriptedDiscount {
     pub delay: Duration,
     /// Where to report each received product id.
     pub received: Option<mpsc::UnboundedSender<i32>>,
+    /// Whether it has `ApplyDiscounts`; without, it answers UNIMPLEMENTED,
+    /// as a peer built from the seed's proto does.
+    pub batch: bool,
+    /// How many calls it has answered, of either method.
+    pub calls: Arc<AtomicUsize>,
 }
 
 impl ScriptedDiscount {
@@ -370,7 +377,7 @@ impl ScriptedDiscount {
         let discount = Self {
             delay,
             received: Some(received),
-            fail_product: None,
+            ..Self::default()
         };
         (discount, arrivals)
     }
@@ -382,6 +389,7 @@ impl Discount for ScriptedDiscount {
         &self,
         request: Request<DiscountRequest>,
     ) -> Result<Response<DiscountResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let product_id = request.get_ref().product.as_ref().map(|p| p.id);
         if let (Some(received), Some(id)) = (&self.received, product_id) {
             let _ = received.send(id);
@@ -391,6 +399,20 @@ impl Discount for ScriptedDiscount {
             return Err(Status::internal("scripted failure for this product"));
         }
         DiscountService.apply_discount(request).await
+    }
+
+    async fn apply_discounts(
+        &self,
+        request: Request<DiscountsRequest>,
+    ) -> Result<Response<DiscountsResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if !self.batch {
+            return Err(Status::unimplemented(
+                "this discount predates ApplyDiscounts",
+            ));
+        }
+        tokio::time::sleep(self.delay).await;
+        DiscountService.apply_discounts(request).await
     }
 }
 
