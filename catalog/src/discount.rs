@@ -127,11 +127,10 @@ impl Connection {
 }
 
 impl Connection {
-    /// Checks the TLS files with the certificate doctor and builds the
-    /// connection. Runs at start and on every reload, so broken replacement
-    /// files are refused.
+    /// Reads the TLS files once, checks them with the certificate doctor and
+    /// builds the connection from the same bytes. Runs at start and on every
+    /// reload, so broken replacement files are refused.
     fn new(settings: &DiscountSettings) -> Result<Self, StartupError> {
-        settings.check_certificates().enforce()?;
         let endpoint_error = |error| StartupError::Endpoint {
             addr: settings.addr.to_string(),
             error,
@@ -147,22 +146,29 @@ impl Connection {
                 client_cert,
                 client_key,
             } => {
-                let roots = common::tls::read_root_store(ca)?;
+                let (ca, cert, key) = (
+                    PemFile::read(ca)?,
+                    PemFile::read(client_cert)?,
+                    PemFile::read(client_key)?,
+                );
+                let now = SystemTime::now();
+                let mut report = doctor::check_ca_file(&ca, now);
+                report.extend(doctor::check_identity_files(
+                    &cert,
+                    &key,
+                    &Role::Client,
+                    now,
+                ));
+                report.enforce()?;
                 let verifier = WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(roots),
+                    Arc::new(ca.root_store()?),
                     common::tls::provider(),
                 )
                 .build()
                 .map_err(|error| StartupError::Trust {
-                    ca: ca.path.display().to_string(),
+                    ca: ca.source().path.display().to_string(),
                     error,
                 })?;
-                // Read once; parse here for a clear error, hand the same
-                // bytes to tonic.
-                let cert = PemFile::read(client_cert)?;
-                cert.certificates()?;
-                let key = PemFile::read(client_key)?;
-                key.private_key()?;
                 let tls = ClientTlsConfig::new()
                     .domain_name(settings.server_name.clone())
                     .identity(Identity::from_pem(cert.bytes(), key.bytes()))

@@ -141,7 +141,26 @@ pub fn print_and_exit_code(report: &Report) -> std::process::ExitCode {
 /// for `role`, at time `now`.
 pub fn check_identity(cert: &PemSource, key: &PemSource, role: &Role, now: SystemTime) -> Report {
     let mut report = Report::default();
-    let chain = match PemFile::read(cert).and_then(|file| file.certificates()) {
+    let cert = read_or_report(&mut report, cert);
+    let key = read_or_report(&mut report, key);
+    if let (Some(cert), Some(key)) = (cert, key) {
+        report.extend(check_identity_files(&cert, &key, role, now));
+    }
+    report
+}
+
+/// [`check_identity`] on files already read, so a service checks the very
+/// bytes it then uses: a file replaced between a check and a second read
+/// could otherwise be used unchecked.
+pub fn check_identity_files(
+    cert_file: &PemFile,
+    key_file: &PemFile,
+    role: &Role,
+    now: SystemTime,
+) -> Report {
+    let (cert, key) = (cert_file.source(), key_file.source());
+    let mut report = Report::default();
+    let chain = match cert_file.certificates() {
         Ok(chain) => chain,
         Err(error) => {
             report.add(Severity::Error, cert, problem_of(&error.to_string()));
@@ -164,7 +183,7 @@ pub fn check_identity(cert: &PemSource, key: &PemSource, role: &Role, now: Syste
             ),
         ),
     }
-    match PemFile::read(key).and_then(|file| file.private_key()) {
+    match key_file.private_key() {
         Ok(private_key) => {
             let matches = crate::tls::provider()
                 .key_provider
@@ -189,7 +208,17 @@ pub fn check_identity(cert: &PemSource, key: &PemSource, role: &Role, now: Syste
 /// Examines a CA file used to verify peers, at time `now`.
 pub fn check_ca(ca: &PemSource, now: SystemTime) -> Report {
     let mut report = Report::default();
-    let certificates = match PemFile::read(ca).and_then(|file| file.certificates()) {
+    if let Some(file) = read_or_report(&mut report, ca) {
+        report.extend(check_ca_file(&file, now));
+    }
+    report
+}
+
+/// [`check_ca`] on a file already read (see [`check_identity_files`]).
+pub fn check_ca_file(ca_file: &PemFile, now: SystemTime) -> Report {
+    let ca = ca_file.source();
+    let mut report = Report::default();
+    let certificates = match ca_file.certificates() {
         Ok(certificates) => certificates,
         Err(error) => {
             report.add(Severity::Error, ca, problem_of(&error.to_string()));
@@ -220,6 +249,17 @@ pub fn check_ca(ca: &PemSource, now: SystemTime) -> Report {
         }
     }
     report
+}
+
+/// Reads `source`; if it cannot be read, says so in `report`.
+fn read_or_report(report: &mut Report, source: &PemSource) -> Option<PemFile> {
+    match PemFile::read(source) {
+        Ok(file) => Some(file),
+        Err(error) => {
+            report.add(Severity::Error, source, problem_of(&error.to_string()));
+            None
+        }
+    }
 }
 
 /// The part of a [`crate::tls::PemFileError`] message after the path, so the

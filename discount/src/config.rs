@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use common::doctor::{self, Report, Role};
 use common::reload::Reloadable;
-use common::tls::{self, PemSource};
+use common::tls::{self, PemFile, PemSource};
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 
@@ -141,21 +141,27 @@ impl Config {
     /// What the certificate doctor finds in `--cert`, `--key` and (unless
     /// client authentication is off) `--client-ca`.
     pub fn check_certificates(&self) -> Report {
-        let role = Role::Server {
+        let now = SystemTime::now();
+        let mut report =
+            doctor::check_identity(&self.cert_source(), &self.key_source(), &self.role(), now);
+        if self.client_auth != ClientAuth::None {
+            report.extend(doctor::check_ca(&self.client_ca_source(), now));
+        }
+        report
+    }
+
+    /// What the doctor expects of `--cert`: a server identity for the names
+    /// of `--server-name`, strictly when given, else for `localhost`, with
+    /// a warning only.
+    fn role(&self) -> Role {
+        Role::Server {
             names: if self.server_names.is_empty() {
                 vec!["localhost".to_owned()]
             } else {
                 self.server_names.clone()
             },
             strict: !self.server_names.is_empty(),
-        };
-        let now = SystemTime::now();
-        let mut report =
-            doctor::check_identity(&self.cert_source(), &self.key_source(), &role, now);
-        if self.client_auth != ClientAuth::None {
-            report.extend(doctor::check_ca(&self.client_ca_source(), now));
         }
-        report
     }
 
     fn cert_source(&self) -> PemSource {
@@ -170,60 +176,99 @@ impl Config {
         PemSource::new(&self.client_ca, "--client-ca / DISCOUNT_CLIENT_CA")
     }
 
-    /// Checks `--cert`, `--key` and `--client-ca` with the certificate
-    /// doctor and reads them into a rustls server configuration. Runs at
-    /// start and on every reload, so broken replacement files are refused.
+    /// Reads `--cert`, `--key` and `--client-ca` once, checks them with the
+    /// certificate doctor, and builds the rustls server configuration from
+    /// the same bytes. Runs at start and on every reload, so broken
+    /// replacement files are refused.
     ///
     /// # Errors
-    /// [`StartupError::Certificates`] with the doctor's findings,
-    /// [`StartupError::Pem`] or [`StartupError::Identity`] if rustls still
-    /// refuses the files.
+    /// [`StartupError::Pem`] when a file cannot be read,
+    /// [`StartupError::Certificates`] with the doctor's findings, or
+    /// [`StartupError::Identity`] if rustls still refuses the files.
     pub fn server_tls(&self) -> Result<Arc<ServerConfig>, StartupError> {
-        self.check_certificates().enforce()?;
-        server_tls(
-            &self.cert_source(),
-            &self.key_source(),
-            self.client_auth,
-            &self.client_ca_source(),
-        )
+        let cert = PemFile::read(&self.cert_source())?;
+        let key = PemFile::read(&self.key_source())?;
+        let clients = Clients::read(self.client_auth, &self.client_ca_source())?;
+        let now = SystemTime::now();
+        let mut report = doctor::check_identity_files(&cert, &key, &self.role(), now);
+        if let Clients::Verified { ca, .. } = &clients {
+            report.extend(doctor::check_ca_file(ca, now));
+        }
+        report.enforce()?;
+        build_server_tls(&cert, &key, &clients)
     }
 }
 
-/// Builds the TLS configuration of the gRPC server: TLS 1.2 and 1.3 with the
-/// `ring` provider, clients verified against `client_ca` as `client_auth`
-/// says, and ALPN `h2` only, since gRPC runs on HTTP/2 and nothing else may
-/// be negotiated on this port.
+/// Builds the TLS configuration of the gRPC server from files, without the
+/// doctor's checks (tests use it to serve deliberately odd material).
 ///
 /// # Errors
-/// As [`Config::server_tls`].
+/// As [`Config::server_tls`], but for the doctor's findings.
 pub fn server_tls(
     cert: &PemSource,
     key: &PemSource,
     client_auth: ClientAuth,
     client_ca: &PemSource,
 ) -> Result<Arc<ServerConfig>, StartupError> {
-    let chain = tls::read_certificates(cert)?;
-    let private_key = tls::read_private_key(key)?;
+    let clients = Clients::read(client_auth, client_ca)?;
+    build_server_tls(&PemFile::read(cert)?, &PemFile::read(key)?, &clients)
+}
+
+/// How clients are verified: the CA file goes with the modes that need it,
+/// so no combination can turn verification off by accident.
+enum Clients {
+    /// `--client-auth none`.
+    Anyone,
+    /// `required`, or `optional` (clients without a certificate admitted).
+    Verified { ca: PemFile, optional: bool },
+}
+
+impl Clients {
+    fn read(client_auth: ClientAuth, ca: &PemSource) -> Result<Self, StartupError> {
+        Ok(match client_auth {
+            ClientAuth::None => Self::Anyone,
+            ClientAuth::Required => Self::Verified {
+                ca: PemFile::read(ca)?,
+                optional: false,
+            },
+            ClientAuth::Optional => Self::Verified {
+                ca: PemFile::read(ca)?,
+                optional: true,
+            },
+        })
+    }
+}
+
+/// The TLS configuration of the gRPC server: TLS 1.2 and 1.3 with the
+/// `ring` provider, clients verified as `clients` says, and ALPN `h2` only,
+/// since gRPC runs on HTTP/2 and nothing else may be negotiated on this port.
+fn build_server_tls(
+    cert: &PemFile,
+    key: &PemFile,
+    clients: &Clients,
+) -> Result<Arc<ServerConfig>, StartupError> {
+    let chain = cert.certificates()?;
+    let private_key = key.private_key()?;
     let identity_error = |error: rustls::Error| StartupError::Identity {
-        cert: cert.path.display().to_string(),
-        key: key.path.display().to_string(),
+        cert: cert.source().path.display().to_string(),
+        key: key.source().path.display().to_string(),
         error,
     };
     let builder = ServerConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(identity_error)?;
-    let builder = match client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
-        ClientAuth::Required | ClientAuth::Optional => {
-            let roots = Arc::new(tls::read_root_store(client_ca)?);
+    let builder = match clients {
+        Clients::Anyone => builder.with_no_client_auth(),
+        Clients::Verified { ca, optional } => {
+            let roots = Arc::new(ca.root_store()?);
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, tls::provider());
-            let verifier = if client_auth == ClientAuth::Optional {
+            let verifier = if *optional {
                 verifier.allow_unauthenticated()
             } else {
                 verifier
             };
             let verifier = verifier.build().map_err(|error| StartupError::ClientCa {
-                ca: client_ca.path.display().to_string(),
+                ca: ca.source().path.display().to_string(),
                 error,
             })?;
             builder.with_client_cert_verifier(verifier)
