@@ -4,7 +4,7 @@
 use std::io;
 
 use axum::response::{IntoResponse, Response};
-use common::tls::PemFileError;
+use common::pem::PemFileError;
 use http::{StatusCode, header};
 
 /// Why a request was refused. Each variant is one HTTP status.

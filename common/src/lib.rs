@@ -1,16 +1,18 @@
-//! What the two services share: reading TLS material with errors a person can
-//! act on, binding listeners, tracking connections, telemetry set-up, and the
-//! shutdown signal with a bounded drain.
+//! What the two services share: reading PEM files with errors a person can
+//! act on, the certificate doctor, the crypto provider, binding and
+//! accepting, tracking connections, reloading on SIGHUP, telemetry set-up,
+//! and the shutdown signal with a bounded drain.
 //!
-//! Kept deliberately small: anything specific to one service lives in that
-//! service's crate.
+//! Kept deliberately small: anything specific to one service, and each
+//! side's TLS configuration, lives in that service's crate.
 
-pub mod conn;
+pub mod connections;
+pub mod crypto;
 pub mod doctor;
-pub mod net;
+pub mod listener;
+pub mod pem;
 pub mod reload;
 pub mod shutdown;
 pub mod telemetry;
-pub mod tls;
 
 pub use shutdown::shutdown_signal;

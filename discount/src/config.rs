@@ -1,18 +1,14 @@
-//! The discount command line and what it turns into.
+//! The discount command line, and the typed settings it turns into. The
+//! defaults live here, in the clap attributes, and nowhere else.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::doctor::{self, Report, Role};
-use common::reload::Reloadable;
-use common::tls::{self, PemFile, PemSource};
-use rustls::ServerConfig;
-use rustls::server::WebPkiClientVerifier;
+use common::pem::PemSource;
 
-use crate::error::StartupError;
-use crate::server::{ServerOptions, Transport};
+use crate::server::ServerOptions;
+use crate::tls::{ClientAuth, ServerTls};
 
 /// `discount [PORT]`: the Discount gRPC service over TLS.
 ///
@@ -91,194 +87,32 @@ pub struct Config {
     pub drain_timeout: Duration,
 }
 
-/// Re-reads the TLS files into the configuration new connections use.
-pub type TlsReloader = Reloadable<Arc<ServerConfig>>;
-
-/// Which clients discount accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ClientAuth {
-    /// Only clients presenting a certificate signed by `--client-ca`
-    /// (mutual TLS). The default.
-    Required,
-    /// Clients with no certificate too; a certificate that is presented must
-    /// still be valid. For migrating clients one at a time.
-    Optional,
-    /// Anyone who can reach the port and trusts the server certificate, as
-    /// in the seed. For peers that cannot present a certificate.
-    None,
-}
-
 impl Config {
     /// The socket address to bind.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.listen_addr, self.port)
     }
 
-    /// The server options these flags describe, with the TLS material read,
-    /// and the handle that reloads that material (none in plaintext mode).
-    ///
-    /// # Errors
-    /// As [`Config::server_tls`].
-    pub fn server_options(&self) -> Result<(ServerOptions, Option<TlsReloader>), StartupError> {
-        let (transport, reloadable) = if self.insecure_plaintext {
-            (Transport::Plaintext, None)
-        } else {
-            let config = self.clone();
-            let reloadable = Reloadable::new("discount TLS identity and client CA", move || {
-                config.server_tls()
-            })?;
-            (Transport::Tls(reloadable.subscribe()), Some(reloadable))
-        };
-        let options = ServerOptions {
-            transport,
+    /// The TLS files and client verification these flags name. Used unless
+    /// `--insecure-plaintext`; `--check-certs` checks them either way.
+    pub fn server_tls(&self) -> ServerTls {
+        ServerTls {
+            cert: PemSource::new(&self.cert, "--cert / DISCOUNT_CERT"),
+            key: PemSource::new(&self.key, "--key / DISCOUNT_KEY"),
+            client_auth: self.client_auth,
+            client_ca: PemSource::new(&self.client_ca, "--client-ca / DISCOUNT_CLIENT_CA"),
+            server_names: self.server_names.clone(),
+        }
+    }
+
+    /// How the server treats handshakes and shutdown.
+    pub fn server_options(&self) -> ServerOptions {
+        ServerOptions {
             handshake_timeout: self.tls_handshake_timeout,
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
-        };
-        Ok((options, reloadable))
-    }
-
-    /// What the certificate doctor finds in `--cert`, `--key` and (unless
-    /// client authentication is off) `--client-ca`.
-    pub fn check_certificates(&self) -> Report {
-        let now = SystemTime::now();
-        let mut report =
-            doctor::check_identity(&self.cert_source(), &self.key_source(), &self.role(), now);
-        if self.client_auth != ClientAuth::None {
-            report.extend(doctor::check_ca(&self.client_ca_source(), now));
-        }
-        report
-    }
-
-    /// What the doctor expects of `--cert`: a server identity for the names
-    /// of `--server-name`, strictly when given, else for `localhost`, with
-    /// a warning only.
-    fn role(&self) -> Role {
-        Role::Server {
-            names: if self.server_names.is_empty() {
-                vec!["localhost".to_owned()]
-            } else {
-                self.server_names.clone()
-            },
-            strict: !self.server_names.is_empty(),
         }
     }
-
-    fn cert_source(&self) -> PemSource {
-        PemSource::new(&self.cert, "--cert / DISCOUNT_CERT")
-    }
-
-    fn key_source(&self) -> PemSource {
-        PemSource::new(&self.key, "--key / DISCOUNT_KEY")
-    }
-
-    fn client_ca_source(&self) -> PemSource {
-        PemSource::new(&self.client_ca, "--client-ca / DISCOUNT_CLIENT_CA")
-    }
-
-    /// Reads `--cert`, `--key` and `--client-ca` once, checks them with the
-    /// certificate doctor, and builds the rustls server configuration from
-    /// the same bytes. Runs at start and on every reload, so broken
-    /// replacement files are refused.
-    ///
-    /// # Errors
-    /// [`StartupError::Pem`] when a file cannot be read,
-    /// [`StartupError::Certificates`] with the doctor's findings, or
-    /// [`StartupError::Identity`] if rustls still refuses the files.
-    pub fn server_tls(&self) -> Result<Arc<ServerConfig>, StartupError> {
-        let cert = PemFile::read(&self.cert_source())?;
-        let key = PemFile::read(&self.key_source())?;
-        let clients = Clients::read(self.client_auth, &self.client_ca_source())?;
-        let now = SystemTime::now();
-        let mut report = doctor::check_identity_files(&cert, &key, &self.role(), now);
-        if let Clients::Verified { ca, .. } = &clients {
-            report.extend(doctor::check_ca_file(ca, now));
-        }
-        report.enforce()?;
-        build_server_tls(&cert, &key, &clients)
-    }
-}
-
-/// Builds the TLS configuration of the gRPC server from files, without the
-/// doctor's checks (tests use it to serve deliberately odd material).
-///
-/// # Errors
-/// As [`Config::server_tls`], but for the doctor's findings.
-pub fn server_tls(
-    cert: &PemSource,
-    key: &PemSource,
-    client_auth: ClientAuth,
-    client_ca: &PemSource,
-) -> Result<Arc<ServerConfig>, StartupError> {
-    let clients = Clients::read(client_auth, client_ca)?;
-    build_server_tls(&PemFile::read(cert)?, &PemFile::read(key)?, &clients)
-}
-
-/// How clients are verified: the CA file goes with the modes that need it,
-/// so no combination can turn verification off by accident.
-enum Clients {
-    /// `--client-auth none`.
-    Anyone,
-    /// `required`, or `optional` (clients without a certificate admitted).
-    Verified { ca: PemFile, optional: bool },
-}
-
-impl Clients {
-    fn read(client_auth: ClientAuth, ca: &PemSource) -> Result<Self, StartupError> {
-        Ok(match client_auth {
-            ClientAuth::None => Self::Anyone,
-            ClientAuth::Required => Self::Verified {
-                ca: PemFile::read(ca)?,
-                optional: false,
-            },
-            ClientAuth::Optional => Self::Verified {
-                ca: PemFile::read(ca)?,
-                optional: true,
-            },
-        })
-    }
-}
-
-/// The TLS configuration of the gRPC server: TLS 1.2 and 1.3 with the
-/// `ring` provider, clients verified as `clients` says, and ALPN `h2` only,
-/// since gRPC runs on HTTP/2 and nothing else may be negotiated on this port.
-fn build_server_tls(
-    cert: &PemFile,
-    key: &PemFile,
-    clients: &Clients,
-) -> Result<Arc<ServerConfig>, StartupError> {
-    let chain = cert.certificates()?;
-    let private_key = key.private_key()?;
-    let identity_error = |error: rustls::Error| StartupError::Identity {
-        cert: cert.source().path.display().to_string(),
-        key: key.source().path.display().to_string(),
-        error,
-    };
-    let builder = ServerConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(identity_error)?;
-    let builder = match clients {
-        Clients::Anyone => builder.with_no_client_auth(),
-        Clients::Verified { ca, optional } => {
-            let roots = Arc::new(ca.root_store()?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, tls::provider());
-            let verifier = if *optional {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            let verifier = verifier.build().map_err(|error| StartupError::ClientCa {
-                ca: ca.source().path.display().to_string(),
-                error,
-            })?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder
-        .with_single_cert(chain, private_key)
-        .map_err(identity_error)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
@@ -291,7 +125,7 @@ mod tests {
         let default = Config::try_parse_from(["discount"]).map(|c| c.listen_addr());
         assert_eq!(
             default.ok(),
-            Some("[::]:11443".parse().unwrap_or_else(|e| panic!("{e}")))
+            Some("[::]:11443".parse().unwrap())
         );
         let given = Config::try_parse_from(["discount", "12000"]).map(|c| c.port);
         assert_eq!(given.ok(), Some(12000));

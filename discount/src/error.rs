@@ -3,7 +3,7 @@
 
 use std::io;
 
-use common::tls::PemFileError;
+use common::pem::PemFileError;
 use tonic::Status;
 
 /// Why a single `ApplyDiscount` call was refused.

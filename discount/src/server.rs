@@ -1,14 +1,7 @@
-//! Serving the discount service on TLS connections.
-//!
-//! The TLS handshake is done here with rustls rather than by tonic's built-in
-//! TLS, for three reasons: each handshake runs in its own task with a time
-//! limit, so a client that connects and says nothing ties up neither the
-//! accept loop nor memory for long; a failed handshake (a client without a
-//! certificate, or with one from another CA) is logged with the peer
-//! address and rustls' reason, which is the first thing anyone asks when
-//! "the catalog cannot reach discount"; and each connection takes the TLS
-//! configuration current when it arrives, so certificates can be replaced
-//! without a restart.
+//! Serving: the gRPC router (discount, health, reflection), the accept
+//! loop that hands each connection to the TLS handshake of [`crate::tls`],
+//! the message size limit, and shutdown in three steps (health
+//! NOT_SERVING, a delay, a bounded drain).
 
 use std::future::Future;
 use std::io;
@@ -17,22 +10,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::conn::{ConnectionTracker, Tracked};
+use common::connections::{ConnectionTracker, Tracked};
 use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
 use crate::error::StartupError;
-use crate::service::DiscountService;
+use crate::tls::{self, Transport};
 
 /// Handshaken connections waiting for the gRPC server to pick them up.
 const READY_QUEUE: usize = 128;
@@ -42,29 +32,9 @@ const READY_QUEUE: usize = 128;
 /// make the server buffer far more than any real request needs.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
-/// How connections are secured.
-#[derive(Debug, Clone)]
-pub enum Transport {
-    /// TLS with the configuration current when each connection arrives:
-    /// certificate, key, client verification, protocol versions and ALPN.
-    Tls(watch::Receiver<Arc<ServerConfig>>),
-    /// No TLS. Only behind a service mesh that secures connections itself.
-    Plaintext,
-}
-
-impl Transport {
-    /// TLS with a configuration that never changes.
-    pub fn tls(config: Arc<ServerConfig>) -> Self {
-        // The receiver keeps the last value after the sender is gone.
-        Self::Tls(watch::channel(config).1)
-    }
-}
-
-/// Everything the server needs besides its listener.
-#[derive(Debug, Clone)]
+/// How the server treats handshakes and shutdown.
+#[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
-    /// TLS or plaintext.
-    pub transport: Transport,
     /// The time a client has to complete its TLS handshake.
     pub handshake_timeout: Duration,
     /// After the shutdown signal: how long to keep serving while health
@@ -76,36 +46,12 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
 }
 
-impl ServerOptions {
-    /// Options with `transport` and the defaults of the command line.
-    pub fn new(transport: Transport) -> Self {
-        Self {
-            transport,
-            handshake_timeout: Duration::from_secs(10),
-            shutdown_delay: Duration::ZERO,
-            drain_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Serves `ecommerce.Discount`, the standard health service and server
-/// reflection on `listener` until `shutdown` completes, then drains.
+/// Serves `service` as `ecommerce.Discount`, beside the standard health
+/// service and server reflection, on `listener` until `shutdown`
+/// completes, then drains.
 ///
 /// Takes an already-bound listener so that callers (tests in particular) can
 /// bind port 0 and read the real port before the server starts.
-///
-/// # Errors
-/// [`StartupError::Serve`] if the gRPC server fails.
-pub async fn run(
-    listener: TcpListener,
-    options: ServerOptions,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartupError> {
-    serve(listener, options, DiscountService, shutdown).await
-}
-
-/// [`run`] with any implementation of the Discount service, for tests that
-/// need a discount which fails or stalls on purpose.
 ///
 /// Shutting down goes: health turns NOT_SERVING (for the server as a whole,
 /// `""`, and for `ecommerce.Discount`); calls are still served for
@@ -113,9 +59,11 @@ pub async fn run(
 /// in flight get `drain_timeout` to finish.
 ///
 /// # Errors
-/// As [`run`].
+/// [`StartupError::Reflection`] if the reflection service cannot be built,
+/// [`StartupError::Serve`] if the gRPC server fails.
 pub async fn serve<S: Discount>(
     listener: TcpListener,
+    transport: Transport,
     options: ServerOptions,
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -163,11 +111,11 @@ pub async fn serve<S: Discount>(
     let finished =
         common::shutdown::with_drain_limit(shutdown, options.drain_timeout, move |signal| {
             let serving: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-                match options.transport {
+                match transport {
                     Transport::Tls(tls) => {
                         let incoming = incoming(listener, tracker, move |tcp, peer| {
-                            let acceptor = TlsAcceptor::from(Arc::clone(&tls.borrow()));
-                            handshake(acceptor, tcp, peer, limit)
+                            let config = Arc::clone(&tls.borrow());
+                            tls::handshake(config, tcp, peer, limit)
                         });
                         Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
                     }
@@ -214,7 +162,7 @@ where
         loop {
             let (tcp, peer) = tokio::select! {
                 () = ready.closed() => break,
-                accepted = common::net::accept(&listener) => accepted,
+                accepted = common::listener::accept(&listener) => accepted,
             };
             let registration = connections.register(&tcp);
             let upgraded = upgrade(tcp, peer);
@@ -230,44 +178,26 @@ where
     ReceiverStream::new(incoming)
 }
 
-/// Runs one server-side TLS handshake, bounded by `limit`.
-async fn handshake(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    limit: Duration,
-) -> Option<TlsStream<TcpStream>> {
-    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => Some(stream),
-        // A TCP connect and close with no TLS at all is what port probes and
-        // load balancer checks do: not worth a warning.
-        Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
-            tracing::debug!(%peer, "connection closed before the TLS handshake");
-            None
-        }
-        Ok(Err(error)) => {
-            tracing::warn!(%peer, %error, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(%peer, timeout = ?limit, "TLS handshake timed out; closing the connection");
-            None
-        }
-    }
-}
-
-/// tonic answers a request over the size limit with OUT_OF_RANGE; the gRPC
+/// tonic answers a message over the size limit with OUT_OF_RANGE; the gRPC
 /// status code specification, grpc-go and grpcio say RESOURCE_EXHAUSTED, and
 /// clients retry or alert on that code. The status travels in the trailers
 /// (or, for a trailers-only answer, in the headers); both are rewritten.
+///
+/// The rewrite goes by the code alone, not tonic's wording, so a tonic
+/// release that rewords its message cannot silently undo it. That is sound
+/// because no service on this server answers OUT_OF_RANGE itself: the
+/// discount handlers answer INVALID_ARGUMENT ([`crate::DiscountError`]), and
+/// health and reflection never use it. A handler that one day needs
+/// OUT_OF_RANGE must narrow this. `a_message_over_the_size_limit_is_resource_exhausted`
+/// in `tests/hostile.rs` checks the result over the wire.
 fn oversized_is_resource_exhausted(
     response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
     let (mut parts, body) = response.into_parts();
-    rewrite_oversized_status(&mut parts.headers);
+    rewrite_out_of_range(&mut parts.headers);
     let body = body.map_frame(|frame| match frame.into_trailers() {
         Ok(mut trailers) => {
-            rewrite_oversized_status(&mut trailers);
+            rewrite_out_of_range(&mut trailers);
             Frame::trailers(trailers)
         }
         Err(frame) => frame,
@@ -275,17 +205,54 @@ fn oversized_is_resource_exhausted(
     http::Response::from_parts(parts, tonic::body::Body::new(body))
 }
 
-fn rewrite_oversized_status(headers: &mut http::HeaderMap) {
-    let oversized = tonic::Status::from_header_map(headers).is_some_and(|status| {
-        status.code() == tonic::Code::OutOfRange
-            && status
-                .message()
-                .starts_with("Error, decoded message length too large")
-    });
-    if oversized {
+fn rewrite_out_of_range(headers: &mut http::HeaderMap) {
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == OUT_OF_RANGE.as_bytes());
+    if out_of_range {
         headers.insert(
             "grpc-status",
             http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
         );
+    }
+}
+
+/// `grpc-status` of OUT_OF_RANGE, as it appears on the wire.
+const OUT_OF_RANGE: &str = "11";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_after_rewrite(code: tonic::Code) -> Option<tonic::Code> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from(code as i32));
+        headers.insert("grpc-message", http::HeaderValue::from_static("whatever"));
+        rewrite_out_of_range(&mut headers);
+        tonic::Status::from_header_map(&headers).map(|status| status.code())
+    }
+
+    #[test]
+    fn out_of_range_becomes_resource_exhausted_whatever_the_message() {
+        assert_eq!(tonic::Code::OutOfRange as i32, 11);
+        assert_eq!(
+            status_after_rewrite(tonic::Code::OutOfRange),
+            Some(tonic::Code::ResourceExhausted)
+        );
+    }
+
+    #[test]
+    fn every_other_status_is_left_alone() {
+        for code in [
+            tonic::Code::Ok,
+            tonic::Code::InvalidArgument,
+            tonic::Code::Internal,
+            tonic::Code::Unavailable,
+        ] {
+            assert_eq!(status_after_rewrite(code), Some(code));
+        }
+        let mut none = http::HeaderMap::new();
+        rewrite_out_of_range(&mut none);
+        assert!(none.is_empty());
     }
 }

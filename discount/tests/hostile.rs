@@ -3,58 +3,29 @@
 //! Loopback only, bounded in count and time.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BufMut};
+use common::pem::{PemFile, PemSource};
 use discount::server::MAX_MESSAGE_SIZE;
+use ecommerce_proto::pb::DiscountValue;
 use ecommerce_proto::pb::discount_client::DiscountClient;
-use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, Product};
 use rustls::pki_types::ServerName;
-use testkit::{DiscountServer, Pki, SetupResult};
+use testkit::{DiscountServer, HANG, Pki, SetupResult, discount_request, product};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
-/// Longer than anything here should take; reaching it is the failure.
-const HANG: Duration = Duration::from_secs(10);
-
-fn request(customer_id: i32, price_in_cents: i32, description: String) -> DiscountRequest {
-    DiscountRequest {
-        customer: Some(Customer {
-            id: customer_id,
-            ..Customer::default()
-        }),
-        product: Some(Product {
-            id: 1,
-            slug: "x".into(),
-            description,
-            price_in_cents,
-            discount_value: None,
-        }),
-    }
-}
-
 /// The discount customer 1 gets on `price`, asked over a fresh connection.
-async fn priced(
-    server: &DiscountServer,
-    pki: &Pki,
-    price: i32,
-) -> SetupResult<Option<DiscountValue>> {
+async fn priced(server: &DiscountServer, pki: &Pki, price: i32) -> SetupResult<DiscountValue> {
     let channel = testkit::grpc_channel(server.addr(), pki).await?;
-    let answer = tokio::time::timeout(
-        HANG,
-        DiscountClient::new(channel).apply_discount(request(1, price, String::new())),
-    )
-    .await??;
-    Ok(answer.into_inner().product.and_then(|p| p.discount_value))
+    testkit::discount_value(channel, 1, price).await
 }
 
 /// Still up, still right.
 async fn assert_healthy(server: &DiscountServer, pki: &Pki) -> SetupResult<()> {
-    let value = priced(server, pki, 1000).await?;
-    assert_eq!(value.map(|v| v.value_in_cents), Some(900));
+    assert_eq!(priced(server, pki, 1000).await?.value_in_cents, 900);
     Ok(())
 }
 
@@ -64,14 +35,14 @@ async fn the_extreme_prices_are_priced_without_overflow() -> SetupResult<()> {
     let server = DiscountServer::start(&pki).await?;
     assert_eq!(
         priced(&server, &pki, i32::MIN).await?,
-        Some(DiscountValue::default())
+        DiscountValue::default()
     );
     assert_eq!(
         priced(&server, &pki, i32::MAX).await?,
-        Some(DiscountValue {
+        DiscountValue {
             pct: 0.1,
             value_in_cents: 1_932_735_282
-        })
+        }
     );
     Ok(())
 }
@@ -81,9 +52,10 @@ async fn a_message_over_the_size_limit_is_resource_exhausted() -> SetupResult<()
     let pki = Pki::generate()?;
     let server = DiscountServer::start(&pki).await?;
     let channel = testkit::grpc_channel(server.addr(), &pki).await?;
-    let huge = "x".repeat(MAX_MESSAGE_SIZE + 1);
+    let mut huge = product(1, 1000);
+    huge.description = "x".repeat(MAX_MESSAGE_SIZE + 1);
     let status = DiscountClient::new(channel)
-        .apply_discount(request(1, 1000, huge))
+        .apply_discount(discount_request(1, huge))
         .await
         .err()
         .ok_or("an oversized request was accepted")?;
@@ -186,7 +158,7 @@ async fn a_plaintext_grpc_client_on_the_tls_port_is_refused_quickly() -> SetupRe
     let attempt = async {
         let channel = plaintext.connect().await?;
         DiscountClient::new(channel)
-            .apply_discount(request(1, 1000, String::new()))
+            .apply_discount(discount_request(1, product(1, 1000)))
             .await?;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     };
@@ -200,16 +172,11 @@ async fn a_plaintext_grpc_client_on_the_tls_port_is_refused_quickly() -> SetupRe
 
 /// A TLS client of `pki` (with its client certificate) offering `alpn`.
 fn tls_client(pki: &Pki, alpn: &[&[u8]]) -> SetupResult<tokio_rustls::TlsConnector> {
-    let roots = common::tls::read_root_store(&pki.ca())?;
-    let chain = common::tls::read_certificates(&common::tls::PemSource::new(
-        pki.path("client.pem"),
-        "test",
-    ))?;
-    let key = common::tls::read_private_key(&common::tls::PemSource::new(
-        pki.path("client.key"),
-        "test",
-    ))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(common::tls::provider())
+    let read = |name: &str| PemFile::read(&PemSource::new(pki.path(name), "test"));
+    let roots = read("ca.pem")?.root_store()?;
+    let chain = read("client.pem")?.certificates()?;
+    let key = read("client.key")?.private_key()?;
+    let mut config = rustls::ClientConfig::builder_with_provider(common::crypto::provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use discount::DiscountService;
 use ecommerce_proto::pb::discount_client::DiscountClient;
-use testkit::{DiscountServer, Pki, ScriptedDiscount, SetupResult};
+use testkit::{DiscountServer, HANG, Pki, ScriptedDiscount, SetupResult, discount_request, product};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -13,9 +14,6 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
-/// Longer than anything here should take; reaching it is the failure.
-const HANG: Duration = Duration::from_secs(10);
 
 async fn health(channel: &Channel, service: &str) -> SetupResult<ServingStatus> {
     let answer = HealthClient::new(channel.clone())
@@ -30,13 +28,8 @@ async fn health(channel: &Channel, service: &str) -> SetupResult<ServingStatus> 
 #[tokio::test]
 async fn health_is_serving_then_not_serving_while_shutting_down() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let mut server = DiscountServer::start_with(
-        &pki,
-        "127.0.0.1:0".parse()?,
-        |options| options.shutdown_delay = Duration::from_secs(2),
-        discount::DiscountService,
-    )
-    .await?;
+    let mut server =
+        DiscountServer::start_with(&pki, &["--shutdown-delay", "2s"], DiscountService).await?;
     let channel = testkit::grpc_channel(server.addr(), &pki).await?;
     assert_eq!(health(&channel, "").await?, ServingStatus::Serving);
     assert_eq!(
@@ -58,10 +51,7 @@ async fn health_is_serving_then_not_serving_while_shutting_down() -> SetupResult
     assert_eq!(status, ServingStatus::NotServing);
     assert_eq!(health(&channel, "").await?, ServingStatus::NotServing);
 
-    assert!(
-        server.stopped_within(HANG).await,
-        "did not stop after the delay"
-    );
+    server.stopped_within(HANG).await?;
     Ok(())
 }
 
@@ -100,12 +90,12 @@ async fn reflection_lists_the_discount_and_health_services() -> SetupResult<()> 
 async fn a_call_in_flight_when_shutdown_starts_completes() -> SetupResult<()> {
     let pki = Pki::generate()?;
     let (slow, mut arrivals) = ScriptedDiscount::reporting(Duration::from_millis(500));
-    let mut server = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, slow).await?;
+    let mut server = DiscountServer::start_with(&pki, &[], slow).await?;
     let channel = testkit::grpc_channel(server.addr(), &pki).await?;
     let mut client = DiscountClient::new(channel);
     let call = tokio::spawn(async move {
         client
-            .apply_discount(testkit::discount_request(1, 7, 1000))
+            .apply_discount(discount_request(1, product(7, 1000)))
             .await
     });
 
@@ -119,10 +109,7 @@ async fn a_call_in_flight_when_shutdown_starts_completes() -> SetupResult<()> {
         .and_then(|p| p.discount_value)
         .map(|d| d.value_in_cents);
     assert_eq!(value, Some(900));
-    assert!(
-        server.stopped_within(HANG).await,
-        "did not stop after draining"
-    );
+    server.stopped_within(HANG).await?;
     Ok(())
 }
 
@@ -130,27 +117,19 @@ async fn a_call_in_flight_when_shutdown_starts_completes() -> SetupResult<()> {
 async fn a_call_that_outlasts_the_drain_timeout_does_not_keep_the_server_up() -> SetupResult<()> {
     let pki = Pki::generate()?;
     let (stuck, mut arrivals) = ScriptedDiscount::reporting(Duration::from_secs(3600));
-    let mut server = DiscountServer::start_with(
-        &pki,
-        "127.0.0.1:0".parse()?,
-        |options| options.drain_timeout = Duration::from_millis(300),
-        stuck,
-    )
-    .await?;
+    let mut server = DiscountServer::start_with(&pki, &["--drain-timeout", "300ms"], stuck).await?;
     let channel = testkit::grpc_channel(server.addr(), &pki).await?;
     let mut client = DiscountClient::new(channel);
     let call = tokio::spawn(async move {
         client
-            .apply_discount(testkit::discount_request(1, 7, 1000))
+            .apply_discount(discount_request(1, product(7, 1000)))
             .await
     });
     tokio::time::timeout(HANG, arrivals.recv()).await?;
 
     server.begin_stop();
-    assert!(
-        server.stopped_within(HANG).await,
-        "a stuck call kept the server up"
-    );
+    // A stuck call does not keep the server up.
+    server.stopped_within(HANG).await?;
     // The stuck call ends with an error rather than hanging.
     let outcome = tokio::time::timeout(HANG, call).await??;
     assert!(outcome.is_err(), "the stuck call succeeded: {outcome:?}");

@@ -5,31 +5,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use discount::config::{ClientAuth, server_tls};
-use discount::{DiscountService, Transport};
-use ecommerce_proto::pb::discount_client::DiscountClient;
-use testkit::{ClientCert, DiscountServer, Pki, SetupResult};
+use discount::DiscountService;
+use testkit::{ClientCert, DiscountServer, HANG, Pki, SetupResult};
 use tonic::transport::{Endpoint, Identity};
 
-/// Longer than anything here should take; reaching it is the failure.
-const HANG: Duration = Duration::from_secs(10);
-
-async fn start(pki: &Pki, mode: ClientAuth) -> SetupResult<DiscountServer> {
-    let tls = server_tls(&pki.server_cert(), &pki.server_key(), mode, &pki.ca())?;
-    DiscountServer::start_with(
-        pki,
-        "127.0.0.1:0".parse()?,
-        |options| options.transport = Transport::tls(tls),
-        DiscountService,
-    )
-    .await
-}
-
-fn identity(pki: &Pki, name: &str) -> SetupResult<Identity> {
-    Ok(Identity::from_pem(
-        std::fs::read(pki.path(&format!("{name}.pem")))?,
-        std::fs::read(pki.path(&format!("{name}.key")))?,
-    ))
+/// discount with the keys of `pki` and `--client-auth mode`.
+async fn start(pki: &Pki, mode: &str) -> SetupResult<DiscountServer> {
+    DiscountServer::start_with(pki, &["--client-auth", mode], DiscountService).await
 }
 
 /// Connects to `server` trusting `pki`'s CA, presenting `identity`, and
@@ -46,17 +28,10 @@ async fn call(
         let channel = testkit::grpc_channel_with(server.addr(), &pki.path("ca.pem"), identity)
             .await
             .map_err(|e| testkit::error_chain(&*e))?;
-        let request = testkit::discount_request(1, 1, 1000);
-        let answer = DiscountClient::new(channel)
-            .apply_discount(request)
+        testkit::discount_value(channel, 1, 1000)
             .await
-            .map_err(|e| testkit::error_chain(&e))?;
-        Ok(answer
-            .into_inner()
-            .product
-            .and_then(|p| p.discount_value)
-            .map(|d| d.value_in_cents)
-            .unwrap_or_default())
+            .map(|value| value.value_in_cents)
+            .map_err(|e| testkit::error_chain(&*e))
     };
     Ok(tokio::time::timeout(HANG, attempt).await?)
 }
@@ -65,10 +40,10 @@ async fn call(
 async fn by_default_a_client_must_present_a_certificate_from_the_client_ca() -> SetupResult<()> {
     let pki = Pki::generate()?;
     let stranger = Pki::generate()?;
-    let server = start(&pki, ClientAuth::Required).await?;
+    let server = start(&pki, "required").await?;
 
     assert_eq!(
-        call(&server, &pki, Some(identity(&pki, "client")?)).await?,
+        call(&server, &pki, Some(pki.identity("client")?)).await?,
         Ok(900)
     );
 
@@ -77,7 +52,7 @@ async fn by_default_a_client_must_present_a_certificate_from_the_client_ca() -> 
         matches!(&anonymous, Err(e) if e.contains("CertificateRequired")),
         "{anonymous:?}"
     );
-    let foreign = call(&server, &pki, Some(identity(&stranger, "client")?)).await?;
+    let foreign = call(&server, &pki, Some(stranger.identity("client")?)).await?;
     assert!(
         foreign.is_err(),
         "a certificate from another CA was accepted"
@@ -90,15 +65,15 @@ async fn expired_and_wrong_purpose_client_certificates_are_refused() -> SetupRes
     let pki = Pki::generate()?;
     pki.issue_client("expired", ClientCert::Expired)?;
     pki.issue_client("server-only", ClientCert::ServerPurpose)?;
-    let server = start(&pki, ClientAuth::Required).await?;
+    let server = start(&pki, "required").await?;
 
     for name in ["expired", "server-only"] {
-        let outcome = call(&server, &pki, Some(identity(&pki, name)?)).await?;
+        let outcome = call(&server, &pki, Some(pki.identity(name)?)).await?;
         assert!(outcome.is_err(), "{name} was accepted");
     }
     // The server is unharmed.
     assert_eq!(
-        call(&server, &pki, Some(identity(&pki, "client")?)).await?,
+        call(&server, &pki, Some(pki.identity("client")?)).await?,
         Ok(900)
     );
     Ok(())
@@ -109,15 +84,15 @@ async fn optional_client_auth_admits_clients_without_a_certificate_but_not_bad_o
 -> SetupResult<()> {
     let pki = Pki::generate()?;
     pki.issue_client("expired", ClientCert::Expired)?;
-    let server = start(&pki, ClientAuth::Optional).await?;
+    let server = start(&pki, "optional").await?;
 
     assert_eq!(call(&server, &pki, None).await?, Ok(900));
     assert_eq!(
-        call(&server, &pki, Some(identity(&pki, "client")?)).await?,
+        call(&server, &pki, Some(pki.identity("client")?)).await?,
         Ok(900)
     );
     assert!(
-        call(&server, &pki, Some(identity(&pki, "expired")?))
+        call(&server, &pki, Some(pki.identity("expired")?))
             .await?
             .is_err()
     );
@@ -127,7 +102,7 @@ async fn optional_client_auth_admits_clients_without_a_certificate_but_not_bad_o
 #[tokio::test]
 async fn client_auth_none_admits_anyone_who_trusts_the_server() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let server = start(&pki, ClientAuth::None).await?;
+    let server = start(&pki, "none").await?;
     assert_eq!(call(&server, &pki, None).await?, Ok(900));
     Ok(())
 }
@@ -135,29 +110,19 @@ async fn client_auth_none_admits_anyone_who_trusts_the_server() -> SetupResult<(
 #[tokio::test]
 async fn plaintext_mode_speaks_grpc_without_tls_and_refuses_tls_clients() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let server = DiscountServer::start_with(
-        &pki,
-        "127.0.0.1:0".parse()?,
-        |options| options.transport = Transport::Plaintext,
-        DiscountService,
-    )
-    .await?;
+    let server = DiscountServer::start_with(&pki, &["--insecure-plaintext"], DiscountService).await?;
 
     let channel = Endpoint::from_shared(format!("http://{}", server.addr()))?
         .connect()
         .await?;
-    let request = testkit::discount_request(1, 1, 1000);
-    let answer = DiscountClient::new(channel).apply_discount(request).await?;
     assert_eq!(
-        answer
-            .into_inner()
-            .product
-            .and_then(|p| p.discount_value)
-            .map(|d| d.value_in_cents),
-        Some(900)
+        testkit::discount_value(channel, 1, 1000)
+            .await?
+            .value_in_cents,
+        900
     );
     assert!(
-        call(&server, &pki, Some(identity(&pki, "client")?))
+        call(&server, &pki, Some(pki.identity("client")?))
             .await?
             .is_err()
     );
@@ -203,7 +168,7 @@ async fn a_refused_client_is_logged_with_its_address_and_the_reason() -> SetupRe
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let pki = Pki::generate()?;
-    let server = start(&pki, ClientAuth::Required).await?;
+    let server = start(&pki, "required").await?;
     assert!(call(&server, &pki, None).await?.is_err());
 
     let mut text = logs.text();

@@ -3,49 +3,16 @@
 //! files change nothing.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::time::Duration;
 
-use common::reload::Reloadable;
-use common::tls::PemSource;
-use discount::config::{ClientAuth, server_tls};
-use discount::{DiscountService, Transport};
-use ecommerce_proto::pb::discount_client::DiscountClient;
-use rustls::ServerConfig;
-use testkit::{DiscountServer, Pki, SetupResult};
+use discount::DiscountService;
+use testkit::{DiscountServer, HANG, Pki, SetupResult};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tonic::transport::Channel;
 
-/// Longer than anything here should take; reaching it is the failure.
-const HANG: Duration = Duration::from_secs(10);
-
-/// discount's TLS configuration, read from the files in `dir` each reload,
-/// as the binary does from `keys/`.
-fn reloadable_tls(dir: &Path) -> SetupResult<Reloadable<Arc<ServerConfig>>> {
-    let dir = dir.to_path_buf();
-    Ok(Reloadable::new("test TLS", move || {
-        server_tls(
-            &PemSource::new(dir.join("cert.pem"), "--cert"),
-            &PemSource::new(dir.join("private.key"), "--key"),
-            ClientAuth::Required,
-            &PemSource::new(dir.join("ca.pem"), "--client-ca"),
-        )
-    })?)
-}
-
 async fn priced(channel: Channel) -> SetupResult<i32> {
-    let request = testkit::discount_request(1, 1, 1000);
-    let answer =
-        tokio::time::timeout(HANG, DiscountClient::new(channel).apply_discount(request)).await??;
-    Ok(answer
-        .into_inner()
-        .product
-        .and_then(|p| p.discount_value)
-        .map(|d| d.value_in_cents)
-        .unwrap_or_default())
+    Ok(testkit::discount_value(channel, 1, 1000).await?.value_in_cents)
 }
 
 /// Can a client of `pki` open a new connection to `addr` and be served?
@@ -61,22 +28,14 @@ async fn new_certificates_take_effect_for_new_connections_without_a_restart() ->
     let (old, new) = (Pki::generate()?, Pki::generate()?);
     let keys = tempfile::tempdir()?;
     old.install_into(keys.path())?;
-    let tls = reloadable_tls(keys.path())?;
-    let current = tls.subscribe();
-    let server = DiscountServer::start_with(
-        &old,
-        "127.0.0.1:0".parse()?,
-        |options| options.transport = Transport::Tls(current),
-        DiscountService,
-    )
-    .await?;
+    let server = DiscountServer::start_in(keys.path(), 0, &[], DiscountService).await?;
 
     let open_before = testkit::grpc_channel(server.addr(), &old).await?;
     assert_eq!(priced(open_before.clone()).await?, 900);
 
     // Rotate everything: server identity and the CA clients must chain to.
     new.install_into(keys.path())?;
-    assert_eq!(tls.reload(), Ok(()));
+    assert_eq!(server.reload_tls(), Ok(()));
 
     assert!(
         new_connection_works(server.addr(), &new).await,
@@ -96,29 +55,21 @@ async fn broken_replacement_files_are_refused_and_the_old_ones_stay_in_use() -> 
     let pki = Pki::generate()?;
     let keys = tempfile::tempdir()?;
     pki.install_into(keys.path())?;
-    let tls = reloadable_tls(keys.path())?;
-    let current = tls.subscribe();
-    let server = DiscountServer::start_with(
-        &pki,
-        "127.0.0.1:0".parse()?,
-        |options| options.transport = Transport::Tls(current),
-        DiscountService,
-    )
-    .await?;
+    let server = DiscountServer::start_in(keys.path(), 0, &[], DiscountService).await?;
 
     // A half-finished copy: the certificate file is cut short.
     std::fs::write(
         keys.path().join("cert.pem"),
         "-----BEGIN CERTIFICATE-----\nMIIB\n",
     )?;
-    let refused = tls.reload().err().unwrap_or_default();
+    let refused = server.reload_tls().err().unwrap_or_default();
     assert!(refused.contains("cert.pem"), "{refused}");
 
     // A key that belongs to another certificate.
     pki.install_into(keys.path())?;
     let other = Pki::generate()?;
     std::fs::copy(other.path("private.key"), keys.path().join("private.key"))?;
-    let refused = tls.reload().err().unwrap_or_default();
+    let refused = server.reload_tls().err().unwrap_or_default();
     assert!(refused.contains("private.key"), "{refused}");
 
     assert!(

@@ -124,13 +124,6 @@ pub struct Tracked<T> {
     _guard: Option<Guard>,
 }
 
-impl<T> Tracked<T> {
-    /// The stream inside.
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
-}
-
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -1,4 +1,4 @@
-//! Loading PEM files and choosing the crypto provider.
+//! Reading PEM files: certificates, private keys and trust anchors.
 //!
 //! Both binaries read their TLS material from files named on the command
 //! line. When a file is missing or holds the wrong thing, the error names the
@@ -8,35 +8,12 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The command that creates the development keys, quoted in every error.
 pub const GEN_KEYS_HINT: &str =
     "run `scripts/gen-keys.sh` from the repository root to create the development keys";
-
-/// The one crypto provider this workspace uses: `ring`.
-///
-/// Configs are built with this provider explicitly, so they never depend on
-/// what some other crate installed as the process default.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Installs `ring` as the process-wide rustls provider.
-///
-/// rustls panics at the first handshake when it has to pick a default and
-/// finds two providers compiled in (for example `ring` and `aws-lc-rs`
-/// pulled in by some dependency's default features). Installing ours first
-/// makes that impossible. Calling it twice is harmless.
-pub fn install_default_provider() {
-    // Err means a provider is already installed: either ours from an
-    // earlier call, or one the embedding program chose on purpose.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// Which file a [`PemFileError`] is about, for the message.
 #[derive(Debug, Clone)]
@@ -215,33 +192,6 @@ impl PemFile {
     }
 }
 
-/// Reads every certificate in a PEM file, in order (leaf first for a chain).
-///
-/// # Errors
-/// A [`PemFileError`] if the file is missing, unreadable, or holds no
-/// `CERTIFICATE` block.
-pub fn read_certificates(source: &PemSource) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
-    PemFile::read(source)?.certificates()
-}
-
-/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
-///
-/// # Errors
-/// A [`PemFileError`] if the file is missing, unreadable, or holds no
-/// private key block.
-pub fn read_private_key(source: &PemSource) -> Result<PrivateKeyDer<'static>, PemFileError> {
-    PemFile::read(source)?.private_key()
-}
-
-/// Reads every certificate of `source` into a root store, for verifying peers.
-///
-/// # Errors
-/// A [`PemFileError`] if the file cannot be read, or if a certificate in it
-/// cannot serve as a trust anchor.
-pub fn read_root_store(source: &PemSource) -> Result<rustls::RootCertStore, PemFileError> {
-    PemFile::read(source)?.root_store()
-}
-
 /// Where a path came from, for start-up log lines.
 pub fn display_path(path: &Path) -> String {
     std::fs::canonicalize(path)
@@ -272,7 +222,7 @@ mod tests {
     fn a_missing_file_names_the_file_the_flag_and_the_fix() {
         let dir = scratch_dir("missing");
         let source = source_in(&dir, "nope.pem", None);
-        let error = read_certificates(&source).err().map(|e| e.to_string());
+        let error = PemFile::read(&source).and_then(|f| f.certificates()).err().map(|e| e.to_string());
         let message = error.unwrap_or_default();
         assert!(message.contains("nope.pem: file not found"), "{message}");
         assert!(message.contains("--cert"), "{message}");
@@ -283,7 +233,8 @@ mod tests {
     fn a_file_without_the_right_block_says_which_block_was_wanted() {
         let dir = scratch_dir("noblock");
         let source = source_in(&dir, "garbage.pem", Some("this is not PEM\n"));
-        let message = read_certificates(&source)
+        let message = PemFile::read(&source)
+            .and_then(|f| f.certificates())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -291,7 +242,8 @@ mod tests {
             message.contains("no CERTIFICATE PEM block"),
             "unexpected message: {message}"
         );
-        let message = read_private_key(&source)
+        let message = PemFile::read(&source)
+            .and_then(|f| f.private_key())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();

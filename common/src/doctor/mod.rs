@@ -6,16 +6,18 @@
 //! which file is wrong, how, and what to do, before anything is served.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rustls::sign::CertifiedKey;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::tls::{GEN_KEYS_HINT, PemFile, PemSource};
+use crate::pem::{GEN_KEYS_HINT, PemFile, PemSource};
+
+mod x509;
+
+use x509::{check_purpose, check_validity, is_ca, subject};
 
 /// How to replace development keys, quoted where a certificate must be renewed.
 const REGEN_HINT: &str = "`scripts/gen-keys.sh --force` makes new development keys";
@@ -87,7 +89,7 @@ impl Report {
         self.findings.extend(other.findings);
     }
 
-    fn add(&mut self, severity: Severity, file: &PemSource, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, severity: Severity, file: &PemSource, message: impl Into<String>) {
         self.findings.push(Finding {
             severity,
             file: file.path.clone(),
@@ -185,7 +187,7 @@ pub fn check_identity_files(
     }
     match key_file.private_key() {
         Ok(private_key) => {
-            let matches = crate::tls::provider()
+            let matches = crate::crypto::provider()
                 .key_provider
                 .load_private_key(private_key)
                 .and_then(|signer| CertifiedKey::new(chain, signer).keys_match());
@@ -262,7 +264,7 @@ fn read_or_report(report: &mut Report, source: &PemSource) -> Option<PemFile> {
     }
 }
 
-/// The part of a [`crate::tls::PemFileError`] message after the path, so the
+/// The part of a [`crate::pem::PemFileError`] message after the path, so the
 /// finding does not name the file twice.
 fn problem_of(message: &str) -> String {
     message
@@ -271,179 +273,10 @@ fn problem_of(message: &str) -> String {
         .to_owned()
 }
 
-fn check_validity(
-    report: &mut Report,
-    file: &PemSource,
-    certificate: &X509Certificate<'_>,
-    now: SystemTime,
-) {
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let validity = certificate.validity();
-    let (not_before, not_after) = (
-        validity.not_before.timestamp(),
-        validity.not_after.timestamp(),
-    );
-    let who = subject(certificate);
-    if now < not_before {
-        report.add(
-            Severity::Error,
-            file,
-            format!(
-                "{who} is not valid until {}; check this machine's clock, or the certificate's dates",
-                validity.not_before
-            ),
-        );
-    } else if now > not_after {
-        report.add(
-            Severity::Error,
-            file,
-            format!(
-                "{who} expired on {}; renew it ({GEN_KEYS_HINT} with --force)",
-                validity.not_after
-            ),
-        );
-    } else if not_after - now < i64::try_from(EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX) {
-        let days = (not_after - now) / 86_400;
-        report.add(
-            Severity::Warning,
-            file,
-            format!(
-                "{who} expires on {}, in {days} days; renew it soon",
-                validity.not_after
-            ),
-        );
-    }
-}
-
-fn check_purpose(
-    report: &mut Report,
-    file: &PemSource,
-    certificate: &X509Certificate<'_>,
-    role: &Role,
-) {
-    let who = subject(certificate);
-    if is_ca(certificate) {
-        report.add(
-            Severity::Error,
-            file,
-            format!(
-                "{who} is a CA certificate (CA:TRUE) and rustls refuses it as an identity (CaUsedAsEndEntity). `openssl req -x509` makes such certificates; issue a leaf certificate from a CA instead ({GEN_KEYS_HINT})"
-            ),
-        );
-    }
-    let usage = certificate
-        .extended_key_usage()
-        .ok()
-        .flatten()
-        .map(|e| e.value);
-    let (wanted, allowed) = match role {
-        Role::Server { .. } => ("serverAuth", usage.is_none_or(|u| u.any || u.server_auth)),
-        Role::Client => ("clientAuth", usage.is_none_or(|u| u.any || u.client_auth)),
-    };
-    if !allowed {
-        report.add(
-            Severity::Error,
-            file,
-            format!("{who} is not for {wanted}: its extendedKeyUsage does not include it; issue one that does ({GEN_KEYS_HINT})"),
-        );
-    }
-    if let Role::Server { names, strict } = role {
-        check_names(report, file, certificate, names, *strict);
-    }
-}
-
-fn check_names(
-    report: &mut Report,
-    file: &PemSource,
-    certificate: &X509Certificate<'_>,
-    names: &[String],
-    strict: bool,
-) {
-    let who = subject(certificate);
-    let san = certificate
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|e| e.value.general_names.clone())
-        .unwrap_or_default();
-    if san.is_empty() {
-        report.add(
-            Severity::Error,
-            file,
-            format!(
-                "{who} has no subjectAltName. Clients match the host name against subjectAltName only and never the Common Name (RFC 6125; rustls, and Go since 1.15), so this certificate is valid for no name at all. This is the problem with the seed's `openssl req -x509 ... -subj '/CN=localhost'` certificate; {GEN_KEYS_HINT}, which adds DNS:localhost, IP:127.0.0.1 and IP:::1"
-            ),
-        );
-        return;
-    }
-    for name in names {
-        if !san.iter().any(|entry| covers(entry, name)) {
-            let listed: Vec<String> = san.iter().map(describe).collect();
-            report.add(
-                if strict { Severity::Error } else { Severity::Warning },
-                file,
-                format!(
-                    "{who} does not cover the name {name:?} that clients dial (it covers {}); issue a certificate for that name, or set --server-name to the name clients really use",
-                    listed.join(", ")
-                ),
-            );
-        }
-    }
-}
-
-/// Whether a subjectAltName entry matches `name`: an IP entry an address,
-/// a DNS entry the name, case-insensitively, with a leading `*.` matching
-/// exactly one label.
-fn covers(entry: &GeneralName<'_>, name: &str) -> bool {
-    match (entry, name.parse::<IpAddr>()) {
-        (GeneralName::IPAddress(bytes), Ok(ip)) => match ip {
-            IpAddr::V4(v4) => *bytes == v4.octets(),
-            IpAddr::V6(v6) => *bytes == v6.octets(),
-        },
-        (GeneralName::DNSName(pattern), Err(_)) => {
-            let (pattern, name) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
-            match pattern.strip_prefix("*.") {
-                Some(suffix) => name
-                    .split_once('.')
-                    .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-                None => pattern == name,
-            }
-        }
-        _ => false,
-    }
-}
-
-fn describe(entry: &GeneralName<'_>) -> String {
-    match entry {
-        GeneralName::DNSName(name) => format!("DNS:{name}"),
-        GeneralName::IPAddress(bytes) => match <[u8; 4]>::try_from(*bytes) {
-            Ok(v4) => format!("IP:{}", IpAddr::from(v4)),
-            Err(_) => <[u8; 16]>::try_from(*bytes)
-                .map(|v6| format!("IP:{}", IpAddr::from(v6)))
-                .unwrap_or_else(|_| "IP:?".to_owned()),
-        },
-        GeneralName::URI(uri) => format!("URI:{uri}"),
-        other => format!("{other:?}"),
-    }
-}
-
-fn is_ca(certificate: &X509Certificate<'_>) -> bool {
-    certificate
-        .basic_constraints()
-        .ok()
-        .flatten()
-        .is_some_and(|constraints| constraints.value.ca)
-}
-
-fn subject(certificate: &X509Certificate<'_>) -> String {
-    format!("the certificate for \"{}\"", certificate.subject())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, date_time_ymd,
@@ -658,19 +491,6 @@ mod tests {
         assert_eq!(messages(&report, Severity::Warning).len(), 1);
     }
 
-    #[test]
-    fn wildcards_cover_exactly_one_label() {
-        let entry = GeneralName::DNSName("*.svc.local");
-        assert!(covers(&entry, "discount.svc.local"));
-        assert!(covers(&entry, "DISCOUNT.svc.local"));
-        assert!(!covers(&entry, "svc.local"));
-        assert!(!covers(&entry, "a.discount.svc.local"));
-        assert!(covers(
-            &GeneralName::IPAddress(&[127, 0, 0, 1]),
-            "127.0.0.1"
-        ));
-        assert!(!covers(&GeneralName::DNSName("127.0.0.1"), "127.0.0.1"));
-    }
 
     #[test]
     fn a_ca_file_holding_a_leaf_certificate_is_a_warning() {

@@ -1,0 +1,129 @@
+//! The discount service put together: what `main` runs and what the tests
+//! start in-process, so both go through the same wiring.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ecommerce_proto::pb::discount_server::Discount;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::error::StartupError;
+use crate::server::{self, ServerOptions};
+use crate::service::DiscountService;
+use crate::tls::{ClientAuth, TlsReloader, Transport};
+
+/// A discount service with its TLS material loaded and its port bound,
+/// ready to serve.
+#[derive(Debug)]
+pub struct Application<S = DiscountService> {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<Arc<TlsReloader>>,
+    options: ServerOptions,
+    service: S,
+    config: Config,
+}
+
+impl Application {
+    /// Loads and checks the TLS material, then binds the port, as `config`
+    /// says.
+    ///
+    /// # Errors
+    /// A [`StartupError`] naming the file or flag to fix.
+    pub fn build(config: &Config) -> Result<Self, StartupError> {
+        Self::build_with(config, DiscountService)
+    }
+}
+
+impl<S: Discount> Application<S> {
+    /// [`Application::build`] serving `service` instead of the real rule:
+    /// for tests that need a discount which fails or stalls on purpose.
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub fn build_with(config: &Config, service: S) -> Result<Self, StartupError> {
+        common::crypto::install_default_provider();
+        let tls = if config.insecure_plaintext {
+            None
+        } else {
+            Some(Arc::new(config.server_tls().reloadable()?))
+        };
+        let listener = common::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
+        // The bound address, not the configured one: with port 0 only this
+        // says where the service really is.
+        let addr = listener.local_addr().map_err(StartupError::Bind)?;
+        Ok(Self {
+            listener,
+            addr,
+            tls,
+            options: config.server_options(),
+            service,
+            config: config.clone(),
+        })
+    }
+
+    /// Where the service listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The handle that re-reads the TLS files (what SIGHUP does); `None` in
+    /// plaintext mode.
+    pub fn tls_reloader(&self) -> Option<Arc<TlsReloader>> {
+        self.tls.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains (see
+    /// [`server::serve`]). Re-reads the TLS files on every SIGHUP meanwhile.
+    ///
+    /// # Errors
+    /// [`StartupError::Serve`] if the gRPC server fails.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self {
+            listener,
+            addr,
+            tls,
+            options,
+            service,
+            config,
+        } = self;
+        let (transport, reload_on_sighup) = match tls {
+            Some(tls) => {
+                tracing::info!(
+                    cert = %common::pem::display_path(&config.cert),
+                    client_auth = ?config.client_auth,
+                    client_ca = %common::pem::display_path(&config.client_ca),
+                    handshake_timeout = ?options.handshake_timeout,
+                    "Running Discount service on {addr}"
+                );
+                if config.client_auth != ClientAuth::Required {
+                    tracing::warn!(client_auth = ?config.client_auth, "clients without a certificate are accepted");
+                }
+                let transport = Transport::Tls(tls.subscribe());
+                let task = tokio::spawn(common::reload::on_sighup(move || {
+                    // A failed reload is logged by the reloader and changes nothing.
+                    let _ = tls.reload();
+                }));
+                (transport, Some(task))
+            }
+            None => {
+                tracing::warn!(
+                    "Running Discount service on {addr} in PLAINTEXT: no TLS, no authentication; only behind a service mesh that secures connections"
+                );
+                (Transport::Plaintext, None)
+            }
+        };
+        let served = server::serve(listener, transport, options, service, shutdown).await;
+        if let Some(task) = reload_on_sighup {
+            task.abort();
+        }
+        served?;
+        tracing::info!("Discount service stopped");
+        Ok(())
+    }
+}

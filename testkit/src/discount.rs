@@ -1,0 +1,185 @@
+//! The real discount service in this process, started the way `main`
+//! starts it ([`discount::Application`]) from a real command line, and a
+//! scripted discount that fails or stalls on purpose.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use discount::tls::TlsReloader;
+use discount::{Application, DiscountService, StartupError};
+use ecommerce_proto::pb::discount_server::Discount;
+use ecommerce_proto::pb::{DiscountRequest, DiscountResponse, DiscountsRequest, DiscountsResponse};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::pki::Pki;
+use crate::task::ServerTask;
+use crate::SetupResult;
+
+/// discount, serving on `127.0.0.1` in this process until stopped or
+/// dropped.
+#[derive(Debug)]
+pub struct DiscountServer {
+    addr: SocketAddr,
+    tls: Option<Arc<TlsReloader>>,
+    task: ServerTask<StartupError>,
+}
+
+impl DiscountServer {
+    /// Starts discount with the keys of `pki`, on port 0.
+    ///
+    /// # Errors
+    /// The TLS material was refused or the port could not be bound.
+    pub async fn start(pki: &Pki) -> SetupResult<Self> {
+        Self::start_with(pki, &[], DiscountService).await
+    }
+
+    /// Starts `service` with the keys of `pki`, on port 0, with the extra
+    /// command-line flags `args` (`["--shutdown-delay", "2s"]`).
+    ///
+    /// # Errors
+    /// As [`DiscountServer::start`].
+    pub async fn start_with(pki: &Pki, args: &[&str], service: impl Discount) -> SetupResult<Self> {
+        Self::start_in(pki.dir(), 0, args, service).await
+    }
+
+    /// Starts `service` on `127.0.0.1:port` with the keys in `keys` (laid
+    /// out as [`Pki`] lays them out), plus the flags `args`.
+    ///
+    /// # Errors
+    /// As [`DiscountServer::start`].
+    pub async fn start_in(
+        keys: &Path,
+        port: u16,
+        args: &[&str],
+        service: impl Discount,
+    ) -> SetupResult<Self> {
+        let file = |name: &str| keys.join(name).display().to_string();
+        let mut argv = vec![
+            "discount".to_owned(),
+            port.to_string(),
+            "--listen-addr".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--cert".to_owned(),
+            file("cert.pem"),
+            "--key".to_owned(),
+            file("private.key"),
+            "--client-ca".to_owned(),
+            file("ca.pem"),
+        ];
+        argv.extend(args.iter().map(|arg| (*arg).to_owned()));
+        let config = discount::Config::try_parse_from(argv)?;
+        let app = Application::build_with(&config, service)?;
+        let (addr, tls) = (app.local_addr(), app.tls_reloader());
+        let task = ServerTask::spawn(|shutdown| app.run_until_stopped(shutdown.wait()));
+        Ok(Self { addr, tls, task })
+    }
+
+    /// Where the server listens (`127.0.0.1:<port>`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Re-reads the TLS files, as SIGHUP does.
+    ///
+    /// # Errors
+    /// Why the new files were refused (the old ones stay in use), or that
+    /// the server runs in plaintext.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Err("plaintext: no TLS to reload".to_owned()),
+        }
+    }
+
+    /// Sends the shutdown signal, as SIGTERM would, without waiting.
+    pub fn begin_stop(&mut self) {
+        self.task.begin_stop();
+    }
+
+    /// See [`ServerTask::stopped_within`].
+    ///
+    /// # Errors
+    /// Still running, panicked or failed.
+    pub async fn stopped_within(self, limit: Duration) -> Result<(), String> {
+        self.task.stopped_within(limit).await
+    }
+
+    /// Stops the server and waits until its port is closed.
+    ///
+    /// # Errors
+    /// As [`ServerTask::stop`].
+    pub async fn stop(self) -> SetupResult<()> {
+        self.task.stop().await
+    }
+}
+
+/// A discount that misbehaves on request: it answers like the real one,
+/// but after `delay`, and with an error for `fail_product`. It reports each
+/// product id it receives on `received`, so a test can act at the moment a
+/// call is in flight instead of sleeping and hoping.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedDiscount {
+    /// The product id to answer with `INTERNAL`.
+    pub fail_product: Option<i32>,
+    /// How long to wait before answering.
+    pub delay: Duration,
+    /// Where to report each received product id.
+    pub received: Option<mpsc::UnboundedSender<i32>>,
+    /// Whether it has `ApplyDiscounts`; without, it answers UNIMPLEMENTED,
+    /// as a peer built from the seed's proto does.
+    pub batch: bool,
+    /// How many calls it has answered, of either method.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl ScriptedDiscount {
+    /// A discount that answers after `delay` and reports every product id it
+    /// receives on the returned channel.
+    pub fn reporting(delay: Duration) -> (Self, mpsc::UnboundedReceiver<i32>) {
+        let (received, arrivals) = mpsc::unbounded_channel();
+        let discount = Self {
+            delay,
+            received: Some(received),
+            ..Self::default()
+        };
+        (discount, arrivals)
+    }
+}
+
+#[tonic::async_trait]
+impl Discount for ScriptedDiscount {
+    async fn apply_discount(
+        &self,
+        request: Request<DiscountRequest>,
+    ) -> Result<Response<DiscountResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let product_id = request.get_ref().product.as_ref().map(|p| p.id);
+        if let (Some(received), Some(id)) = (&self.received, product_id) {
+            let _ = received.send(id);
+        }
+        tokio::time::sleep(self.delay).await;
+        if product_id.is_some() && product_id == self.fail_product {
+            return Err(Status::internal("scripted failure for this product"));
+        }
+        DiscountService.apply_discount(request).await
+    }
+
+    async fn apply_discounts(
+        &self,
+        request: Request<DiscountsRequest>,
+    ) -> Result<Response<DiscountsResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if !self.batch {
+            return Err(Status::unimplemented(
+                "this discount predates ApplyDiscounts",
+            ));
+        }
+        tokio::time::sleep(self.delay).await;
+        DiscountService.apply_discounts(request).await
+    }
+}

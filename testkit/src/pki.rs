@@ -1,0 +1,158 @@
+//! A throw-away public key infrastructure, made with `rcgen` when the test
+//! runs and written to a temporary directory laid out like `keys/` after
+//! `scripts/gen-keys.sh`, so tests go through the same file-loading code as
+//! the binaries and nothing secret is ever committed.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tonic::transport::Identity;
+
+use crate::SetupResult;
+
+/// The host names and addresses the test server certificate is valid for.
+pub const SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// A throw-away public key infrastructure in a temporary directory, laid out
+/// like `keys/` after `scripts/gen-keys.sh`.
+#[derive(Debug)]
+pub struct Pki {
+    dir: tempfile::TempDir,
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+}
+
+/// What kind of client certificate [`Pki::issue_client`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCert {
+    /// A good one: `clientAuth`, valid now.
+    Valid,
+    /// Valid for `clientAuth`, but expired in 2021.
+    Expired,
+    /// Valid now, but for `serverAuth` only: the wrong purpose.
+    ServerPurpose,
+}
+
+impl Pki {
+    /// Makes a CA and, signed by it, a server identity for [`SERVER_NAMES`]
+    /// and a client identity. ECDSA P-256, like the dev keys.
+    ///
+    /// # Errors
+    /// Key generation or file writing failed.
+    pub fn generate() -> SetupResult<Self> {
+        let dir = tempfile::tempdir()?;
+
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ecommerce test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem())?;
+        std::fs::write(dir.path().join("ca.key"), ca_key.serialize_pem())?;
+
+        let pki = Self {
+            dir,
+            ca_params,
+            ca_key,
+        };
+        let names = SERVER_NAMES.iter().map(|s| (*s).to_owned()).collect();
+        pki.issue(
+            "cert.pem",
+            "private.key",
+            names,
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            false,
+        )?;
+        pki.issue_client("client", ClientCert::Valid)?;
+        Ok(pki)
+    }
+
+    /// Issues a client certificate from this CA into `<name>.pem` and
+    /// `<name>.key`.
+    ///
+    /// # Errors
+    /// Key generation or file writing failed.
+    pub fn issue_client(&self, name: &str, kind: ClientCert) -> SetupResult<()> {
+        let usage = match kind {
+            ClientCert::ServerPurpose => ExtendedKeyUsagePurpose::ServerAuth,
+            ClientCert::Valid | ClientCert::Expired => ExtendedKeyUsagePurpose::ClientAuth,
+        };
+        let names = vec![name.to_owned()];
+        let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+        self.issue(&cert, &key, names, name, usage, kind == ClientCert::Expired)
+    }
+
+    fn issue(
+        &self,
+        cert_file: &str,
+        key_file: &str,
+        names: Vec<String>,
+        common_name: &str,
+        usage: ExtendedKeyUsagePurpose,
+        expired: bool,
+    ) -> SetupResult<()> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer)?;
+        std::fs::write(self.path(cert_file), cert.pem())?;
+        std::fs::write(self.path(key_file), key.serialize_pem())?;
+        Ok(())
+    }
+
+    /// The directory holding the files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The path of one file, e.g. `"ca.pem"`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Copies this PKI's files into `dir`, replacing what is there: what an
+    /// operator does when rotating certificates.
+    ///
+    /// # Errors
+    /// A file could not be copied.
+    pub fn install_into(&self, dir: &Path) -> SetupResult<()> {
+        for name in [
+            "ca.pem",
+            "cert.pem",
+            "private.key",
+            "client.pem",
+            "client.key",
+        ] {
+            std::fs::copy(self.path(name), dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    /// The client identity `<name>.pem` + `<name>.key`, for tonic.
+    ///
+    /// # Errors
+    /// A file could not be read.
+    pub fn identity(&self, name: &str) -> SetupResult<Identity> {
+        Ok(Identity::from_pem(
+            std::fs::read(self.path(&format!("{name}.pem")))?,
+            std::fs::read(self.path(&format!("{name}.key")))?,
+        ))
+    }
+}
