@@ -41,7 +41,7 @@ const EXPECTED_CENTS: i32 = 89999;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    common::tls::install_default_provider();
+    common::crypto::install_default_provider();
     match run(args).await {
         Ok(report) => {
             println!("{report}");

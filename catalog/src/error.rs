@@ -74,7 +74,4 @@ pub enum StartupError {
     /// The listening socket could not be bound.
     #[error("{0}; pick another port (the first argument) or stop whatever holds it")]
     Bind(io::Error),
-    /// The HTTP server failed.
-    #[error("the HTTP server failed: {0}")]
-    Serve(io::Error),
 }

@@ -128,3 +128,123 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
 async fn not_found() -> (StatusCode, &'static str) {
     (StatusCode::NOT_FOUND, "404 page not found\n")
 }
+
+/// The routes that need no discount, on the router alone: no sockets, no
+/// certificates. Everything that involves discount is tested end to end in
+/// `tests/`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use crate::discount::{DiscountAddr, DiscountClient, DiscountSettings};
+    use crate::tls::Security;
+
+    /// The router with a client of a discount that is never dialled here.
+    fn app() -> Router {
+        let settings = DiscountSettings {
+            addr: "127.0.0.1:9".parse::<DiscountAddr>().unwrap(),
+            server_name: "localhost".to_owned(),
+            security: Security::Plaintext,
+            deadline: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            dial_per_request: false,
+        };
+        let client = DiscountClient::connect_lazy(&settings).unwrap();
+        router(AppState::new(client), Duration::from_secs(5))
+    }
+
+    struct Answer {
+        status: StatusCode,
+        content_type: Option<String>,
+        discount_status: Option<String>,
+        body: String,
+    }
+
+    async fn send(method: &str, path: &str, user_id: Option<&str>) -> Answer {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(user_id) = user_id {
+            request = request.header("X-USER-ID", user_id);
+        }
+        let response = app()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let header = |name: HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let (content_type, discount_status) =
+            (header(header::CONTENT_TYPE), header(DISCOUNT_STATUS));
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            content_type,
+            discount_status,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+
+    /// The seed's products without discounts, as `json::products` writes
+    /// them (the exact bytes are tested in `json.rs` and `tests/api.rs`).
+    fn plain() -> String {
+        String::from_utf8(json::products(&products::all())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_root_says_it_is_working() {
+        let answer = send("GET", "/", None).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, "It is working.");
+    }
+
+    #[tokio::test]
+    async fn products_without_a_known_customer_are_listed_without_asking_discount() {
+        for user_id in [None, Some(""), Some("  "), Some("3"), Some("-1")] {
+            let answer = send("GET", "/products", user_id).await;
+            assert_eq!(answer.status, StatusCode::OK, "{user_id:?}");
+            assert_eq!(answer.content_type.as_deref(), Some("application/json"));
+            assert_eq!(answer.body, plain(), "{user_id:?}");
+            assert_eq!(answer.discount_status, None, "{user_id:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_id_that_is_not_a_number_is_400_with_the_seeds_text() {
+        let answer = send("GET", "/products", Some("abc")).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            answer.content_type.as_deref(),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(answer.body, "Customer ID is not a number.\n");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_other_methods_405_and_healthz_is_ok() {
+        let answer = send("GET", "/nope", None).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::NOT_FOUND, "404 page not found\n")
+        );
+        assert_eq!(
+            send("POST", "/products", None).await.status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            send("DELETE", "/", None).await.status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let answer = send("GET", "/healthz", None).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "ok\n")
+        );
+    }
+}

@@ -7,8 +7,8 @@ mod support;
 use std::sync::atomic::Ordering;
 
 use reqwest::StatusCode;
-use support::{CUSTOMER_1, CUSTOMER_2, Catalog, PLAIN, silent_discount, system};
-use testkit::{Pki, SetupResult};
+use support::{CUSTOMER_1, CUSTOMER_2, Catalog, PLAIN, system};
+use testkit::{Pki, SetupResult, silent_peer};
 
 #[tokio::test]
 async fn the_root_says_it_is_working() -> SetupResult<()> {
@@ -118,7 +118,7 @@ async fn unknown_paths_are_404_and_other_methods_405() -> SetupResult<()> {
 #[tokio::test]
 async fn unknown_customers_get_the_plain_list_without_any_call_to_discount() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let (addr, accepted) = silent_discount().await?;
+    let (addr, accepted) = silent_peer().await?;
     let catalog = Catalog::start(&addr.to_string(), &pki.path("ca.pem"), "300ms").await?;
 
     for id in ["3", "0", "-1", "9223372036854775807"] {

@@ -7,8 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{CUSTOMER_2, Catalog, HANG, HEALTHY_DEADLINE, PLAIN, system};
-use testkit::{DiscountServer, Pki, SetupResult};
+use catalog::server::{MAX_HEADERS, MAX_REQUEST_HEAD};
+use support::{CUSTOMER_2, Catalog, PLAIN, system, system_with};
+use testkit::{HANG, SetupResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -95,7 +96,7 @@ async fn with_repeated_user_ids_the_first_one_counts() -> SetupResult<()> {
 #[tokio::test]
 async fn oversized_headers_and_too_many_headers_are_431() -> SetupResult<()> {
     let (_pki, _discount, catalog) = system().await?;
-    let big = format!("X-Padding: {}\r\n", "a".repeat(catalog::MAX_REQUEST_HEAD));
+    let big = format!("X-Padding: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
     let answer = raw(catalog.addr, &get_products(big.as_bytes())).await?;
     assert!(
         status_line(&answer).starts_with("HTTP/1.1 431"),
@@ -103,7 +104,7 @@ async fn oversized_headers_and_too_many_headers_are_431() -> SetupResult<()> {
         status_line(&answer)
     );
 
-    let many: String = (0..=catalog::MAX_HEADERS)
+    let many: String = (0..=MAX_HEADERS)
         .map(|i| format!("X-H{i}: {i}\r\n"))
         .collect();
     let answer = raw(catalog.addr, &get_products(many.as_bytes())).await?;
@@ -132,23 +133,10 @@ async fn a_body_on_a_get_is_ignored_and_the_connection_stays_usable() -> SetupRe
     Ok(())
 }
 
-async fn catalog_with(extra: &[&str]) -> SetupResult<(Pki, DiscountServer, Catalog)> {
-    let pki = Pki::generate()?;
-    let discount = DiscountServer::start(&pki).await?;
-    let catalog = Catalog::start_with(
-        &discount.addr().to_string(),
-        &pki.path("ca.pem"),
-        HEALTHY_DEADLINE,
-        extra,
-    )
-    .await?;
-    Ok((pki, discount, catalog))
-}
-
 #[tokio::test]
 async fn a_client_sending_headers_a_byte_at_a_time_is_cut_off_at_the_header_timeout()
 -> SetupResult<()> {
-    let (_pki, _discount, catalog) = catalog_with(&["--header-read-timeout", "500ms"]).await?;
+    let (_pki, _discount, catalog) = system_with(&["--header-read-timeout", "500ms"]).await?;
     let mut tcp = TcpStream::connect(catalog.addr).await?;
     let started = Instant::now();
     let request =
@@ -181,7 +169,7 @@ async fn a_client_sending_headers_a_byte_at_a_time_is_cut_off_at_the_header_time
 #[tokio::test]
 async fn a_flood_of_idle_connections_is_bounded_and_closed() -> SetupResult<()> {
     let (_pki, _discount, catalog) =
-        catalog_with(&["--header-read-timeout", "300ms", "--max-connections", "256"]).await?;
+        system_with(&["--header-read-timeout", "300ms", "--max-connections", "256"]).await?;
     // 2,000 connections that never send a byte: at most 256 are served at a
     // time, each is closed after the header timeout, then the next ones.
     let mut idle = Vec::new();

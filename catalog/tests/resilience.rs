@@ -7,14 +7,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::tls::PemSource;
+use discount::DiscountService;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use support::{
-    CUSTOMER_1, Catalog, HANG, HEALTHY_DEADLINE, PLAIN, call_error, discount_client,
-    silent_discount, system,
+use support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN, system};
+use testkit::{
+    CountingProxy, DiscountServer, HANG, Pki, ScriptedDiscount, SetupResult, silent_peer,
 };
-use testkit::{CountingProxy, DiscountServer, Pki, ScriptedDiscount, SetupResult};
 use tokio::net::TcpListener;
 
 /// Customer 1's list when discount failed for product 2 only.
@@ -84,8 +83,7 @@ async fn after_discount_stops_and_restarts_the_catalog_recovers_by_itself() -> S
     );
 
     // The same address again, and no restart of the catalog.
-    let _restarted =
-        DiscountServer::start_with(&pki, addr, |_| {}, discount::DiscountService).await?;
+    let _restarted = DiscountServer::start_in(pki.dir(), addr.port(), &[], DiscountService).await?;
     assert_eq!(
         until_discounted(&catalog, 100).await?,
         (CUSTOMER_1.to_owned(), applied())
@@ -97,7 +95,7 @@ async fn after_discount_stops_and_restarts_the_catalog_recovers_by_itself() -> S
 async fn a_discount_that_never_answers_costs_at_most_the_deadline_and_drops_nothing()
 -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let (addr, _) = silent_discount().await?;
+    let (addr, _) = silent_peer().await?;
     let catalog = Catalog::start(&addr.to_string(), &pki.path("ca.pem"), "300ms").await?;
 
     let started = Instant::now();
@@ -120,7 +118,7 @@ async fn when_one_products_call_fails_the_others_are_still_discounted() -> Setup
         fail_product: Some(2),
         ..ScriptedDiscount::default()
     };
-    let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, flaky).await?;
+    let discount = DiscountServer::start_with(&pki, &[], flaky).await?;
     let catalog = Catalog::start(
         &discount.addr().to_string(),
         &pki.path("ca.pem"),
@@ -151,9 +149,8 @@ async fn a_catalog_that_does_not_trust_discounts_certificate_lists_without_disco
     );
 
     // And the reason is the certificate, not the network.
-    let client = discount_client(&addr, &stranger.path("ca.pem"), HEALTHY_DEADLINE, &[])?;
-    let error = call_error(&client).await?;
-    assert!(error.contains("invalid peer certificate"), "{error}");
+    let why = catalog.readiness().await?.body;
+    assert!(why.contains("invalid peer certificate"), "{why}");
     Ok(())
 }
 
@@ -170,14 +167,19 @@ async fn the_server_name_is_checked_against_discounts_certificate() -> SetupResu
     );
 
     // Same server and CA, a name the certificate does not carry: refused.
-    let client = discount_client(
+    let misnamed = Catalog::start_with(
         &discount.addr().to_string(),
         &pki.path("ca.pem"),
         HEALTHY_DEADLINE,
         &["--discount-server-name", "discount.example"],
-    )?;
-    let error = call_error(&client).await?;
-    assert!(error.contains("not valid for name"), "{error}");
+    )
+    .await?;
+    assert_eq!(
+        misnamed.priced("1").await?,
+        (PLAIN.to_owned(), unavailable())
+    );
+    let why = misnamed.readiness().await?.body;
+    assert!(why.contains("not valid for name"), "{why}");
     Ok(())
 }
 
@@ -185,15 +187,11 @@ async fn the_server_name_is_checked_against_discounts_certificate() -> SetupResu
 async fn a_refused_connection_is_reported_with_its_cause() -> SetupResult<()> {
     let pki = Pki::generate()?;
     let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
-    let client = discount_client(
-        &closed.to_string(),
-        &pki.path("ca.pem"),
-        HEALTHY_DEADLINE,
-        &[],
-    )?;
-    let error = call_error(&client).await?;
+    let catalog =
+        Catalog::start(&closed.to_string(), &pki.path("ca.pem"), HEALTHY_DEADLINE).await?;
+    let why = catalog.readiness().await?.body;
     // tonic alone says "transport error"; the chain says why.
-    assert!(error.contains("Connection refused"), "{error}");
+    assert!(why.contains("Connection refused"), "{why}");
     Ok(())
 }
 
@@ -282,8 +280,7 @@ async fn healthz_is_up_whatever_discount_does_and_readyz_follows_discount() -> S
         (StatusCode::OK, "ok\n")
     );
 
-    let _restarted =
-        DiscountServer::start_with(&pki, addr, |_| {}, discount::DiscountService).await?;
+    let _restarted = DiscountServer::start_in(pki.dir(), addr.port(), &[], DiscountService).await?;
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..100 {
         status = catalog.get("/readyz", None).await?.status;
@@ -299,13 +296,8 @@ async fn healthz_is_up_whatever_discount_does_and_readyz_follows_discount() -> S
 #[tokio::test]
 async fn readyz_turns_503_as_soon_as_discount_starts_shutting_down() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let mut discount = DiscountServer::start_with(
-        &pki,
-        "127.0.0.1:0".parse()?,
-        |options| options.shutdown_delay = Duration::from_secs(2),
-        discount::DiscountService,
-    )
-    .await?;
+    let mut discount =
+        DiscountServer::start_with(&pki, &["--shutdown-delay", "2s"], DiscountService).await?;
     let catalog = Catalog::start(
         &discount.addr().to_string(),
         &pki.path("ca.pem"),
@@ -342,7 +334,7 @@ async fn readyz_turns_503_as_soon_as_discount_starts_shutting_down() -> SetupRes
 async fn a_request_in_flight_when_the_catalog_shuts_down_completes() -> SetupResult<()> {
     let pki = Pki::generate()?;
     let (slow, mut arrivals) = ScriptedDiscount::reporting(Duration::from_millis(300));
-    let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, slow).await?;
+    let discount = DiscountServer::start_with(&pki, &[], slow).await?;
     let mut catalog = Catalog::start(
         &discount.addr().to_string(),
         &pki.path("ca.pem"),
@@ -358,10 +350,7 @@ async fn a_request_in_flight_when_the_catalog_shuts_down_completes() -> SetupRes
     let response = tokio::time::timeout(HANG, request).await???;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await?, CUSTOMER_1);
-    assert!(
-        catalog.stopped_within(HANG).await,
-        "did not stop after draining"
-    );
+    catalog.stopped_within(HANG).await?;
     Ok(())
 }
 
@@ -370,7 +359,7 @@ async fn a_request_still_running_at_the_drain_limit_is_cut_off_and_the_catalog_s
 -> SetupResult<()> {
     let pki = Pki::generate()?;
     let (stuck, mut arrivals) = ScriptedDiscount::reporting(Duration::from_secs(3600));
-    let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, stuck).await?;
+    let discount = DiscountServer::start_with(&pki, &[], stuck).await?;
     let mut catalog = Catalog::start_with(
         &discount.addr().to_string(),
         &pki.path("ca.pem"),
@@ -382,10 +371,8 @@ async fn a_request_still_running_at_the_drain_limit_is_cut_off_and_the_catalog_s
     tokio::time::timeout(HANG, arrivals.recv()).await?;
 
     catalog.begin_stop();
-    assert!(
-        catalog.stopped_within(HANG).await,
-        "a stuck request kept the catalog up"
-    );
+    // A stuck request does not keep the catalog up.
+    catalog.stopped_within(HANG).await?;
     let outcome = tokio::time::timeout(HANG, request).await??;
     assert!(
         outcome.is_err(),
@@ -401,7 +388,7 @@ async fn a_request_that_takes_too_long_is_answered_503() -> SetupResult<()> {
         delay: Duration::from_secs(3600),
         ..ScriptedDiscount::default()
     };
-    let discount = DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, stuck).await?;
+    let discount = DiscountServer::start_with(&pki, &[], stuck).await?;
     let catalog = Catalog::start_with(
         &discount.addr().to_string(),
         &pki.path("ca.pem"),
@@ -422,13 +409,8 @@ async fn a_request_that_takes_too_long_is_answered_503() -> SetupResult<()> {
 #[tokio::test]
 async fn behind_a_mesh_both_sides_can_run_plaintext_when_asked_explicitly() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let discount = DiscountServer::start_with(
-        &pki,
-        "127.0.0.1:0".parse()?,
-        |options| options.transport = discount::Transport::Plaintext,
-        discount::DiscountService,
-    )
-    .await?;
+    let discount =
+        DiscountServer::start_with(&pki, &["--insecure-plaintext"], DiscountService).await?;
     let addr = discount.addr().to_string();
     let plaintext = Catalog::start_with(
         &addr,
@@ -456,23 +438,7 @@ async fn certificates_rotate_on_both_sides_without_a_restart_or_a_failed_request
     old.install_into(discount_keys.path())?;
     old.install_into(catalog_keys.path())?;
 
-    let dir = discount_keys.path().to_path_buf();
-    let discount_tls = common::reload::Reloadable::new("test TLS", move || {
-        discount::config::server_tls(
-            &PemSource::new(dir.join("cert.pem"), "--cert"),
-            &PemSource::new(dir.join("private.key"), "--key"),
-            discount::config::ClientAuth::Required,
-            &PemSource::new(dir.join("ca.pem"), "--client-ca"),
-        )
-    })?;
-    let current = discount_tls.subscribe();
-    let discount = DiscountServer::start_with(
-        &old,
-        "127.0.0.1:0".parse()?,
-        |options| options.transport = discount::Transport::Tls(current),
-        discount::DiscountService,
-    )
-    .await?;
+    let discount = DiscountServer::start_in(discount_keys.path(), 0, &[], DiscountService).await?;
     let proxy = CountingProxy::start(discount.addr()).await?;
     let catalog = Catalog::start(
         &proxy.addr().to_string(),
@@ -487,7 +453,7 @@ async fn certificates_rotate_on_both_sides_without_a_restart_or_a_failed_request
 
     // discount rotates first: the catalog's open connection carries on.
     new.install_into(discount_keys.path())?;
-    assert_eq!(discount_tls.reload(), Ok(()));
+    assert_eq!(discount.reload_tls(), Ok(()));
     assert_eq!(
         catalog.priced("1").await?,
         (CUSTOMER_1.to_owned(), applied())
@@ -525,8 +491,7 @@ async fn a_request_is_one_apply_discounts_call_or_one_apply_discount_per_product
             ..ScriptedDiscount::default()
         };
         let calls = std::sync::Arc::clone(&discount.calls);
-        let server =
-            DiscountServer::start_with(&pki, "127.0.0.1:0".parse()?, |_| {}, discount).await?;
+        let server = DiscountServer::start_with(&pki, &[], discount).await?;
         let catalog = Catalog::start(
             &server.addr().to_string(),
             &pki.path("ca.pem"),

@@ -82,11 +82,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_ipv6_wildcard_also_accepts_ipv4_clients() {
-        let listener = match bind("[::]:0".parse().unwrap_or_else(|e| panic!("{e}"))) {
-            Ok(listener) => listener,
-            Err(e) => panic!("bind: {e}"),
-        };
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        let listener = bind("[::]:0".parse().unwrap()).unwrap();
+        let port = listener.local_addr().unwrap().port();
         let connect = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port));
         let (client, server) = tokio::join!(connect, listener.accept());
         assert!(client.is_ok(), "IPv4 client refused: {client:?}");
@@ -95,13 +92,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_port_names_the_address_in_the_error() {
-        let first = bind("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")));
-        let addr = first.as_ref().ok().and_then(|l| l.local_addr().ok());
-        let Some(addr) = addr else {
-            panic!("first bind failed: {first:?}")
-        };
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
         // SO_REUSEADDR does not allow two listeners on one port.
-        let second = bind(addr).err().map(|e| e.to_string()).unwrap_or_default();
+        let second = bind(addr).unwrap_err().to_string();
         assert!(
             second.contains(&format!("cannot listen on {addr}")),
             "{second}"

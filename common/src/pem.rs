@@ -5,11 +5,11 @@
 //! file, the flag that points at it and the command that creates it, because
 //! "No such file or directory" alone does not help anyone at 3 a.m.
 
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The command that creates the development keys, quoted in every error.
 pub const GEN_KEYS_HINT: &str =
@@ -214,7 +214,7 @@ mod tests {
 
     fn scratch_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("common-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
         dir
     }
 
@@ -222,7 +222,10 @@ mod tests {
     fn a_missing_file_names_the_file_the_flag_and_the_fix() {
         let dir = scratch_dir("missing");
         let source = source_in(&dir, "nope.pem", None);
-        let error = PemFile::read(&source).and_then(|f| f.certificates()).err().map(|e| e.to_string());
+        let error = PemFile::read(&source)
+            .and_then(|f| f.certificates())
+            .err()
+            .map(|e| e.to_string());
         let message = error.unwrap_or_default();
         assert!(message.contains("nope.pem: file not found"), "{message}");
         assert!(message.contains("--cert"), "{message}");

@@ -115,10 +115,8 @@ mod tests {
         let value = Reloadable::new("number", move || match source.load(Ordering::SeqCst) {
             0 => Err("broken file"),
             n => Ok(n),
-        });
-        let Ok(value) = value else {
-            panic!("first load failed")
-        };
+        })
+        .unwrap();
         let seen = value.subscribe();
         assert_eq!(*seen.borrow(), 1);
 

@@ -123,10 +123,7 @@ mod tests {
     #[test]
     fn the_port_is_the_first_argument_and_defaults_to_what_catalog_dials() {
         let default = Config::try_parse_from(["discount"]).map(|c| c.listen_addr());
-        assert_eq!(
-            default.ok(),
-            Some("[::]:11443".parse().unwrap())
-        );
+        assert_eq!(default.ok(), Some("[::]:11443".parse().unwrap()));
         let given = Config::try_parse_from(["discount", "12000"]).map(|c| c.port);
         assert_eq!(given.ok(), Some(12000));
         assert!(Config::try_parse_from(["discount", "https"]).is_err());

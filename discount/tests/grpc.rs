@@ -24,11 +24,7 @@ async fn customer_1_gets_ten_percent_off_each_seed_product_and_the_product_is_ec
     let server = DiscountServer::start(&pki).await?;
     let mut client = client(&server, &pki).await?;
 
-    for (id, price, expected) in [
-        (1, 99999, 89999),
-        (2, 150000, 135000),
-        (3, 32999, 29699),
-    ] {
+    for (id, price, expected) in [(1, 99999, 89999), (2, 150000, 135000), (3, 32999, 29699)] {
         let sent = product(id, price);
         let response = client
             .apply_discount(discount_request(1, sent.clone()))
@@ -130,7 +126,9 @@ async fn a_client_that_does_not_trust_the_ca_fails_with_a_certificate_error() ->
     let server = DiscountServer::start(&pki).await?;
 
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(stranger.path("ca.pem"))?))
+        .ca_certificate(Certificate::from_pem(std::fs::read(
+            stranger.path("ca.pem"),
+        )?))
         .domain_name("localhost");
     let endpoint = Endpoint::from_shared(format!("https://{}", server.addr()))?
         .connect_timeout(HANG)

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use discount::DiscountService;
 use ecommerce_proto::pb::discount_client::DiscountClient;
-use testkit::{DiscountServer, HANG, Pki, ScriptedDiscount, SetupResult, discount_request, product};
+use testkit::{
+    DiscountServer, HANG, Pki, ScriptedDiscount, SetupResult, discount_request, product,
+};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -110,7 +110,8 @@ async fn client_auth_none_admits_anyone_who_trusts_the_server() -> SetupResult<(
 #[tokio::test]
 async fn plaintext_mode_speaks_grpc_without_tls_and_refuses_tls_clients() -> SetupResult<()> {
     let pki = Pki::generate()?;
-    let server = DiscountServer::start_with(&pki, &["--insecure-plaintext"], DiscountService).await?;
+    let server =
+        DiscountServer::start_with(&pki, &["--insecure-plaintext"], DiscountService).await?;
 
     let channel = Endpoint::from_shared(format!("http://{}", server.addr()))?
         .connect()

@@ -12,7 +12,9 @@ use tokio::process::Command;
 use tonic::transport::Channel;
 
 async fn priced(channel: Channel) -> SetupResult<i32> {
-    Ok(testkit::discount_value(channel, 1, 1000).await?.value_in_cents)
+    Ok(testkit::discount_value(channel, 1, 1000)
+        .await?
+        .value_in_cents)
 }
 
 /// Can a client of `pki` open a new connection to `addr` and be served?

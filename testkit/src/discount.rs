@@ -16,9 +16,9 @@ use ecommerce_proto::pb::{DiscountRequest, DiscountResponse, DiscountsRequest, D
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use crate::SetupResult;
 use crate::pki::Pki;
 use crate::task::ServerTask;
-use crate::SetupResult;
 
 /// discount, serving on `127.0.0.1` in this process until stopped or
 /// dropped.

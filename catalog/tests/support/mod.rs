@@ -4,20 +4,16 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code, unreachable_pub)]
 
-use std::io;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use catalog::AppState;
+use catalog::Application;
 use catalog::discount::DiscountClient;
 use clap::Parser;
 use reqwest::StatusCode;
-use testkit::{DiscountServer, Pki, SetupResult};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use testkit::{DiscountServer, Pki, ServerTask, SetupResult};
 use tokio::task::JoinHandle;
 
 /// The seed's three products with no discount: what anyone without a known
@@ -50,10 +46,6 @@ pub const CUSTOMER_2: &str = concat!(
 /// waits for it.
 pub const HEALTHY_DEADLINE: &str = "5s";
 
-/// Longer than anything in these tests should take; reaching it is a hang,
-/// which is itself the failure.
-pub const HANG: Duration = Duration::from_secs(10);
-
 /// One HTTP answer: status, `Content-Type`, `X-Discount-Status`, body.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Answer {
@@ -69,8 +61,7 @@ pub struct Catalog {
     pub http: reqwest::Client,
     /// The catalog's own client of discount, to reload its TLS material.
     pub discount: DiscountClient,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<io::Result<()>>>,
+    task: ServerTask<Infallible>,
 }
 
 impl Catalog {
@@ -79,7 +70,7 @@ impl Catalog {
         Self::start_with(discount, ca, deadline, &[]).await
     }
 
-    /// Starts the catalog with its real command-line parsing:
+    /// Starts the catalog as `main` does, from its real command line:
     /// `--discount-host discount --discount-ca ca --discount-deadline
     /// deadline`, then `extra`.
     pub async fn start_with(
@@ -88,26 +79,17 @@ impl Catalog {
         deadline: &str,
         extra: &[&str],
     ) -> SetupResult<Self> {
-        let config = config(discount, ca, deadline, extra)?;
-        let client = DiscountClient::connect_lazy(&config.discount())?;
-        let listener = common::net::bind("127.0.0.1:0".parse()?)?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        let task = tokio::spawn(catalog::run(
-            listener,
-            AppState::new(client.clone()),
-            config.serve_options(),
-            shutdown,
-        ));
+        let app = Application::build(&config(discount, ca, deadline, extra)?)?;
+        let (addr, client) = (app.local_addr(), app.discount_client());
+        let task = ServerTask::spawn(|shutdown| async move {
+            app.run_until_stopped(shutdown.wait()).await;
+            Ok(())
+        });
         Ok(Self {
             addr,
             http: reqwest::Client::new(),
             discount: client,
-            stop: Some(stop),
-            task: Some(task),
+            task,
         })
     }
 
@@ -163,19 +145,21 @@ impl Catalog {
         tokio::spawn(request.send())
     }
 
-    /// Sends the shutdown signal, as SIGTERM would, without waiting.
-    pub fn begin_stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    /// `GET /readyz`: its body says why discount cannot be used, with the
+    /// whole cause chain.
+    pub async fn readiness(&self) -> SetupResult<Answer> {
+        self.get("/readyz", None).await
     }
 
-    /// Waits for the server to stop; `true` if it did, cleanly, within `limit`.
-    pub async fn stopped_within(mut self, limit: Duration) -> bool {
-        match self.task.take() {
-            Some(task) => matches!(tokio::time::timeout(limit, task).await, Ok(Ok(Ok(())))),
-            None => true,
-        }
+    /// Sends the shutdown signal, as SIGTERM would, without waiting.
+    pub fn begin_stop(&mut self) {
+        self.task.begin_stop();
+    }
+
+    /// Waits for the catalog to stop; `Ok` only if it did, cleanly, within
+    /// `limit`.
+    pub async fn stopped_within(self, limit: Duration) -> Result<(), String> {
+        self.task.stopped_within(limit).await
     }
 }
 
@@ -189,7 +173,6 @@ pub fn config(
     deadline: &str,
     extra: &[&str],
 ) -> SetupResult<catalog::Config> {
-    common::tls::install_default_provider();
     let dir = ca.parent().ok_or("the CA file has no directory")?;
     let [ca, client_cert, client_key] = [
         ca.to_path_buf(),
@@ -217,58 +200,21 @@ pub fn config(
     Ok(catalog::Config::try_parse_from(args)?)
 }
 
-/// The catalog's client of discount, configured like [`Catalog::start_with`].
-pub fn discount_client(
-    discount: &str,
-    ca: &Path,
-    deadline: &str,
-    extra: &[&str],
-) -> SetupResult<DiscountClient> {
-    Ok(DiscountClient::connect_lazy(
-        &config(discount, ca, deadline, extra)?.discount(),
-    )?)
-}
-
-/// Why `client` could not price the first product for customer 1.
-pub async fn call_error(client: &DiscountClient) -> SetupResult<String> {
-    let customer = catalog::customer::find(1).ok_or("no customer 1")?;
-    let product = catalog::products::all()
-        .into_iter()
-        .next()
-        .ok_or("no products")?;
-    match client.discount(&customer, &product).await {
-        Ok(answer) => Err(format!("discount answered: {answer:?}").into()),
-        Err(error) => Ok(error.to_string()),
-    }
-}
-
 /// discount and a catalog pointed at it.
 pub async fn system() -> SetupResult<(Pki, DiscountServer, Catalog)> {
+    system_with(&[]).await
+}
+
+/// discount and a catalog pointed at it, with the catalog flags `extra`.
+pub async fn system_with(extra: &[&str]) -> SetupResult<(Pki, DiscountServer, Catalog)> {
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
-    let catalog = Catalog::start(
+    let catalog = Catalog::start_with(
         &discount.addr().to_string(),
         &pki.path("ca.pem"),
         HEALTHY_DEADLINE,
+        extra,
     )
     .await?;
     Ok((pki, discount, catalog))
-}
-
-/// A TCP listener that accepts connections, counts them, and never answers:
-/// a stand-in for a discount that is hung, and a witness of whether the
-/// catalog tried to call discount at all.
-pub async fn silent_discount() -> SetupResult<(SocketAddr, Arc<AtomicUsize>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            held.push(socket);
-        }
-    });
-    Ok((addr, accepted))
 }

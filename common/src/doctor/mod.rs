@@ -276,11 +276,11 @@ fn problem_of(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, date_time_ymd,
     };
+    use std::time::UNIX_EPOCH;
 
     /// 2030-01-15: every test certificate is valid from 2030-01-01 to
     /// 2030-03-01 unless it says otherwise, so results do not depend on
@@ -296,7 +296,7 @@ mod tests {
     impl Files {
         fn new() -> Self {
             Self {
-                dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+                dir: tempfile::tempdir().expect("tempdir"),
             }
         }
 
@@ -313,7 +313,7 @@ mod tests {
         configure: impl FnOnce(&mut CertificateParams),
     ) -> CertificateParams {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).unwrap_or_else(|e| panic!("params: {e}"));
+        let mut params = CertificateParams::new(names).expect("params");
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -325,14 +325,12 @@ mod tests {
 
     /// Writes a CA-signed certificate and its key; returns their sources.
     fn issue(files: &Files, stem: &str, params: &CertificateParams) -> (PemSource, PemSource) {
-        let ca_key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::default();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
-        let cert = params
-            .signed_by(&key, &issuer)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
         (
             files.write(&format!("{stem}.pem"), &cert.pem()),
             files.write(&format!("{stem}.key"), &key.serialize_pem()),
@@ -490,7 +488,6 @@ mod tests {
         assert!(report.is_ok());
         assert_eq!(messages(&report, Severity::Warning).len(), 1);
     }
-
 
     #[test]
     fn a_ca_file_holding_a_leaf_certificate_is_a_warning() {

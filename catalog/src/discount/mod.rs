@@ -12,28 +12,34 @@
 //! cause is logged with its whole `source()` chain, because tonic's own
 //! message for a refused connection or a TLS failure is a bare
 //! "transport error".
+//!
+//! - [`target`]: where discount is (`--discount-host`).
+//! - [`outcome`]: judging the answers, the listing's status, call errors.
+//! - The TLS of the connection is [`crate::tls`].
+
+mod outcome;
+mod target;
+
+pub use outcome::{CallError, DiscountStatus, Priced};
+pub use target::DiscountAddr;
 
 use std::collections::BTreeMap;
-use std::error::Error;
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::doctor::{self, Report, Role};
 use common::reload::Reloadable;
-use common::tls::{PemFile, PemSource};
 use ecommerce_proto::pb::discount_client::DiscountClient as GrpcClient;
 use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, DiscountsRequest, Product};
 use futures_util::future::join_all;
-use rustls::client::WebPkiServerVerifier;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::config::DiscountAddr;
 use crate::error::StartupError;
+use crate::tls::Security;
+use outcome::check_answer;
 
 /// How to reach discount.
 #[derive(Debug, Clone)]
@@ -44,55 +50,13 @@ pub struct DiscountSettings {
     pub server_name: String,
     /// How the connection is secured.
     pub security: Security,
-    /// The longest a single ApplyDiscount call may take, connecting included.
+    /// The longest one call may take, connecting included.
     pub deadline: Duration,
     /// The longest a TCP connect, and separately a TLS handshake, may take.
     pub connect_timeout: Duration,
     /// Open a new connection for every HTTP request, as the seed did,
     /// instead of sharing one.
     pub dial_per_request: bool,
-}
-
-impl DiscountSettings {
-    /// What the certificate doctor finds in the CA and the client identity
-    /// (nothing to check in plaintext mode).
-    pub fn check_certificates(&self) -> Report {
-        match &self.security {
-            Security::Plaintext => Report::default(),
-            Security::MutualTls {
-                ca,
-                client_cert,
-                client_key,
-            } => {
-                let now = SystemTime::now();
-                let mut report = doctor::check_ca(ca, now);
-                report.extend(doctor::check_identity(
-                    client_cert,
-                    client_key,
-                    &Role::Client,
-                    now,
-                ));
-                report
-            }
-        }
-    }
-}
-
-/// How the connection to discount is secured.
-#[derive(Debug, Clone)]
-pub enum Security {
-    /// Mutual TLS: discount's certificate is checked against `ca`, and the
-    /// catalog presents `client_cert` with `client_key`.
-    MutualTls {
-        /// The CA certificates that may sign discount's certificate.
-        ca: PemSource,
-        /// The catalog's certificate chain.
-        client_cert: PemSource,
-        /// Its private key.
-        client_key: PemSource,
-    },
-    /// No TLS. Only behind a service mesh that secures connections itself.
-    Plaintext,
 }
 
 /// A cheap-to-clone handle on the connection to discount.
@@ -127,57 +91,22 @@ impl Connection {
 }
 
 impl Connection {
-    /// Reads the TLS files once, checks them with the certificate doctor and
-    /// builds the connection from the same bytes. Runs at start and on every
-    /// reload, so broken replacement files are refused.
+    /// One generation of the connection: the endpoint secured with the TLS
+    /// material as it is now ([`Security::secure`] reads and checks it).
+    /// Runs at start and on every reload.
     fn new(settings: &DiscountSettings) -> Result<Self, StartupError> {
-        let endpoint_error = |error| StartupError::Endpoint {
-            addr: settings.addr.to_string(),
-            error,
-        };
-        let endpoint = Endpoint::from_shared(settings.addr.uri(&settings.security))
-            .map_err(endpoint_error)?
+        let uri = format!("{}://{}", settings.security.scheme(), settings.addr);
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|error| StartupError::Endpoint {
+                addr: settings.addr.to_string(),
+                error,
+            })?
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true);
-        let endpoint = match &settings.security {
-            Security::Plaintext => endpoint,
-            Security::MutualTls {
-                ca,
-                client_cert,
-                client_key,
-            } => {
-                let (ca, cert, key) = (
-                    PemFile::read(ca)?,
-                    PemFile::read(client_cert)?,
-                    PemFile::read(client_key)?,
-                );
-                let now = SystemTime::now();
-                let mut report = doctor::check_ca_file(&ca, now);
-                report.extend(doctor::check_identity_files(
-                    &cert,
-                    &key,
-                    &Role::Client,
-                    now,
-                ));
-                report.enforce()?;
-                let verifier = WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(ca.root_store()?),
-                    common::tls::provider(),
-                )
-                .build()
-                .map_err(|error| StartupError::Trust {
-                    ca: ca.source().path.display().to_string(),
-                    error,
-                })?;
-                let tls = ClientTlsConfig::new()
-                    .domain_name(settings.server_name.clone())
-                    .identity(Identity::from_pem(cert.bytes(), key.bytes()))
-                    .timeout(settings.connect_timeout);
-                endpoint
-                    .tls_config_with_verifier(tls, verifier)
-                    .map_err(endpoint_error)?
-            }
-        };
+        let endpoint =
+            settings
+                .security
+                .secure(endpoint, &settings.server_name, settings.connect_timeout)?;
         Ok(Self {
             shared: (!settings.dial_per_request).then(|| endpoint.connect_lazy()),
             endpoint,
@@ -188,45 +117,6 @@ impl Connection {
 
 /// The service name discount reports its health under.
 const HEALTH_SERVICE: &str = "ecommerce.Discount";
-
-/// How a listing went, for the `X-Discount-Status` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiscountStatus {
-    /// Every product has discount's answer.
-    Applied,
-    /// Some products have it; the others are listed without a discount.
-    Partial,
-    /// No product has it: discount is down, untrusted, too slow or failing.
-    Unavailable,
-}
-
-impl DiscountStatus {
-    /// The header value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Partial => "partial",
-            Self::Unavailable => "unavailable",
-        }
-    }
-
-    fn of(failed: usize, total: usize) -> Self {
-        match failed {
-            0 => Self::Applied,
-            n if n == total => Self::Unavailable,
-            _ => Self::Partial,
-        }
-    }
-}
-
-/// Products priced for one customer, and how that went.
-#[derive(Debug, Clone)]
-pub struct Priced {
-    /// Every product asked about, in order.
-    pub products: Vec<Product>,
-    /// Whether discount answered for all, some or none of them.
-    pub status: DiscountStatus,
-}
 
 impl DiscountClient {
     /// Prepares the channel without connecting.
@@ -283,22 +173,11 @@ impl DiscountClient {
         }
     }
 
-    /// Asks discount for `customer`'s discount on `product`.
+    /// One `ApplyDiscount` call for `customer`'s discount on `product`.
     ///
     /// The deadline travels to discount as `grpc-timeout`, and is enforced
     /// here as well, so a discount that accepts the connection and then says
     /// nothing costs at most the deadline.
-    ///
-    /// # Errors
-    /// A [`CallError`] saying what went wrong.
-    pub async fn discount(
-        &self,
-        customer: &Customer,
-        product: &Product,
-    ) -> Result<Option<DiscountValue>, CallError> {
-        self.call(self.channel(), customer, product).await
-    }
-
     async fn call(
         &self,
         channel: Channel,
@@ -321,7 +200,7 @@ impl DiscountClient {
 
     /// Asks discount for `customer`'s discounts on all of `products` in one
     /// `ApplyDiscounts` call, under one deadline. Each product gets its own
-    /// answer, checked as [`DiscountClient::discount`] checks one.
+    /// answer, checked as [`DiscountClient::call`] checks one.
     async fn call_batch(
         &self,
         channel: Channel,
@@ -429,65 +308,5 @@ impl DiscountClient {
             products,
             status: DiscountStatus::of(failed, total),
         }
-    }
-}
-
-/// Why one ApplyDiscount call gave no usable answer.
-#[derive(Debug, Clone)]
-pub enum CallError {
-    /// No answer within the deadline.
-    Deadline(Duration),
-    /// The call failed: connection refused, TLS failure, or an error status
-    /// from discount.
-    Status(tonic::Status),
-    /// Discount answered with something the catalog cannot use.
-    Invalid(&'static str),
-    /// Discount's health service reported this status instead of SERVING.
-    NotServing(&'static str),
-}
-
-impl fmt::Display for CallError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Deadline(deadline) => write!(f, "no answer from discount within {deadline:?}"),
-            Self::Status(status) => {
-                write!(
-                    f,
-                    "discount call failed with {:?}: {}",
-                    status.code(),
-                    status.message()
-                )?;
-                // The useful part (refused, certificate unknown, ...) is
-                // often only in the sources.
-                let mut source = status.source();
-                while let Some(cause) = source {
-                    write!(f, ": {cause}")?;
-                    source = cause.source();
-                }
-                Ok(())
-            }
-            Self::Invalid(what) => write!(f, "discount sent an unusable response: {what}"),
-            Self::NotServing(status) => write!(f, "discount reports its health as {status}"),
-        }
-    }
-}
-
-impl Error for CallError {}
-
-/// Checks discount's answer for `sent`: it must be there, be for the same
-/// product, and carry a finite `pct` (Go, and our JSON, cannot print NaN).
-fn check_answer(
-    sent: &Product,
-    priced: Option<Product>,
-) -> Result<Option<DiscountValue>, CallError> {
-    let priced = priced.ok_or(CallError::Invalid("the response has no product"))?;
-    if priced.id != sent.id {
-        return Err(CallError::Invalid("the response is for another product"));
-    }
-    match priced.discount_value {
-        Some(value) if !value.pct.is_finite() => {
-            Err(CallError::Invalid("pct is not a finite number"))
-        }
-        other => Ok(other),
     }
 }

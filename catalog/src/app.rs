@@ -1,0 +1,95 @@
+//! The catalog put together: what `main` runs and what the tests start
+//! in-process, so both go through the same wiring.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::discount::{DiscountClient, DiscountSettings};
+use crate::error::StartupError;
+use crate::routes::AppState;
+use crate::server::{self, ServeOptions};
+
+/// A catalog with its client of discount prepared (not yet connected) and
+/// its port bound, ready to serve.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    client: DiscountClient,
+    discount: DiscountSettings,
+    options: ServeOptions,
+    config: Config,
+}
+
+impl Application {
+    /// Reads and checks the TLS material, prepares the client of discount,
+    /// and binds the port, as `config` says.
+    ///
+    /// # Errors
+    /// A [`StartupError`] naming the file or flag to fix.
+    pub fn build(config: &Config) -> Result<Self, StartupError> {
+        common::crypto::install_default_provider();
+        let discount = config.discount();
+        let client = DiscountClient::connect_lazy(&discount)?;
+        let listener = common::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
+        // The bound address, not the configured one: with port 0 only this
+        // says where the service really is.
+        let addr = listener.local_addr().map_err(StartupError::Bind)?;
+        Ok(Self {
+            listener,
+            addr,
+            client,
+            discount,
+            options: config.serve_options(),
+            config: config.clone(),
+        })
+    }
+
+    /// Where the catalog listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The client of discount, whose TLS material
+    /// [`DiscountClient::reload`] re-reads (what SIGHUP does).
+    pub fn discount_client(&self) -> DiscountClient {
+        self.client.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains (see [`server::run`]).
+    /// Re-reads the TLS files on every SIGHUP meanwhile.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let Self {
+            listener,
+            addr,
+            client,
+            discount,
+            options,
+            config,
+        } = self;
+        if config.discount_plaintext {
+            tracing::warn!(
+                "talking to discount in PLAINTEXT: no TLS, no authentication; only behind a service mesh that secures connections"
+            );
+        }
+        tracing::info!(
+            discount = %discount.addr,
+            server_name = %discount.server_name,
+            dial_per_request = discount.dial_per_request,
+            ca = %common::pem::display_path(&config.discount_ca),
+            client_cert = %common::pem::display_path(&config.client_cert),
+            "Server running on {addr}"
+        );
+        let reloader = client.clone();
+        let reload_on_sighup = tokio::spawn(common::reload::on_sighup(move || {
+            // A failed reload is logged by the reloader and changes nothing.
+            let _ = reloader.reload();
+        }));
+        server::run(listener, AppState::new(client), options, shutdown).await;
+        reload_on_sighup.abort();
+        tracing::info!("catalog stopped");
+    }
+}

@@ -1,0 +1,197 @@
+//! What comes back from discount, judged: per-product answers checked for
+//! sense, the listing's [`DiscountStatus`], and [`CallError`] with the whole
+//! cause chain. Pure functions, tested here without a network.
+
+use std::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+use ecommerce_proto::pb::{DiscountValue, Product};
+
+/// How a listing went, for the `X-Discount-Status` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscountStatus {
+    /// Every product has discount's answer.
+    Applied,
+    /// Some products have it; the others are listed without a discount.
+    Partial,
+    /// No product has it: discount is down, untrusted, too slow or failing.
+    Unavailable,
+}
+
+impl DiscountStatus {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Partial => "partial",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// The status of a listing of `total` products, `failed` of which have
+    /// no answer from discount.
+    pub fn of(failed: usize, total: usize) -> Self {
+        match failed {
+            0 => Self::Applied,
+            n if n == total => Self::Unavailable,
+            _ => Self::Partial,
+        }
+    }
+}
+
+/// Products priced for one customer, and how that went.
+#[derive(Debug, Clone)]
+pub struct Priced {
+    /// Every product asked about, in order.
+    pub products: Vec<Product>,
+    /// Whether discount answered for all, some or none of them.
+    pub status: DiscountStatus,
+}
+
+/// Why a call to discount gave no usable answer.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// No answer within the deadline.
+    Deadline(Duration),
+    /// The call failed: connection refused, TLS failure, or an error status
+    /// from discount.
+    Status(tonic::Status),
+    /// Discount answered with something the catalog cannot use.
+    Invalid(&'static str),
+    /// Discount's health service reported this status instead of SERVING.
+    NotServing(&'static str),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Deadline(deadline) => write!(f, "no answer from discount within {deadline:?}"),
+            Self::Status(status) => {
+                write!(
+                    f,
+                    "discount call failed with {:?}: {}",
+                    status.code(),
+                    status.message()
+                )?;
+                // The useful part (refused, certificate unknown, ...) is
+                // often only in the sources.
+                let mut source = status.source();
+                while let Some(cause) = source {
+                    write!(f, ": {cause}")?;
+                    source = cause.source();
+                }
+                Ok(())
+            }
+            Self::Invalid(what) => write!(f, "discount sent an unusable response: {what}"),
+            Self::NotServing(status) => write!(f, "discount reports its health as {status}"),
+        }
+    }
+}
+
+impl Error for CallError {}
+
+/// Checks discount's answer for `sent`: it must be there, be for the same
+/// product, and carry a finite `pct` (Go, and our JSON, cannot print NaN).
+pub(crate) fn check_answer(
+    sent: &Product,
+    priced: Option<Product>,
+) -> Result<Option<DiscountValue>, CallError> {
+    let priced = priced.ok_or(CallError::Invalid("the response has no product"))?;
+    if priced.id != sent.id {
+        return Err(CallError::Invalid("the response is for another product"));
+    }
+    match priced.discount_value {
+        Some(value) if !value.pct.is_finite() => {
+            Err(CallError::Invalid("pct is not a finite number"))
+        }
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(id: i32, discount_value: Option<DiscountValue>) -> Product {
+        Product {
+            id,
+            price_in_cents: 1000,
+            discount_value,
+            ..Product::default()
+        }
+    }
+
+    fn ten_percent() -> DiscountValue {
+        DiscountValue {
+            pct: 0.1,
+            value_in_cents: 900,
+        }
+    }
+
+    #[test]
+    fn the_status_says_whether_all_some_or_none_were_priced() {
+        assert_eq!(DiscountStatus::of(0, 3), DiscountStatus::Applied);
+        assert_eq!(DiscountStatus::of(1, 3), DiscountStatus::Partial);
+        assert_eq!(DiscountStatus::of(2, 3), DiscountStatus::Partial);
+        assert_eq!(DiscountStatus::of(3, 3), DiscountStatus::Unavailable);
+        // An empty listing asked nothing that could fail.
+        assert_eq!(DiscountStatus::of(0, 0), DiscountStatus::Applied);
+        let values = [
+            DiscountStatus::Applied,
+            DiscountStatus::Partial,
+            DiscountStatus::Unavailable,
+        ]
+        .map(DiscountStatus::as_str);
+        assert_eq!(values, ["applied", "partial", "unavailable"]);
+    }
+
+    #[test]
+    fn an_answer_for_the_product_sent_is_taken_with_its_discount() {
+        let sent = product(7, None);
+        let answer = check_answer(&sent, Some(product(7, Some(ten_percent()))));
+        assert_eq!(answer.ok(), Some(Some(ten_percent())));
+        // An empty discount (someone else's customer) is an answer too.
+        let empty = check_answer(&sent, Some(product(7, Some(DiscountValue::default()))));
+        assert_eq!(empty.ok(), Some(Some(DiscountValue::default())));
+    }
+
+    #[test]
+    fn missing_foreign_or_unprintable_answers_are_refused_with_the_reason() {
+        let sent = product(7, None);
+        let reason = |answer: Option<Product>| match check_answer(&sent, answer) {
+            Err(CallError::Invalid(why)) => why,
+            other => panic!("accepted: {other:?}"),
+        };
+        assert_eq!(reason(None), "the response has no product");
+        assert_eq!(
+            reason(Some(product(8, Some(ten_percent())))),
+            "the response is for another product"
+        );
+        for pct in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let value = DiscountValue {
+                pct,
+                value_in_cents: 1,
+            };
+            assert_eq!(
+                reason(Some(product(7, Some(value)))),
+                "pct is not a finite number"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_call_reads_with_its_whole_cause_chain() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let status = tonic::Status::from_error(Box::new(refused));
+        let text = CallError::Status(status).to_string();
+        assert!(text.starts_with("discount call failed with "), "{text}");
+        assert!(text.contains("Connection refused"), "{text}");
+
+        let deadline = CallError::Deadline(Duration::from_millis(300)).to_string();
+        assert_eq!(deadline, "no answer from discount within 300ms");
+        let not_serving = CallError::NotServing("NOT_SERVING").to_string();
+        assert_eq!(not_serving, "discount reports its health as NOT_SERVING");
+    }
+}

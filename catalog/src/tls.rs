@@ -1,0 +1,125 @@
+//! The catalog's side of the TLS hop: whom it trusts to be discount, the
+//! identity it presents, and how one generation of that material is read,
+//! checked and put on the connection.
+//!
+//! [`Security::secure`] runs at start and again on every reload (SIGHUP):
+//! it reads the files once, checks those bytes with the certificate doctor,
+//! and builds the TLS settings of the endpoint from the same bytes, so
+//! broken replacement files are refused and the old generation stays in
+//! use (see `DiscountClient::reload` in [`crate::discount`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::doctor::{self, Report, Role};
+use common::pem::{PemFile, PemSource};
+use rustls::client::WebPkiServerVerifier;
+use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
+
+use crate::error::StartupError;
+
+/// How the connection to discount is secured.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// Mutual TLS: discount's certificate is checked against `ca`, and the
+    /// catalog presents `client_cert` with `client_key`.
+    MutualTls {
+        /// The CA certificates that may sign discount's certificate. Only
+        /// these: the system's roots are not trusted.
+        ca: PemSource,
+        /// The catalog's certificate chain.
+        client_cert: PemSource,
+        /// Its private key.
+        client_key: PemSource,
+    },
+    /// No TLS. Only behind a service mesh that secures connections itself.
+    Plaintext,
+}
+
+impl Security {
+    /// The URI scheme to dial with.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Self::MutualTls { .. } => "https",
+            Self::Plaintext => "http",
+        }
+    }
+
+    /// What the certificate doctor finds in the CA and the client identity
+    /// (nothing to check in plaintext mode).
+    pub fn check_certificates(&self) -> Report {
+        match self {
+            Self::Plaintext => Report::default(),
+            Self::MutualTls {
+                ca,
+                client_cert,
+                client_key,
+            } => {
+                let now = SystemTime::now();
+                let mut report = doctor::check_ca(ca, now);
+                report.extend(doctor::check_identity(
+                    client_cert,
+                    client_key,
+                    &Role::Client,
+                    now,
+                ));
+                report
+            }
+        }
+    }
+
+    /// `endpoint` with this security: for mutual TLS, the files read once and
+    /// checked, discount's certificate verified against the CA and
+    /// `server_name`, the client identity presented, and the handshake
+    /// bounded by `handshake_timeout`.
+    ///
+    /// # Errors
+    /// A file cannot be read, the doctor found errors, or rustls or tonic
+    /// refused the material.
+    pub fn secure(
+        &self,
+        endpoint: Endpoint,
+        server_name: &str,
+        handshake_timeout: Duration,
+    ) -> Result<Endpoint, StartupError> {
+        let Self::MutualTls {
+            ca,
+            client_cert,
+            client_key,
+        } = self
+        else {
+            return Ok(endpoint);
+        };
+        let (ca, cert, key) = (
+            PemFile::read(ca)?,
+            PemFile::read(client_cert)?,
+            PemFile::read(client_key)?,
+        );
+        let now = SystemTime::now();
+        let mut report = doctor::check_ca_file(&ca, now);
+        report.extend(doctor::check_identity_files(
+            &cert,
+            &key,
+            &Role::Client,
+            now,
+        ));
+        report.enforce()?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(ca.root_store()?),
+            common::crypto::provider(),
+        )
+        .build()
+        .map_err(|error| StartupError::Trust {
+            ca: ca.source().path.display().to_string(),
+            error,
+        })?;
+        let addr = endpoint.uri().to_string();
+        let tls = ClientTlsConfig::new()
+            .domain_name(server_name.to_owned())
+            .identity(Identity::from_pem(cert.bytes(), key.bytes()))
+            .timeout(handshake_timeout);
+        endpoint
+            .tls_config_with_verifier(tls, verifier)
+            .map_err(|error| StartupError::Endpoint { addr, error })
+    }
+}
