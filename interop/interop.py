@@ -12,13 +12,15 @@ check failed.
 
 import argparse
 import os
-import queue
-import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+# The shared Service of scripts/, found through the path above.
+from services import TIMEOUT, start_discount  # noqa: E402
+from services import start_catalog as start_our_catalog  # noqa: E402
 
 SEED_CUSTOMER_1 = (
     '[{"id":1,"slug":"iphone-x","description":"64GB, black and iOS 12","price_in_cents":99999,'
@@ -33,7 +35,6 @@ SEED_PRODUCTS = [
     (2, "notebook-avell-g1511", "Notebook Gamer Intel Core i7", 150000, 135000),
     (3, "playstation-4-slim", "1TB Console", 32999, 29699),
 ]
-TIMEOUT = 10  # seconds; anything slower is a hang
 
 
 class Checks:
@@ -50,69 +51,8 @@ class Checks:
             print(f"FAIL {name}: {detail}")
 
 
-class Service:
-    """One of our binaries, started with its port chosen by the OS."""
-
-    def __init__(self, path, args, ready_marker):
-        self.process = subprocess.Popen(
-            [path, *args],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env={"RUST_LOG": "info", "PATH": "/usr/bin:/bin"},
-        )
-        self.lines = queue.Queue()
-        self.log = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.port = self._wait_for(ready_marker)
-
-    def _read(self):
-        for line in self.process.stderr:
-            self.log.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _wait_for(self, marker):
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=deadline - time.monotonic())
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            if marker in line:
-                address = line.split(marker, 1)[1].split()[0]
-                return int(address.rsplit(":", 1)[1])
-        self.stop()
-        raise RuntimeError(f"{self.process.args[0]} did not start:\n{''.join(self.log)}")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-def start_discount(bin_dir, keys):
-    return Service(
-        f"{bin_dir}/discount",
-        ["--listen-addr", "127.0.0.1", "--cert", f"{keys}/cert.pem", "--key", f"{keys}/private.key",
-         "--client-ca", f"{keys}/ca.pem", "0"],
-        "Running Discount service on ",
-    )
-
-
 def start_catalog(bin_dir, keys, discount_port):
-    return Service(
-        f"{bin_dir}/catalog",
-        ["--listen-addr", "127.0.0.1", "--discount-host", f"127.0.0.1:{discount_port}",
-         "--discount-ca", f"{keys}/ca.pem", "--client-cert", f"{keys}/client.pem",
-         "--client-key", f"{keys}/client.key", "--discount-deadline", "5s", "0"],
-        "Server running on ",
-    )
+    return start_our_catalog(bin_dir, keys, discount_port, ("--discount-deadline", "5s"), log_level="info")
 
 
 def http_get(port, path, user_id=None):
@@ -171,7 +111,7 @@ def main():
     started = []
     try:
         # 1. A grpcio client against our discount, over mutual TLS.
-        discount = start_discount(args.bin_dir, args.keys)
+        discount = start_discount(args.bin_dir, args.keys, log_level="info")
         started.append(discount)
         with channel(discount.port) as ch:
             stub = ecommerce_pb2_grpc.DiscountStub(ch)

@@ -21,13 +21,11 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
+from services import start_catalog, start_discount
+
 REPO = Path(__file__).resolve().parent.parent
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-TICKS = os.sysconf("SC_CLK_TCK")
 
 # What a correct answer contains: the plain list ends with product 3's price,
 # the discounted one with product 3's discount.
@@ -53,93 +51,6 @@ function done(summary, latency, requests)
     summary.errors.write + summary.errors.status + summary.errors.timeout))
 end
 """
-
-
-class Service:
-    """One of our binaries, started on a port the OS picks."""
-
-    def __init__(self, command, cpu=None):
-        if cpu is not None:
-            command = ["taskset", "-c", cpu, *command]
-        self.process = subprocess.Popen(
-            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={"RUST_LOG": "warn", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                 **{k: v for k, v in os.environ.items() if k == "TOKIO_WORKER_THREADS" or k.startswith("MIMALLOC_")}},
-        )
-        self.log = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.port = self._wait_for_port()
-
-    def _read(self):
-        for line in self.process.stderr:
-            self.log.append(line)
-
-    def _wait_for_port(self):
-        # RUST_LOG=warn hides the start-up line, so wait for the port to
-        # appear in /proc instead of parsing logs.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            port = listening_port(self.process.pid)
-            if port:
-                return port
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.process.args} did not start:\n{''.join(self.log)}")
-
-    def cpu_seconds(self):
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-    def peak_rss_mb(self):
-        with open(f"/proc/{self.process.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-def listening_port(pid):
-    """The TCP port process `pid` listens on, from /proc, or None."""
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    except OSError:
-        return None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for row in f.readlines()[1:]:
-                cols = row.split()
-                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
-                    return int(cols[1].rsplit(":", 1)[1], 16)
-    return None
-
-
-def start_discount(bins, keys, cpu):
-    return Service([f"{bins}/discount", "--listen-addr", "127.0.0.1", "--cert", f"{keys}/cert.pem",
-                    "--key", f"{keys}/private.key", "--client-ca", f"{keys}/ca.pem", "0"],
-                   cpu)
-
-
-def start_catalog(bins, keys, discount_port, cpu, extra=()):
-    return Service([f"{bins}/catalog", "--listen-addr", "127.0.0.1", "--discount-host",
-                    f"127.0.0.1:{discount_port}", "--discount-ca", f"{keys}/ca.pem",
-                    "--client-cert", f"{keys}/client.pem", "--client-key", f"{keys}/client.key",
-                    "--max-connections", "4096", *extra, "0"],
-                   cpu)
 
 
 def wrk(url, connections, seconds, expect, user_id, script, cpu):
@@ -174,14 +85,15 @@ def grpc_load(bins, keys, port, concurrency, seconds, cpu):
 def run_scenario(name, connections, args, keys, script):
     services_cpu = "0" if args.pin else None
     load_cpu = "1" if args.pin else None
-    discount = start_discount(args.bin_dir, keys, services_cpu)
+    discount = start_discount(args.bin_dir, keys, cpu=services_cpu)
     services = {"discount": discount}
     try:
         if name == "grpc":
             drive = lambda seconds: grpc_load(args.bin_dir, keys, discount.port, connections, seconds, load_cpu)
         else:
             extra = ("--dial-per-request",) if name == "dial" else ()
-            catalog = start_catalog(args.bin_dir, keys, discount.port, services_cpu, extra)
+            catalog = start_catalog(args.bin_dir, keys, discount.port, ("--max-connections", "4096", *extra),
+                                    cpu=services_cpu)
             services["catalog"] = catalog
             url = f"http://127.0.0.1:{catalog.port}/products"
             user, expect = (None, PLAIN_END) if name == "ceiling" else ("1", DISCOUNTED_END)

@@ -2,7 +2,10 @@
 //! concurrent calls over a few mutual-TLS connections, for `scripts/bench.sh`.
 //!
 //! wrk and oha speak HTTP/1.1, not gRPC; this client uses the generated
-//! stubs, so what it measures is exactly what the catalog asks of discount.
+//! stubs. It sends the seed's `ApplyDiscount` (one product a call), which
+//! isolates discount's per-call cost; the catalog itself sends one
+//! `ApplyDiscounts` per listing, which scenario 2 of the benchmark measures
+//! through the catalog.
 //! Every answer is checked: anything but customer 1's price of the
 //! iPhone (89999) counts as an error. Prints one JSON object.
 

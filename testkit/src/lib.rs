@@ -7,6 +7,7 @@
 //! - [`grpc`]: requests, channels and answers, as a client of discount.
 //! - [`proxy`]: a connection-counting forwarder and a peer that never
 //!   answers.
+//! - [`readme`]: the README's flag tables checked against the code.
 //! - [`task`]: a server in a task, and the one stop handle that asserts a
 //!   clean exit.
 
@@ -14,6 +15,7 @@ pub mod discount;
 pub mod grpc;
 pub mod pki;
 pub mod proxy;
+pub mod readme;
 pub mod task;
 
 use std::time::Duration;

@@ -1,0 +1,108 @@
+"""Our two binaries as child processes, for scripts/bench.py and
+interop/interop.py.
+
+Each service starts on 127.0.0.1 with a port the OS picks. The port is read
+from /proc (the socket the process listens on), which works whatever
+RUST_LOG hides. The service's log is kept, and shown if it fails to start.
+"""
+
+import os
+import subprocess
+import threading
+import time
+
+TIMEOUT = 10  # seconds; anything slower is a hang
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Service:
+    """One of our binaries, started with its port chosen by the OS.
+
+    `cpu` pins it with taskset (for benchmarks); `log_level` is its RUST_LOG.
+    """
+
+    def __init__(self, command, log_level="warn", cpu=None):
+        if cpu is not None:
+            command = ["taskset", "-c", cpu, *command]
+        env = {"RUST_LOG": log_level, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        if "TOKIO_WORKER_THREADS" in os.environ:
+            env["TOKIO_WORKER_THREADS"] = os.environ["TOKIO_WORKER_THREADS"]
+        self.process = subprocess.Popen(
+            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+        )
+        self.log = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.port = self._wait_for_port()
+
+    def _read(self):
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def _wait_for_port(self):
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            port = listening_port(self.process.pid)
+            if port:
+                return port
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.process.args} did not start:\n{''.join(self.log)}")
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+    def peak_rss_mb(self):
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self):
+        """SIGTERM, then SIGKILL if it has not exited within TIMEOUT."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def listening_port(pid):
+    """The TCP port process `pid` listens on, from /proc, or None."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                cols = row.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                    return int(cols[1].rsplit(":", 1)[1], 16)
+    return None
+
+
+def start_discount(bin_dir, keys, extra=(), **options):
+    """discount with the keys in `keys` (as scripts/gen-keys.sh lays them out)."""
+    return Service([f"{bin_dir}/discount", "--listen-addr", "127.0.0.1", "--cert", f"{keys}/cert.pem",
+                    "--key", f"{keys}/private.key", "--client-ca", f"{keys}/ca.pem", *extra, "0"],
+                   **options)
+
+
+def start_catalog(bin_dir, keys, discount_port, extra=(), **options):
+    """catalog pointed at a discount on 127.0.0.1:`discount_port`."""
+    return Service([f"{bin_dir}/catalog", "--listen-addr", "127.0.0.1", "--discount-host",
+                    f"127.0.0.1:{discount_port}", "--discount-ca", f"{keys}/ca.pem",
+                    "--client-cert", f"{keys}/client.pem", "--client-key", f"{keys}/client.key",
+                    *extra, "0"],
+                   **options)
