@@ -24,6 +24,7 @@ pub use outcome::{CallError, DiscountStatus, Priced};
 pub use target::DiscountAddr;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -156,16 +157,13 @@ impl DiscountClient {
     /// A [`CallError`] when discount cannot be reached in time, or a
     /// [`CallError::NotServing`] with the status it reported.
     pub async fn check_health(&self) -> Result<(), CallError> {
-        let mut request = tonic::Request::new(HealthCheckRequest {
+        let message = HealthCheckRequest {
             service: HEALTH_SERVICE.to_owned(),
-        });
-        request.set_timeout(self.deadline);
+        };
         let mut health = HealthClient::new(self.channel());
-        let answer = tokio::time::timeout(self.deadline, health.check(request))
-            .await
-            .map_err(|_| CallError::Deadline(self.deadline))?
-            .map_err(CallError::Status)?
-            .into_inner();
+        let answer = self
+            .within_deadline(message, |request| health.check(request))
+            .await?;
         match ServingStatus::try_from(answer.status) {
             Ok(ServingStatus::Serving) => Ok(()),
             Ok(other) => Err(CallError::NotServing(other.as_str_name())),
@@ -173,28 +171,42 @@ impl DiscountClient {
         }
     }
 
+    /// Sends `message` through `call` under the call deadline. The deadline
+    /// travels to discount as `grpc-timeout`, and is enforced here as well,
+    /// so a discount that accepts the connection and then says nothing costs
+    /// at most the deadline.
+    async fn within_deadline<M, T, F>(
+        &self,
+        message: M,
+        call: impl FnOnce(tonic::Request<M>) -> F,
+    ) -> Result<T, CallError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.deadline);
+        tokio::time::timeout(self.deadline, call(request))
+            .await
+            .map_err(|_| CallError::Deadline(self.deadline))?
+            .map(tonic::Response::into_inner)
+            .map_err(CallError::Status)
+    }
+
     /// One `ApplyDiscount` call for `customer`'s discount on `product`.
-    ///
-    /// The deadline travels to discount as `grpc-timeout`, and is enforced
-    /// here as well, so a discount that accepts the connection and then says
-    /// nothing costs at most the deadline.
     async fn call(
         &self,
         channel: Channel,
         customer: &Customer,
         product: &Product,
     ) -> Result<Option<DiscountValue>, CallError> {
-        let mut request = tonic::Request::new(DiscountRequest {
+        let message = DiscountRequest {
             customer: Some(customer.clone()),
             product: Some(product.clone()),
-        });
-        request.set_timeout(self.deadline);
+        };
         let mut grpc = GrpcClient::new(channel);
-        let response = tokio::time::timeout(self.deadline, grpc.apply_discount(request))
-            .await
-            .map_err(|_| CallError::Deadline(self.deadline))?
-            .map_err(CallError::Status)?
-            .into_inner();
+        let response = self
+            .within_deadline(message, |request| grpc.apply_discount(request))
+            .await?;
         check_answer(product, response.product)
     }
 
@@ -207,17 +219,14 @@ impl DiscountClient {
         customer: &Customer,
         products: &[Product],
     ) -> Result<Vec<Result<Option<DiscountValue>, CallError>>, CallError> {
-        let mut request = tonic::Request::new(DiscountsRequest {
+        let message = DiscountsRequest {
             customer: Some(customer.clone()),
             products: products.to_vec(),
-        });
-        request.set_timeout(self.deadline);
+        };
         let mut grpc = GrpcClient::new(channel);
-        let priced = tokio::time::timeout(self.deadline, grpc.apply_discounts(request))
-            .await
-            .map_err(|_| CallError::Deadline(self.deadline))?
-            .map_err(CallError::Status)?
-            .into_inner()
+        let priced = self
+            .within_deadline(message, |request| grpc.apply_discounts(request))
+            .await?
             .products;
         if priced.len() != products.len() {
             return Err(CallError::Invalid(
