@@ -33,4 +33,4 @@ mkdir -p "$work/stubs"
 bash scripts/gen-keys.sh --dir "$work/keys" >/dev/null
 
 cargo build --quiet -p discount -p catalog
-"$venv/bin/python" interop/interop.py --bin-dir "$repo/target/debug" --keys "$work/keys" --stubs "$work/stubs"
+"$venv/bin/python" interop/interop.py --bin-dir "${CARGO_TARGET_DIR:-$repo/target}/debug" --keys "$work/keys" --stubs "$work/stubs"

@@ -44,4 +44,4 @@ build=(cargo build --quiet -p discount -p catalog -p bench)
 [ "$profile" = release ] && build+=(--release)
 "${build[@]}"
 
-python3 scripts/bench.py --bin-dir "$repo/target/$profile" "${args[@]}"
+python3 scripts/bench.py --bin-dir "${CARGO_TARGET_DIR:-$repo/target}/$profile" "${args[@]}"

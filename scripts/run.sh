@@ -55,12 +55,15 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# start NAME ARGS...: runs target/PROFILE/NAME in the background, its output
+# Where cargo put the binaries: CARGO_TARGET_DIR if set, as cargo does.
+bin_dir=${CARGO_TARGET_DIR:-target}/$profile
+
+# start NAME ARGS...: runs the binary NAME in the background, its output
 # prefixed with its name.
 start() {
   local name=$1
   shift
-  "target/$profile/$name" "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+  "$bin_dir/$name" "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
   pids+=($!)
 }
 

@@ -6,7 +6,7 @@ use std::io;
 use common::pem::PemFileError;
 use tonic::Status;
 
-/// Why a single `ApplyDiscount` call was refused.
+/// Why an `ApplyDiscount` or `ApplyDiscounts` call was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscountError {
     /// The request had no `customer` message.
