@@ -66,12 +66,12 @@ pub struct Config {
     /// The longest one call to discount may take, connecting included (a
     /// listing is one ApplyDiscounts call). Past it the products are listed
     /// without their discount.
-    #[arg(long, env = "CATALOG_DISCOUNT_DEADLINE", default_value = "300ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CATALOG_DISCOUNT_DEADLINE", default_value = "300ms", value_parser = common::flags::duration)]
     pub discount_deadline: Duration,
 
     /// The longest a TCP connect to discount, and then the TLS handshake,
     /// may each take.
-    #[arg(long, env = "CATALOG_DISCOUNT_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CATALOG_DISCOUNT_CONNECT_TIMEOUT", default_value = "1s", value_parser = common::flags::duration)]
     pub discount_connect_timeout: Duration,
 
     /// Open a new TLS connection to discount for every HTTP request, as the
@@ -80,22 +80,22 @@ pub struct Config {
     pub dial_per_request: bool,
 
     /// The longest an HTTP request may take; past it the answer is 503.
-    #[arg(long, env = "CATALOG_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CATALOG_REQUEST_TIMEOUT", default_value = "5s", value_parser = common::flags::duration)]
     pub request_timeout: Duration,
 
     /// The longest a client may take to send a request's headers, and the
     /// longest an HTTP/1 connection may sit idle between requests.
-    #[arg(long, env = "CATALOG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CATALOG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = common::flags::duration)]
     pub header_read_timeout: Duration,
 
     /// The most HTTP connections served at once; further clients wait in
     /// the kernel's queue until one closes.
-    #[arg(long, env = "CATALOG_MAX_CONNECTIONS", default_value_t = 1024)]
-    pub max_connections: usize,
+    #[arg(long, env = "CATALOG_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 
     /// On SIGTERM or Ctrl-C, how long requests in flight get to finish
     /// before their connections are closed and the process exits.
-    #[arg(long, env = "CATALOG_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CATALOG_DRAIN_TIMEOUT", default_value = "5s", value_parser = common::flags::duration)]
     pub drain_timeout: Duration,
 }
 
@@ -139,7 +139,7 @@ impl Config {
         ServeOptions {
             request_timeout: self.request_timeout,
             header_read_timeout: self.header_read_timeout,
-            max_connections: self.max_connections,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             drain_timeout: self.drain_timeout,
         }
     }
@@ -149,6 +149,22 @@ impl Config {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn absurd_limits_and_durations_are_refused_at_start_not_when_serving() {
+        for args in [
+            ["--max-connections", "18446744073709551615"],
+            ["--max-connections", "0"],
+            ["--discount-deadline", "500000000years"],
+            ["--request-timeout", "2days"],
+        ] {
+            let parsed = Config::try_parse_from(["catalog"].into_iter().chain(args));
+            let error = parsed.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(args[0]), "{args:?} accepted: {error}");
+        }
+        let fine = Config::try_parse_from(["catalog", "--max-connections", "1"]).unwrap();
+        assert_eq!(fine.serve_options().max_connections, 1);
+    }
 
     #[test]
     fn defaults_find_a_discount_started_with_its_defaults() {

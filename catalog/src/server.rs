@@ -41,6 +41,13 @@ pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// The most headers in one request; more are answered 431.
 pub const MAX_HEADERS: usize = 64;
 
+/// How often an HTTP/2 connection is pinged, to find peers that vanished
+/// without closing it.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the connection is closed.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the catalog API on `listener` until `shutdown` completes, then
 /// lets requests in flight finish for at most the drain timeout.
 ///
@@ -91,10 +98,10 @@ async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_REQUEST_HEAD).unwrap_or(u32::MAX))
         // Pings find peers that vanished without closing.
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let http = Arc::new(http);
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(options.max_connections));
     let graceful = GracefulShutdown::new();
     let mut signal = signal;
     loop {

@@ -65,7 +65,8 @@ impl ConnectionTracker {
     }
 
     /// How many tracked connections are open.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.lock().open.len()
     }
 

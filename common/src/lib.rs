@@ -9,6 +9,7 @@
 pub mod connections;
 pub mod crypto;
 pub mod doctor;
+pub mod flags;
 pub mod listener;
 pub mod pem;
 pub mod reload;

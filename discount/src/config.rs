@@ -71,19 +71,19 @@ pub struct Config {
 
     /// How long a client may take to finish the TLS handshake before the
     /// connection is closed, so stalled or half-open clients cannot pile up.
-    #[arg(long, env = "DISCOUNT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISCOUNT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = common::flags::duration)]
     pub tls_handshake_timeout: Duration,
 
     /// On SIGTERM or Ctrl-C, how long to keep serving with health reporting
     /// NOT_SERVING before refusing new calls. Behind a load balancer or a
     /// health-checking client, set it to a little more than their check
     /// interval so no call is sent to a closing server.
-    #[arg(long, env = "DISCOUNT_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISCOUNT_SHUTDOWN_DELAY", default_value = "0s", value_parser = common::flags::duration)]
     pub shutdown_delay: Duration,
 
     /// Then, how long calls in flight get to finish before the process
     /// closes their connections and exits.
-    #[arg(long, env = "DISCOUNT_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISCOUNT_DRAIN_TIMEOUT", default_value = "5s", value_parser = common::flags::duration)]
     pub drain_timeout: Duration,
 }
 

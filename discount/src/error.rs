@@ -10,10 +10,10 @@ use tonic::Status;
 #[derive(Debug, thiserror::Error)]
 pub enum DiscountError {
     /// The request had no `customer` message.
-    #[error("DiscountRequest.customer is missing; send the customer the discount is for")]
+    #[error("the request's customer is missing; send the customer the discount is for")]
     MissingCustomer,
     /// The request had no `product` message.
-    #[error("DiscountRequest.product is missing; send the product to price")]
+    #[error("the request's product is missing; send the product to price")]
     MissingProduct,
 }
 

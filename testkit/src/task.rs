@@ -48,11 +48,16 @@ impl<E: Display + Send + 'static> ServerTask<E> {
         let Some(task) = self.task.take() else {
             return Err("the server was already waited for".to_owned());
         };
+        let abort = task.abort_handle();
         match tokio::time::timeout(limit, task).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(error))) => Err(format!("the server failed: {error}")),
             Ok(Err(join)) => Err(format!("the server task did not finish: {join}")),
-            Err(_) => Err(format!("the server was still running after {limit:?}")),
+            Err(_) => {
+                // Not left running into the next test.
+                abort.abort();
+                Err(format!("the server was still running after {limit:?}"))
+            }
         }
     }
 

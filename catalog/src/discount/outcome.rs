@@ -68,20 +68,20 @@ impl fmt::Display for CallError {
         match self {
             Self::Deadline(deadline) => write!(f, "no answer from discount within {deadline:?}"),
             Self::Status(status) => {
-                write!(
-                    f,
-                    "discount call failed with {:?}: {}",
-                    status.code(),
-                    status.message()
-                )?;
                 // The useful part (refused, certificate unknown, ...) is
-                // often only in the sources.
+                // often only in the sources; tonic and hyper repeat some of
+                // them in each other's messages, so each is said once.
+                let mut text = status.message().to_owned();
                 let mut source = status.source();
                 while let Some(cause) = source {
-                    write!(f, ": {cause}")?;
+                    let cause_text = cause.to_string();
+                    if !text.contains(&cause_text) {
+                        text.push_str(": ");
+                        text.push_str(&cause_text);
+                    }
                     source = cause.source();
                 }
-                Ok(())
+                write!(f, "discount call failed with {:?}: {text}", status.code())
             }
             Self::Invalid(what) => write!(f, "discount sent an unusable response: {what}"),
             Self::NotServing(status) => write!(f, "discount reports its health as {status}"),
@@ -178,6 +178,38 @@ mod tests {
                 "pct is not a finite number"
             );
         }
+    }
+
+    /// An error with a message and an optional source, like hyper's.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Error for Layer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|e| e as &(dyn Error + 'static))
+        }
+    }
+
+    #[test]
+    fn a_cause_repeated_down_the_chain_is_said_once() {
+        let chain = Layer(
+            "transport error",
+            Some(Box::new(Layer(
+                "tcp connect error",
+                Some(Box::new(Layer("Connection refused", None))),
+            ))),
+        );
+        let status = tonic::Status::from_error(Box::new(chain));
+        let text = CallError::Status(status).to_string();
+        assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
+        assert_eq!(text.matches("transport error").count(), 1, "{text}");
+        assert!(text.ends_with("Connection refused"), "{text}");
     }
 
     #[test]

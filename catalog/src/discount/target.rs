@@ -21,11 +21,6 @@ impl DiscountAddr {
     pub fn host(&self) -> &str {
         &self.host
     }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
 }
 
 impl fmt::Display for DiscountAddr {
@@ -92,7 +87,7 @@ mod tests {
     use super::*;
 
     fn addr(text: &str) -> Result<(String, u16), String> {
-        DiscountAddr::from_str(text).map(|a| (a.host().to_owned(), a.port()))
+        DiscountAddr::from_str(text).map(|a| (a.host().to_owned(), a.port))
     }
 
     #[test]

@@ -1,0 +1,46 @@
+//! Parsers for command-line values that both binaries take.
+
+use std::time::Duration;
+
+/// The longest duration any flag accepts. Every timeout and delay of both
+/// services is seconds or minutes in practice; a bound keeps an absurd value
+/// (`1000years`) from reaching code that cannot represent it (tonic panics
+/// on a `grpc-timeout` beyond 99,999,999 hours) and says so at start.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A duration written like `300ms`, `2s` or `1m`, at most [`MAX_DURATION`].
+///
+/// # Errors
+/// The text is not a duration, or it is longer than a day; the message says
+/// which and shows the expected form.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let parsed = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration like 300ms, 2s or 1m"))?;
+    if parsed > MAX_DURATION {
+        return Err(format!(
+            "{text} is longer than the {} this flag accepts",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_up_to_a_day_are_accepted() {
+        assert_eq!(duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(duration("24h"), Ok(MAX_DURATION));
+    }
+
+    #[test]
+    fn absurd_or_malformed_durations_are_refused_with_the_form_expected() {
+        let too_long = duration("500000000years").unwrap_err();
+        assert!(too_long.contains("longer than the 1day"), "{too_long}");
+        let malformed = duration("5 parsecs").unwrap_err();
+        assert!(malformed.contains("like 300ms, 2s or 1m"), "{malformed}");
+    }
+}
