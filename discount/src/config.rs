@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::pem::PemSource;
 
-use crate::server::ServerOptions;
+use crate::server::{Http2Limits, ServerOptions};
 use crate::tls::{ClientAuth, ServerTls};
 
 /// `discount [PORT]`: the Discount gRPC service over TLS.
@@ -85,6 +85,43 @@ pub struct Config {
     /// closes their connections and exits.
     #[arg(long, env = "DISCOUNT_DRAIN_TIMEOUT", default_value = "5s", value_parser = common::flags::duration)]
     pub drain_timeout: Duration,
+
+    /// The most calls one connection may have open at once, advertised to
+    /// clients as HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; streams past it are
+    /// refused. The catalog multiplexes every call over one connection, and
+    /// under full load has a few dozen open; this bounds what one client can
+    /// make the server hold.
+    #[arg(long, env = "DISCOUNT_MAX_CONCURRENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_streams: u32,
+
+    /// The longest any call may run, whatever `grpc-timeout` the client asks
+    /// for (or none); past it the call ends with CANCELLED "Timeout expired".
+    #[arg(long, env = "DISCOUNT_MAX_CALL_DURATION", default_value = "10s", value_parser = common::flags::duration)]
+    pub max_call_duration: Duration,
+
+    /// How often a connection is pinged (HTTP/2 PING), to find clients that
+    /// vanished without closing it.
+    #[arg(long, env = "DISCOUNT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = common::flags::duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long, env = "DISCOUNT_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = common::flags::duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// The largest header list (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE, in
+    /// bytes) a call may send. gRPC metadata here is a few hundred bytes.
+    #[arg(long, env = "DISCOUNT_MAX_HEADER_LIST_SIZE", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub max_header_list_size: u32,
+
+    /// How many bytes of one call's request a client may send before the
+    /// server reads them (HTTP/2 stream flow-control window).
+    #[arg(long, env = "DISCOUNT_STREAM_WINDOW", default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(65_535..=16_777_216))]
+    pub stream_window: u32,
+
+    /// The same for all of a connection's calls together (HTTP/2
+    /// connection flow-control window).
+    #[arg(long, env = "DISCOUNT_CONNECTION_WINDOW", default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(65_535..=67_108_864))]
+    pub connection_window: u32,
 }
 
 impl Config {
@@ -105,12 +142,21 @@ impl Config {
         }
     }
 
-    /// How the server treats handshakes and shutdown.
+    /// How the server treats connections, calls and shutdown.
     pub fn server_options(&self) -> ServerOptions {
         ServerOptions {
             handshake_timeout: self.tls_handshake_timeout,
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
+            http2: Http2Limits {
+                max_concurrent_streams: self.max_concurrent_streams,
+                max_call_duration: self.max_call_duration,
+                keepalive_interval: self.http2_keepalive_interval,
+                keepalive_timeout: self.http2_keepalive_timeout,
+                max_header_list_size: self.max_header_list_size,
+                stream_window: self.stream_window,
+                connection_window: self.connection_window,
+            },
         }
     }
 }

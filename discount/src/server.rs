@@ -27,12 +27,17 @@ use crate::tls::{self, Transport};
 /// Handshaken connections waiting for the gRPC server to pick them up.
 const READY_QUEUE: usize = 128;
 
+/// How many streams the server may reset on one connection for the
+/// client's protocol errors (opening streams past the limit, for one)
+/// before it closes the connection: hyper's own default, set explicitly.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// The largest request or response message: 64 KiB. A DiscountRequest is a
 /// few hundred bytes; tonic's default of 4 MiB per call would let a client
 /// make the server buffer far more than any real request needs.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
-/// How the server treats handshakes and shutdown.
+/// How the server treats connections, calls and shutdown.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
     /// The time a client has to complete its TLS handshake.
@@ -44,6 +49,29 @@ pub struct ServerOptions {
     /// Then: how long calls in flight get to finish before their
     /// connections are closed.
     pub drain_timeout: Duration,
+    /// What one connection may ask of the server.
+    pub http2: Http2Limits,
+}
+
+/// The bounds on one HTTP/2 connection, so that no client can make the
+/// server hold more than these whatever it sends. The flags of
+/// [`crate::Config`] say what each is for.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Limits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_concurrent_streams: u32,
+    /// The ceiling on a call's `grpc-timeout`.
+    pub max_call_duration: Duration,
+    /// How often an idle connection is pinged.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE.
+    pub max_header_list_size: u32,
+    /// SETTINGS_INITIAL_WINDOW_SIZE.
+    pub stream_window: u32,
+    /// The connection's flow-control window.
+    pub connection_window: u32,
 }
 
 /// Serves `service` as `ecommerce.Discount`, beside the standard health
@@ -100,7 +128,21 @@ pub async fn serve<S: Discount>(
     let discount = DiscountServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let limits = options.http2;
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // tonic ends a call at the smaller of this and the client's
+        // grpc-timeout.
+        .timeout(limits.max_call_duration)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .http2_max_header_list_size(limits.max_header_list_size)
+        .initial_stream_window_size(limits.stream_window)
+        .initial_connection_window_size(limits.connection_window)
+        // tonic passes None here by default, which hyper takes as "no
+        // limit" on streams the server itself resets for protocol errors
+        // (RUSTSEC-2024-0003); a client provoking them gets a GOAWAY.
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
         .add_service(health_service)
         .add_service(reflection_v1)

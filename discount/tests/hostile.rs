@@ -2,10 +2,7 @@
 //! answering the next good call, with a clear status or a refused handshake.
 //! Loopback only, bounded in count and time.
 
-use std::sync::Arc;
-
 use bytes::{Buf, BufMut};
-use common::pem::{PemFile, PemSource};
 use discount::server::MAX_MESSAGE_SIZE;
 use ecommerce_proto::pb::DiscountValue;
 use ecommerce_proto::pb::discount_client::DiscountClient;
@@ -170,20 +167,6 @@ async fn a_plaintext_grpc_client_on_the_tls_port_is_refused_quickly() -> SetupRe
     assert_healthy(&server, &pki).await
 }
 
-/// A TLS client of `pki` (with its client certificate) offering `alpn`.
-fn tls_client(pki: &Pki, alpn: &[&[u8]]) -> SetupResult<tokio_rustls::TlsConnector> {
-    let read = |name: &str| PemFile::read(&PemSource::new(pki.path(name), "test"));
-    let roots = read("ca.pem")?.root_store()?;
-    let chain = read("client.pem")?.certificates()?;
-    let key = read("client.key")?.private_key()?;
-    let mut config = rustls::ClientConfig::builder_with_provider(common::crypto::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
 #[tokio::test]
 async fn a_tls_client_that_only_speaks_http1_is_refused() -> SetupResult<()> {
     let pki = Pki::generate()?;
@@ -194,7 +177,7 @@ async fn a_tls_client_that_only_speaks_http1_is_refused() -> SetupResult<()> {
     let tcp = TcpStream::connect(server.addr()).await?;
     let refused = tokio::time::timeout(
         HANG,
-        tls_client(&pki, &[b"http/1.1"])?.connect(name.clone(), tcp),
+        testkit::wire::tls_connector(&pki, &[b"http/1.1"])?.connect(name.clone(), tcp),
     )
     .await?;
     let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
@@ -203,7 +186,11 @@ async fn a_tls_client_that_only_speaks_http1_is_refused() -> SetupResult<()> {
     // Offering nothing, then speaking HTTP/1.1: the connection is closed,
     // and nothing that looks like an HTTP/1.1 answer comes back.
     let tcp = TcpStream::connect(server.addr()).await?;
-    let mut tls = tokio::time::timeout(HANG, tls_client(&pki, &[])?.connect(name, tcp)).await??;
+    let mut tls = tokio::time::timeout(
+        HANG,
+        testkit::wire::tls_connector(&pki, &[])?.connect(name, tcp),
+    )
+    .await??;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await?;
     let mut answer = Vec::new();

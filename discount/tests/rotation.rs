@@ -3,12 +3,9 @@
 //! files change nothing.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 
 use discount::DiscountService;
-use testkit::{DiscountServer, HANG, Pki, SetupResult};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use testkit::{DiscountServer, Pki, Process, SetupResult};
 use tonic::transport::Channel;
 
 async fn priced(channel: Channel) -> SetupResult<i32> {
@@ -81,62 +78,20 @@ async fn broken_replacement_files_are_refused_and_the_old_ones_stay_in_use() -> 
     Ok(())
 }
 
-/// Reads `lines` until one contains `needle`; returns it.
-async fn line_with(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    needle: &str,
-) -> SetupResult<String> {
-    let find = async {
-        while let Some(line) = lines.next_line().await? {
-            if line.contains(needle) {
-                return Ok(line);
-            }
-        }
-        Err(format!("discount exited before logging {needle:?}").into())
-    };
-    tokio::time::timeout(HANG, find).await?
-}
-
 #[tokio::test]
 async fn the_binary_reloads_its_certificates_on_sighup() -> SetupResult<()> {
     let (old, new) = (Pki::generate()?, Pki::generate()?);
     let keys = tempfile::tempdir()?;
     old.install_into(keys.path())?;
-    let path = |name: &str| keys.path().join(name);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_discount"))
-        .args(["--listen-addr", "127.0.0.1", "--cert"])
-        .arg(path("cert.pem"))
-        .arg("--key")
-        .arg(path("private.key"))
-        .arg("--client-ca")
-        .arg(path("ca.pem"))
-        .arg("0")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-
-    let started = line_with(&mut lines, "Running Discount service on ").await?;
-    let addr: SocketAddr = started
-        .split("Running Discount service on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .ok_or("no address in the start-up line")?
-        .parse()?;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_discount"));
+    let args = testkit::discount::command_line(keys.path(), 0, &[]);
+    let mut discount = Process::start(binary, &args, testkit::discount::STARTED).await?;
+    let addr = discount.addr();
     assert!(new_connection_works(addr, &old).await);
 
     new.install_into(keys.path())?;
-    let pid = child.id().ok_or("discount already exited")?.to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .await?
-            .success()
-    );
-    line_with(&mut lines, "reloaded").await?;
+    discount.signal("HUP").await?;
+    discount.logged("reloaded").await?;
 
     assert!(
         new_connection_works(addr, &new).await,
@@ -147,14 +102,7 @@ async fn the_binary_reloads_its_certificates_on_sighup() -> SetupResult<()> {
         "old material still accepted after SIGHUP"
     );
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await?
-            .success()
-    );
-    let status = tokio::time::timeout(HANG, child.wait()).await??;
+    let status = discount.terminate().await?;
     assert!(status.success(), "discount exited with {status} on SIGTERM");
     Ok(())
 }

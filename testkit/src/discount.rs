@@ -20,6 +20,29 @@ use crate::SetupResult;
 use crate::pki::Pki;
 use crate::task::ServerTask;
 
+/// The arguments that start discount on `127.0.0.1:port` with the keys in
+/// `keys` (laid out as [`Pki`] lays them out), then `extra`: for the
+/// in-process server and for the binary alike.
+pub fn command_line(keys: &Path, port: u16, extra: &[&str]) -> Vec<String> {
+    let file = |name: &str| keys.join(name).display().to_string();
+    let mut args = vec![
+        port.to_string(),
+        "--listen-addr".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--cert".to_owned(),
+        file("cert.pem"),
+        "--key".to_owned(),
+        file("private.key"),
+        "--client-ca".to_owned(),
+        file("ca.pem"),
+    ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    args
+}
+
+/// The start-up line discount logs, followed by its bound address.
+pub const STARTED: &str = "Running Discount service on ";
+
 /// discount, serving on `127.0.0.1` in this process until stopped or
 /// dropped.
 #[derive(Debug)]
@@ -58,20 +81,7 @@ impl DiscountServer {
         args: &[&str],
         service: impl Discount,
     ) -> SetupResult<Self> {
-        let file = |name: &str| keys.join(name).display().to_string();
-        let mut argv = vec![
-            "discount".to_owned(),
-            port.to_string(),
-            "--listen-addr".to_owned(),
-            "127.0.0.1".to_owned(),
-            "--cert".to_owned(),
-            file("cert.pem"),
-            "--key".to_owned(),
-            file("private.key"),
-            "--client-ca".to_owned(),
-            file("ca.pem"),
-        ];
-        argv.extend(args.iter().map(|arg| (*arg).to_owned()));
+        let argv = std::iter::once("discount".to_owned()).chain(command_line(keys, port, args));
         let config = discount::Config::try_parse_from(argv)?;
         let app = Application::build_with(&config, service)?;
         let (addr, tls) = (app.local_addr(), app.tls_reloader());

@@ -8,15 +8,21 @@
 //! - [`proxy`]: a connection-counting forwarder and a peer that never
 //!   answers.
 //! - [`readme`]: the README's flag tables checked against the code.
+//! - [`process`]: a service binary as a child process (peak memory,
+//!   signals).
+//! - [`wire`]: raw TLS and hand-written HTTP/2 frames, for what no
+//!   well-behaved client sends.
 //! - [`task`]: a server in a task, and the one stop handle that asserts a
 //!   clean exit.
 
 pub mod discount;
 pub mod grpc;
 pub mod pki;
+pub mod process;
 pub mod proxy;
 pub mod readme;
 pub mod task;
+pub mod wire;
 
 use std::time::Duration;
 
@@ -26,6 +32,7 @@ pub use grpc::{
     product,
 };
 pub use pki::{ClientCert, Pki, SERVER_NAMES};
+pub use process::Process;
 pub use proxy::{CountingProxy, silent_peer};
 pub use task::ServerTask;
 

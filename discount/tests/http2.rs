@@ -1,0 +1,226 @@
+//! discount against HTTP/2 clients that ignore the rules: the bounds it
+//! advertises, a flood of streams past them, pings left unanswered, and a
+//! call that asks for more time than the ceiling. Loopback only, bounded in
+//! count and time; the flood runs against the real binary so that its own
+//! peak memory can be read.
+
+use std::time::{Duration, Instant};
+
+use discount::DiscountService;
+use ecommerce_proto::pb::discount_client::DiscountClient;
+use testkit::wire::{self, Frame, flag, kind, setting};
+use testkit::{
+    DiscountServer, HANG, Pki, Process, ScriptedDiscount, SetupResult, discount_request, product,
+};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+
+/// HTTP/2 error code REFUSED_STREAM.
+const REFUSED_STREAM: u32 = 0x7;
+
+/// How many streams the flood opens: the attack was 100,000.
+const FLOOD: u32 = 100_000;
+
+/// The discount binary with the keys of `pki`, on a port of its own.
+async fn discount_process(pki: &Pki, args: &[&str]) -> SetupResult<Process> {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_discount"));
+    let args = testkit::discount::command_line(pki.dir(), 0, args);
+    Process::start(binary, &args, testkit::discount::STARTED).await
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens an HTTP/2 connection by hand: the preface and empty SETTINGS, then
+/// the server's SETTINGS, acknowledged. Returns the halves and the server's
+/// SETTINGS frame.
+async fn open(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+) -> SetupResult<(ReadHalf<Tls>, WriteHalf<Tls>, Frame)> {
+    let tls = wire::h2_over_tls(addr, pki).await?;
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let mut hello = wire::PREFACE.to_vec();
+    hello.extend(settings_frame(0).encode());
+    writer.write_all(&hello).await?;
+    let settings = tokio::time::timeout(HANG, wire::read_frame(&mut reader))
+        .await??
+        .ok_or("closed before SETTINGS")?;
+    if settings.kind != kind::SETTINGS {
+        return Err(format!("expected SETTINGS first, got {settings:?}").into());
+    }
+    writer
+        .write_all(&settings_frame(flag::ACK).encode())
+        .await?;
+    Ok((reader, writer, settings))
+}
+
+fn settings_frame(flags: u8) -> Frame {
+    Frame {
+        kind: kind::SETTINGS,
+        flags,
+        stream: 0,
+        payload: Vec::new(),
+    }
+}
+
+/// What the server sent until it closed the connection (or [`HANG`]).
+#[derive(Debug, Default)]
+struct Seen {
+    refused: usize,
+    goaway: Option<u32>,
+    pings: usize,
+    closed: bool,
+}
+
+async fn watch(mut reader: ReadHalf<Tls>) -> Seen {
+    let mut seen = Seen::default();
+    let read_all = async {
+        loop {
+            match wire::read_frame(&mut reader).await {
+                Ok(Some(frame)) => match frame.kind {
+                    kind::RST_STREAM if frame.error_code() == Some(REFUSED_STREAM) => {
+                        seen.refused += 1;
+                    }
+                    kind::GOAWAY => seen.goaway = frame.error_code(),
+                    kind::PING if frame.flags & flag::ACK == 0 => seen.pings += 1,
+                    _ => {}
+                },
+                Ok(None) | Err(_) => {
+                    seen.closed = true;
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HANG, read_all).await;
+    seen
+}
+
+#[tokio::test]
+async fn the_limits_are_advertised_in_the_servers_settings() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start_with(
+        &pki,
+        &[
+            "--max-concurrent-streams",
+            "100",
+            "--max-header-list-size",
+            "8192",
+        ],
+        DiscountService,
+    )
+    .await?;
+    let (_reader, _writer, settings) = open(server.addr(), &pki).await?;
+    let advertised = settings.settings();
+    for expected in [
+        (setting::MAX_CONCURRENT_STREAMS, 100),
+        (setting::MAX_HEADER_LIST_SIZE, 8192),
+    ] {
+        assert!(
+            advertised.contains(&expected),
+            "{expected:?} not in {advertised:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flood_of_open_streams_is_refused_past_the_limit_and_memory_stays_bounded()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let discount = discount_process(&pki, &[]).await?;
+    let before = discount.peak_rss_mb()?;
+
+    // One connection opens FLOOD streams, each a request whose body never
+    // comes: HEADERS without END_STREAM.
+    let (reader, mut writer, _) = open(discount.addr(), &pki).await?;
+    let seen = tokio::spawn(watch(reader));
+    let block = wire::grpc_request_headers("/ecommerce.Discount/ApplyDiscount");
+    let mut sent = 0_u32;
+    'flood: for batch in 0..FLOOD / 1000 {
+        let mut bytes = Vec::new();
+        for i in 0..1000 {
+            let stream = 2 * (batch * 1000 + i) + 1;
+            let frame = Frame {
+                kind: kind::HEADERS,
+                flags: flag::END_HEADERS,
+                stream,
+                payload: block.clone(),
+            };
+            bytes.extend(frame.encode());
+        }
+        if writer.write_all(&bytes).await.is_err() {
+            break 'flood; // the server closed the connection: fine
+        }
+        sent += 1000;
+    }
+
+    // A good client is served meanwhile.
+    let started = Instant::now();
+    let channel = testkit::grpc_channel(discount.addr(), &pki).await?;
+    let value = testkit::discount_value(channel, 1, 1000).await?;
+    let good_client = started.elapsed();
+    assert_eq!(value.value_in_cents, 900);
+
+    drop(writer);
+    let seen = tokio::time::timeout(HANG, seen).await??;
+    let peak = discount.peak_rss_mb()?;
+    eprintln!(
+        "flood: {sent} streams sent, {} refused, GOAWAY {:?}, peak RSS {before:.1} -> {peak:.1} MiB, good client {good_client:?}",
+        seen.refused, seen.goaway
+    );
+    assert!(
+        seen.refused > 0 || seen.goaway.is_some(),
+        "nothing was refused: {seen:?}"
+    );
+    // Unbounded, this attack took discount from 7 to 880 MB.
+    assert!(
+        peak < before + 48.0,
+        "peak RSS {peak:.1} MiB after the flood (was {before:.1})"
+    );
+    assert!(discount.terminate().await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_pings_is_disconnected() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start_with(
+        &pki,
+        &[
+            "--http2-keepalive-interval",
+            "200ms",
+            "--http2-keepalive-timeout",
+            "200ms",
+        ],
+        DiscountService,
+    )
+    .await?;
+    // Opens the connection, then reads and never answers.
+    let (reader, _writer, _) = open(server.addr(), &pki).await?;
+    let started = Instant::now();
+    let seen = watch(reader).await;
+    assert!(seen.closed, "still open after {HANG:?}: {seen:?}");
+    assert!(seen.pings > 0, "closed without a ping: {seen:?}");
+    assert!(started.elapsed() < HANG);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_call_cannot_ask_for_more_time_than_the_ceiling() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let stuck = ScriptedDiscount {
+        delay: Duration::from_secs(3600),
+        ..ScriptedDiscount::default()
+    };
+    let server = DiscountServer::start_with(&pki, &["--max-call-duration", "300ms"], stuck).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
+    let mut request = tonic::Request::new(discount_request(1, product(1, 1000)));
+    request.set_timeout(Duration::from_secs(60));
+    let status = tokio::time::timeout(HANG, DiscountClient::new(channel).apply_discount(request))
+        .await?
+        .err()
+        .ok_or("a stuck call answered")?;
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    assert!(status.message().contains("Timeout expired"), "{status:?}");
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! A service binary run as a child process, for what only a process shows:
+//! its own peak memory, signals, its real start-up.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+use crate::{HANG, SetupResult};
+
+/// A running service binary, killed if dropped.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    log: Lines<BufReader<ChildStderr>>,
+    addr: SocketAddr,
+}
+
+impl Process {
+    /// Starts `binary` with `args` and `RUST_LOG=info`, and waits for the
+    /// start-up line holding `marker` followed by the bound address (for
+    /// discount `"Running Discount service on "`).
+    ///
+    /// # Errors
+    /// It could not start, exited, or did not log `marker` within [`HANG`].
+    pub async fn start(binary: &Path, args: &[String], marker: &str) -> SetupResult<Self> {
+        let mut child = Command::new(binary)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let mut log = BufReader::new(stderr).lines();
+        let line = line_with(&mut log, marker).await?;
+        let addr = line
+            .split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .ok_or("no address in the start-up line")?
+            .parse()?;
+        Ok(Self { child, log, addr })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its process id.
+    ///
+    /// # Errors
+    /// It has exited.
+    pub fn pid(&self) -> SetupResult<u32> {
+        Ok(self.child.id().ok_or("the process has exited")?)
+    }
+
+    /// Its peak resident memory so far (`VmHWM`), in MiB.
+    ///
+    /// # Errors
+    /// `/proc` could not be read.
+    pub fn peak_rss_mb(&self) -> SetupResult<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .ok_or("no VmHWM in /proc/PID/status")?
+            .parse()?;
+        Ok(kib / 1024.0)
+    }
+
+    /// Waits for a log line holding `needle`, within [`HANG`].
+    ///
+    /// # Errors
+    /// It exited first, or took too long.
+    pub async fn logged(&mut self, needle: &str) -> SetupResult<String> {
+        line_with(&mut self.log, needle).await
+    }
+
+    /// Sends `signal` (`"HUP"`, `"TERM"`).
+    ///
+    /// # Errors
+    /// `kill` failed.
+    pub async fn signal(&self, signal: &str) -> SetupResult<()> {
+        let pid = self.pid()?.to_string();
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .await?;
+        if sent.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -{signal} failed").into())
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit, within [`HANG`].
+    ///
+    /// # Errors
+    /// It did not exit in time.
+    pub async fn terminate(mut self) -> SetupResult<ExitStatus> {
+        self.signal("TERM").await?;
+        Ok(tokio::time::timeout(HANG, self.child.wait()).await??)
+    }
+}
+
+/// Reads `lines` until one contains `needle`; returns it.
+async fn line_with(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> SetupResult<String> {
+    let find = async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains(needle) {
+                return Ok(line);
+            }
+        }
+        Err(format!("the process exited before logging {needle:?}").into())
+    };
+    tokio::time::timeout(HANG, find).await?
+}
