@@ -22,6 +22,7 @@ pub struct Application {
     discount: DiscountSettings,
     options: ServeOptions,
     config: Config,
+    open_files: Option<u64>,
 }
 
 impl Application {
@@ -32,6 +33,7 @@ impl Application {
     /// A [`StartupError`] naming the file or flag to fix.
     pub fn build(config: &Config) -> Result<Self, StartupError> {
         common::crypto::install_default_provider();
+        let open_files = common::limits::raise_open_files_limit();
         let discount = config.discount();
         let client = DiscountClient::connect_lazy(&discount)?;
         let listener = common::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
@@ -45,6 +47,7 @@ impl Application {
             discount,
             options: config.serve_options(),
             config: config.clone(),
+            open_files,
         })
     }
 
@@ -69,25 +72,29 @@ impl Application {
             discount,
             options,
             config,
+            open_files,
         } = self;
         if config.discount_plaintext {
             tracing::warn!(
                 "talking to discount in PLAINTEXT: no TLS, no authentication; only behind a service mesh that secures connections"
             );
         }
+        // Installed before the start-up line: see common::shutdown_signal.
+        let reloader = client.clone();
+        let reload_on_sighup = tokio::spawn(common::reload::on_sighup(move || {
+            // A failed reload is logged by the reloader and changes nothing.
+            let _ = reloader.reload();
+        }));
         tracing::info!(
             discount = %discount.addr,
             server_name = %discount.server_name,
             dial_per_request = discount.dial_per_request,
             ca = %common::pem::display_path(&config.discount_ca),
             client_cert = %common::pem::display_path(&config.client_cert),
+            max_connections = options.max_connections,
+            open_files,
             "Server running on {addr}"
         );
-        let reloader = client.clone();
-        let reload_on_sighup = tokio::spawn(common::reload::on_sighup(move || {
-            // A failed reload is logged by the reloader and changes nothing.
-            let _ = reloader.reload();
-        }));
         server::run(listener, AppState::new(client), options, shutdown).await;
         reload_on_sighup.abort();
         tracing::info!("catalog stopped");

@@ -112,7 +112,7 @@ async fn serve(
         let Some((slot, tcp, peer)) = accepted else {
             break;
         };
-        let registration = connections.register(&tcp);
+        let registration = connections.register().holding(slot);
         let (http, app, watcher) = (Arc::clone(&http), app.clone(), graceful.watcher());
         tokio::spawn(async move {
             // hyper-util first reads to tell HTTP/1 from HTTP/2, with no time
@@ -133,7 +133,6 @@ async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
-            drop(slot);
         });
     }
     drop(listener);

@@ -204,3 +204,38 @@ fn an_expired_client_certificate_is_reported_and_stops_the_catalog() -> SetupRes
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_or_sighup_right_after_the_start_up_line_is_handled() -> SetupResult<()> {
+    // The handlers are installed before the line is logged; before that, a
+    // signal on the line could meet the default action and kill the
+    // process. The race is narrow, so this exercises the path end to end;
+    // common/tests/signals.rs is the deterministic guard.
+    let pki = Pki::generate()?;
+    let (ca, cert, key) = (
+        pki.path("ca.pem").display().to_string(),
+        pki.path("client.pem").display().to_string(),
+        pki.path("client.key").display().to_string(),
+    );
+    let args: Vec<String> = [
+        "--listen-addr",
+        "127.0.0.1",
+        "--discount-ca",
+        &ca,
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+        "0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_catalog"));
+    for _ in 0..5 {
+        let catalog = testkit::Process::start(binary, &args, "Server running on ").await?;
+        catalog.signal("HUP").await?;
+        let status = catalog.terminate().await?;
+        assert!(status.success(), "exited with {status}");
+    }
+    Ok(())
+}

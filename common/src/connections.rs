@@ -1,24 +1,34 @@
-//! Connections that can be closed from outside the task serving them.
+//! Connections that can be closed from outside the task serving them, at
+//! the cost of no second file descriptor.
 //!
 //! hyper, axum and tonic serve each connection in a task of its own. When a
 //! graceful shutdown runs out of time, dropping the server future does not
 //! end those tasks: a client stuck in a call would keep its connection, and
-//! an in-process server, open. The [`ConnectionTracker`] keeps a duplicate
-//! handle of every accepted socket; shutting a socket down through it wakes
-//! the task serving it with end-of-stream, which ends the connection.
+//! an in-process server, open. Each connection registered with a
+//! [`ConnectionTracker`] gets a cancellation token; its stream, wrapped in
+//! [`Tracked`], reads end-of-stream and fails writes once the token is
+//! cancelled, waking a task blocked on it, which ends the connection and
+//! closes its socket. (An earlier version kept a `dup` of every socket to
+//! shut it down from outside: two descriptors a connection, which halved
+//! how many connections fit under the process's file limit.)
+//!
+//! The same tracker orders connections by age, so a server at its
+//! connection limit can close the oldest one of a kind
+//! ([`ConnectionTracker::close_oldest`]), as discount does with unfinished
+//! TLS handshakes.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
-use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use socket2::{SockRef, Socket};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// The set of open connections of one server.
+/// The set of open connections of one server, oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionTracker {
     registry: Arc<Mutex<Registry>>,
@@ -27,7 +37,7 @@ pub struct ConnectionTracker {
 #[derive(Debug, Default)]
 struct Registry {
     next_id: u64,
-    open: HashMap<u64, Socket>,
+    open: BTreeMap<u64, CancellationToken>,
 }
 
 impl ConnectionTracker {
@@ -36,48 +46,51 @@ impl ConnectionTracker {
         Self::default()
     }
 
-    /// Starts tracking `tcp`. Wrap the stream that will be served over it
-    /// (`tcp` itself, or a TLS stream around it) with
-    /// [`Registration::wrap`]; the connection counts as open until that is
-    /// dropped.
-    ///
-    /// If the socket cannot be duplicated (out of file descriptors), the
-    /// connection is served untracked rather than refused, and that is
-    /// logged.
-    pub fn register(&self, tcp: &TcpStream) -> Registration {
-        let guard = match SockRef::from(tcp).try_clone() {
-            Ok(handle) => {
-                let mut registry = self.lock();
-                let id = registry.next_id;
-                registry.next_id += 1;
-                registry.open.insert(id, handle);
-                Some(Guard {
-                    id,
-                    registry: Arc::clone(&self.registry),
-                })
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot track a connection; it will not be force-closed at shutdown");
-                None
-            }
-        };
-        Registration { guard }
+    /// Starts tracking a connection. Wrap the stream that will be served
+    /// over it with [`Registration::wrap`], or wait on
+    /// [`Registration::closed`]; it counts as open until the registration
+    /// (or what it wraps) is dropped.
+    pub fn register(&self) -> Registration {
+        let token = CancellationToken::new();
+        let mut registry = self.lock();
+        let id = registry.next_id;
+        registry.next_id += 1;
+        registry.open.insert(id, token.clone());
+        Registration {
+            token,
+            _guard: Guard {
+                id,
+                registry: Arc::clone(&self.registry),
+            },
+            _slot: None,
+        }
     }
 
     /// How many tracked connections are open.
-    #[cfg(test)]
-    fn open(&self) -> usize {
+    pub fn open(&self) -> usize {
         self.lock().open.len()
     }
 
-    /// Shuts down every open connection in both directions; returns how many.
+    /// Closes every open connection; returns how many.
     pub fn close_all(&self) -> usize {
         let registry = self.lock();
-        for socket in registry.open.values() {
-            // Already closed by the peer is fine: that is the goal.
-            let _ = socket.shutdown(Shutdown::Both);
+        for token in registry.open.values() {
+            token.cancel();
         }
         registry.open.len()
+    }
+
+    /// Closes the connection registered longest ago; `false` if there is
+    /// none.
+    pub fn close_oldest(&self) -> bool {
+        let mut registry = self.lock();
+        match registry.open.pop_first() {
+            Some((_, token)) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -90,15 +103,34 @@ impl ConnectionTracker {
 /// A connection being tracked; dropping it (or what it wraps) ends that.
 #[derive(Debug)]
 pub struct Registration {
-    guard: Option<Guard>,
+    token: CancellationToken,
+    /// Held for its `Drop`: leaves the registry.
+    _guard: Guard,
+    /// Held for its `Drop`: frees the place under the limit.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Registration {
-    /// `io`, counted as this connection until dropped.
+    /// Also holds `slot` (a place under a connection limit) for as long as
+    /// the connection lives.
+    #[must_use]
+    pub fn holding(mut self, slot: OwnedSemaphorePermit) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
+    /// Completes when the tracker closes this connection.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.token.clone().cancelled_owned()
+    }
+
+    /// `io`, counted as this connection until dropped, and ended when the
+    /// tracker closes it.
     pub fn wrap<T>(self, io: T) -> Tracked<T> {
         Tracked {
             io,
-            _guard: self.guard,
+            closing: Box::pin(self.token.clone().cancelled_owned()),
+            registration: self,
         }
     }
 }
@@ -118,11 +150,29 @@ impl Drop for Guard {
 }
 
 /// An I/O stream counted by a [`ConnectionTracker`]; reads and writes go
-/// straight to the stream inside.
+/// straight to the stream inside until the tracker closes it, then reads
+/// see end-of-stream and writes fail.
 #[derive(Debug)]
 pub struct Tracked<T> {
     io: T,
-    _guard: Option<Guard>,
+    closing: Pin<Box<WaitForCancellationFutureOwned>>,
+    registration: Registration,
+}
+
+impl<T> Tracked<T> {
+    /// Whether the tracker has closed this connection. Polling also
+    /// registers the task to be woken when it does.
+    fn is_closed(&mut self, cx: &mut Context<'_>) -> bool {
+        // Checked first, so the finished future is never polled again.
+        self.registration.token.is_cancelled() || self.closing.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed by the server",
+    )
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -131,6 +181,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.is_closed(cx) {
+            return Poll::Ready(Ok(())); // end of stream
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -141,6 +194,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.is_closed(cx) {
+            return Poll::Ready(Err(closed_error()));
+        }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -149,6 +205,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.is_closed(cx) {
+            return Poll::Ready(Err(closed_error()));
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -177,35 +236,59 @@ impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
 
     #[tokio::test]
-    async fn closing_all_wakes_a_blocked_reader_and_forgets_the_connection() -> io::Result<()> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let client = TcpStream::connect(listener.local_addr()?).await?;
-        let (server_side, _) = listener.accept().await?;
-
+    async fn closing_all_wakes_a_blocked_reader_and_forgets_the_connection() {
+        let (client, server_side) = pair().await;
         let tracker = ConnectionTracker::new();
-        let mut tracked = tracker.register(&server_side).wrap(server_side);
+        let mut tracked = tracker.register().wrap(server_side);
         assert_eq!(tracker.open(), 1);
 
         // A read that would wait forever: the client sends nothing.
         let reader = tokio::spawn(async move {
             let mut buffer = [0_u8; 16];
             let read = tracked.read(&mut buffer).await;
+            let write = tracked.write_all(b"late").await;
             drop(tracked);
-            read
+            (read, write)
         });
         tokio::task::yield_now().await;
         assert_eq!(tracker.close_all(), 1);
 
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+        let (read, write) = tokio::time::timeout(Duration::from_secs(5), reader)
             .await
-            .map_err(|_| io::Error::other("reader still blocked"))?
-            .map_err(io::Error::other)?;
-        assert_eq!(read?, 0, "expected end of stream");
+            .expect("the reader is still blocked")
+            .unwrap();
+        assert_eq!(read.unwrap(), 0, "expected end of stream");
+        assert_eq!(write.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
         assert_eq!(tracker.open(), 0);
         drop(client);
-        Ok(())
+    }
+
+    #[tokio::test]
+    async fn close_oldest_closes_the_first_registered_only() {
+        let tracker = ConnectionTracker::new();
+        let (first, second) = (tracker.register(), tracker.register());
+        let (first_closed, second_closed) = (first.closed(), second.closed());
+        assert!(tracker.close_oldest());
+        tokio::time::timeout(Duration::from_secs(5), first_closed)
+            .await
+            .expect("the oldest was not closed");
+        let still_open = tokio::time::timeout(Duration::from_millis(50), second_closed).await;
+        assert!(still_open.is_err(), "the newer one was closed too");
+        drop((first, second));
+        assert!(!tracker.close_oldest(), "nothing left to close");
     }
 }

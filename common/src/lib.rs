@@ -10,6 +10,7 @@ pub mod connections;
 pub mod crypto;
 pub mod doctor;
 pub mod flags;
+pub mod limits;
 pub mod listener;
 pub mod pem;
 pub mod reload;

@@ -8,6 +8,7 @@
 //! says why.
 
 use std::fmt::Display;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -81,26 +82,34 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
     }
 }
 
-/// Calls `reload` each time the process receives SIGHUP, forever. On
-/// platforms without SIGHUP it does nothing.
-pub async fn on_sighup(reload: impl Fn() + Send) {
+/// A future that calls `reload` each time the process receives SIGHUP,
+/// forever. The handler is installed when this is called (see
+/// [`crate::shutdown_signal`] for why: SIGHUP's default action ends the
+/// process). On platforms without SIGHUP it does nothing.
+pub fn on_sighup(reload: impl Fn() + Send + 'static) -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGHUP; certificates will not be reloaded");
-                return;
+        let installed = signal(SignalKind::hangup());
+        async move {
+            let mut hangups = match installed {
+                Ok(hangups) => hangups,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGHUP; certificates will not be reloaded");
+                    return;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("received SIGHUP, reloading TLS material");
+                reload();
             }
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("received SIGHUP, reloading TLS material");
-            reload();
         }
     }
     #[cfg(not(unix))]
-    let _ = reload;
+    {
+        let _ = reload;
+        std::future::pending::<()>()
+    }
 }
 
 #[cfg(test)]

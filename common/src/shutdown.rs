@@ -5,39 +5,60 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-/// Completes when the process receives Ctrl-C (SIGINT) or, on Unix, SIGTERM
-/// (what `kill`, systemd and Kubernetes send).
+/// A future that completes when the process receives SIGINT (Ctrl-C) or
+/// SIGTERM (what `kill`, systemd and Kubernetes send).
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: a service logs that it is running before it polls this, and
+/// a SIGTERM sent right after that line (as an orchestrator or a test does)
+/// would otherwise meet the default action and kill the process with no
+/// drain and no exit code 0. Call it before announcing the service.
 ///
 /// If a handler cannot be installed the error is logged and that signal is
 /// simply not waited for: the other one still works, and failing to start
 /// over it would be worse.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::SignalKind;
+        let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+        let terminate = listen(SignalKind::terminate(), "SIGTERM");
+        async move {
+            tokio::select! {
+                () = interrupt => tracing::info!("received Ctrl-C, shutting down"),
+                () = terminate => tracing::info!("received SIGTERM, shutting down"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("received Ctrl-C, shutting down");
+        } else {
             std::future::pending::<()>().await;
         }
-    };
+    }
+}
 
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+/// Installs a handler for `kind` now; the future completes at the next such
+/// signal, or never if the handler could not be installed (which is logged).
+#[cfg(unix)]
+pub(crate) fn listen(
+    kind: tokio::signal::unix::SignalKind,
+    name: &'static str,
+) -> impl Future<Output = ()> + Send + 'static {
+    let installed = tokio::signal::unix::signal(kind);
+    async move {
+        match installed {
+            Ok(mut signals) => {
+                // None only when the runtime is shutting down.
+                let _ = signals.recv().await;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for {name}");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-
-    tokio::select! {
-        () = ctrl_c => tracing::info!("received Ctrl-C, shutting down"),
-        () = terminate => tracing::info!("received SIGTERM, shutting down"),
     }
 }
 

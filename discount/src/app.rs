@@ -24,6 +24,7 @@ pub struct Application<S = DiscountService> {
     options: ServerOptions,
     service: S,
     config: Config,
+    open_files: Option<u64>,
 }
 
 impl Application {
@@ -45,6 +46,7 @@ impl<S: Discount> Application<S> {
     /// As [`Application::build`].
     pub fn build_with(config: &Config, service: S) -> Result<Self, StartupError> {
         common::crypto::install_default_provider();
+        let open_files = common::limits::raise_open_files_limit();
         let tls = if config.insecure_plaintext {
             None
         } else {
@@ -61,6 +63,7 @@ impl<S: Discount> Application<S> {
             options: config.server_options(),
             service,
             config: config.clone(),
+            open_files,
         })
     }
 
@@ -91,28 +94,35 @@ impl<S: Discount> Application<S> {
             options,
             service,
             config,
+            open_files,
         } = self;
         let (transport, reload_on_sighup) = match tls {
             Some(tls) => {
+                let transport = Transport::Tls(tls.subscribe());
+                // Installed before the start-up line: see common::shutdown_signal.
+                let reloader = Arc::clone(&tls);
+                let task = tokio::spawn(common::reload::on_sighup(move || {
+                    // A failed reload is logged by the reloader and changes nothing.
+                    let _ = reloader.reload();
+                }));
                 tracing::info!(
                     cert = %common::pem::display_path(&config.cert),
                     client_auth = ?config.client_auth,
                     client_ca = %common::pem::display_path(&config.client_ca),
                     handshake_timeout = ?options.handshake_timeout,
+                    max_connections = options.max_connections,
+                    open_files,
                     "Running Discount service on {addr}"
                 );
                 if config.client_auth != ClientAuth::Required {
                     tracing::warn!(client_auth = ?config.client_auth, "clients without a certificate are accepted");
                 }
-                let transport = Transport::Tls(tls.subscribe());
-                let task = tokio::spawn(common::reload::on_sighup(move || {
-                    // A failed reload is logged by the reloader and changes nothing.
-                    let _ = tls.reload();
-                }));
                 (transport, Some(task))
             }
             None => {
                 tracing::warn!(
+                    max_connections = options.max_connections,
+                    open_files,
                     "Running Discount service on {addr} in PLAINTEXT: no TLS, no authentication; only behind a service mesh that secures connections"
                 );
                 (Transport::Plaintext, None)

@@ -86,6 +86,13 @@ pub struct Config {
     #[arg(long, env = "DISCOUNT_DRAIN_TIMEOUT", default_value = "5s", value_parser = common::flags::duration)]
     pub drain_timeout: Duration,
 
+    /// The most connections open at once, those still in their TLS
+    /// handshake included. At the limit the oldest unfinished handshake is
+    /// closed to make room, so clients that connect and say nothing cannot
+    /// keep a real one out.
+    #[arg(long, env = "DISCOUNT_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
     /// The most calls one connection may have open at once, advertised to
     /// clients as HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; streams past it are
     /// refused. The catalog multiplexes every call over one connection, and
@@ -146,6 +153,7 @@ impl Config {
     pub fn server_options(&self) -> ServerOptions {
         ServerOptions {
             handshake_timeout: self.tls_handshake_timeout,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
             http2: Http2Limits {

@@ -15,7 +15,7 @@ use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use tonic_health::ServingStatus;
@@ -42,6 +42,9 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 pub struct ServerOptions {
     /// The time a client has to complete its TLS handshake.
     pub handshake_timeout: Duration,
+    /// The most connections open at once, those in their handshake
+    /// included.
+    pub max_connections: usize,
     /// After the shutdown signal: how long to keep serving while health
     /// says NOT_SERVING, so that load balancers and health-checking clients
     /// move away before connections are refused.
@@ -149,21 +152,24 @@ pub async fn serve<S: Discount>(
         .add_service(reflection_v1alpha)
         .add_service(discount);
     let limit = options.handshake_timeout;
+    let max_connections = options.max_connections;
     let tracker = connections.clone();
     let finished =
         common::shutdown::with_drain_limit(shutdown, options.drain_timeout, move |signal| {
             let serving: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
                 match transport {
                     Transport::Tls(tls) => {
-                        let incoming = incoming(listener, tracker, move |tcp, peer| {
-                            let config = Arc::clone(&tls.borrow());
-                            tls::handshake(config, tcp, peer, limit)
-                        });
+                        let incoming =
+                            incoming(listener, tracker, max_connections, move |tcp, peer| {
+                                let config = Arc::clone(&tls.borrow());
+                                tls::handshake(config, tcp, peer, limit)
+                            });
                         Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
                     }
                     Transport::Plaintext => {
-                        let incoming =
-                            incoming(listener, tracker, |tcp, _| std::future::ready(Some(tcp)));
+                        let incoming = incoming(listener, tracker, max_connections, |tcp, _| {
+                            std::future::ready(Some(tcp))
+                        });
                         Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
                     }
                 };
@@ -187,11 +193,18 @@ pub async fn serve<S: Discount>(
 /// TLS handshake, or nothing) in a task of its own, and yields those that
 /// come through, tracked.
 ///
+/// At most `max_connections` are open at once, those still in their
+/// handshake included. At the limit, the oldest connection still in its
+/// handshake is closed to make room, so a flood of clients that connect and
+/// say nothing cannot keep a real client out; when every connection is
+/// past its handshake, the next client waits in the kernel's queue.
+///
 /// The accept loop stops when the returned stream is dropped, which is what
 /// tonic does when it shuts down.
 fn incoming<IO, F, U>(
     listener: TcpListener,
     connections: ConnectionTracker,
+    max_connections: usize,
     upgrade: U,
 ) -> ReceiverStream<io::Result<Tracked<IO>>>
 where
@@ -200,17 +213,48 @@ where
     U: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
 {
     let (ready, incoming) = mpsc::channel(READY_QUEUE);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let handshaking = ConnectionTracker::new();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
                 () = ready.closed() => break,
                 accepted = common::listener::accept(&listener) => accepted,
             };
-            let registration = connections.register(&tcp);
+            let slot = match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    if handshaking.close_oldest() {
+                        tracing::debug!(%peer, "at the connection limit; closed the oldest unfinished handshake");
+                    } else {
+                        tracing::warn!(
+                            %peer,
+                            max_connections,
+                            "at the connection limit with every connection past its handshake; the next client waits"
+                        );
+                    }
+                    let acquired = tokio::select! {
+                        () = ready.closed() => break,
+                        slot = Arc::clone(&slots).acquire_owned() => slot,
+                    };
+                    match acquired {
+                        Ok(slot) => slot,
+                        Err(_) => break, // never closed
+                    }
+                }
+            };
+            let registration = connections.register().holding(slot);
+            let handshake = handshaking.register();
+            let evicted = handshake.closed();
             let upgraded = upgrade(tcp, peer);
             let ready = ready.clone();
             tokio::spawn(async move {
-                if let Some(stream) = upgraded.await {
+                let stream = tokio::select! {
+                    stream = upgraded => stream,
+                    () = evicted => None,
+                };
+                drop(handshake);
+                if let Some(stream) = stream {
                     // Err only when the server is shutting down.
                     let _ = ready.send(Ok(registration.wrap(stream))).await;
                 }

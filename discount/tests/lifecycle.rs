@@ -137,3 +137,21 @@ async fn a_call_that_outlasts_the_drain_timeout_does_not_keep_the_server_up() ->
     assert!(outcome.is_err(), "the stuck call succeeded: {outcome:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_or_sighup_right_after_the_start_up_line_is_handled() -> SetupResult<()> {
+    // The handlers are installed before the line is logged; before that, a
+    // signal on the line could meet the default action and kill the
+    // process. The race is narrow, so this exercises the path end to end;
+    // common/tests/signals.rs is the deterministic guard.
+    let pki = Pki::generate()?;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_discount"));
+    let args = testkit::discount::command_line(pki.dir(), 0, &[]);
+    for _ in 0..5 {
+        let discount = testkit::Process::start(binary, &args, testkit::discount::STARTED).await?;
+        discount.signal("HUP").await?;
+        let status = discount.terminate().await?;
+        assert!(status.success(), "exited with {status}");
+    }
+    Ok(())
+}

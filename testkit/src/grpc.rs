@@ -85,10 +85,10 @@ pub async fn grpc_channel(addr: SocketAddr, pki: &Pki) -> SetupResult<Channel> {
 
 /// A tonic channel to `addr` over TLS, trusting the CA of `ca_pem`,
 /// expecting the server to be `localhost`, presenting `identity` if any.
-/// Connects before returning.
+/// Connects before returning, within [`HANG`].
 ///
 /// # Errors
-/// The connection or the handshake failed.
+/// The connection or the handshake failed, or took too long.
 pub async fn grpc_channel_with(
     addr: SocketAddr,
     ca_pem: &Path,
@@ -100,9 +100,12 @@ pub async fn grpc_channel_with(
     if let Some(identity) = identity {
         tls = tls.identity(identity);
     }
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))?
         .connect_timeout(HANG)
-        .tls_config(tls)?
-        .connect()
-        .await?)
+        .tls_config(tls)?;
+    // connect_timeout covers the TCP connect only; a server that accepts
+    // and never finishes the handshake must not hang the test.
+    Ok(tokio::time::timeout(HANG, endpoint.connect())
+        .await
+        .map_err(|_| format!("no TLS connection to {addr} within {HANG:?}"))??)
 }

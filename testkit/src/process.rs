@@ -16,6 +16,7 @@ pub struct Process {
     child: Child,
     log: Lines<BufReader<ChildStderr>>,
     addr: SocketAddr,
+    started: String,
 }
 
 impl Process {
@@ -41,12 +42,22 @@ impl Process {
             .and_then(|rest| rest.split_whitespace().next())
             .ok_or("no address in the start-up line")?
             .parse()?;
-        Ok(Self { child, log, addr })
+        Ok(Self {
+            child,
+            log,
+            addr,
+            started: line,
+        })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The start-up line it logged.
+    pub fn started_line(&self) -> &str {
+        &self.started
     }
 
     /// Its process id.
