@@ -74,6 +74,17 @@ pub struct Config {
     #[arg(long, env = "CATALOG_DISCOUNT_CONNECT_TIMEOUT", default_value = "1s", value_parser = common::flags::duration)]
     pub discount_connect_timeout: Duration,
 
+    /// After discount could not be reached (connection refused, TLS
+    /// handshake failed), how long to wait before trying again; the wait
+    /// doubles while failures go on, up to `--discount-backoff-max`.
+    /// Meanwhile listings are answered at once without discounts.
+    #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MIN", default_value = "1s", value_parser = common::flags::duration)]
+    pub discount_backoff_min: Duration,
+
+    /// The longest wait between attempts to reach discount.
+    #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MAX", default_value = "30s", value_parser = common::flags::duration)]
+    pub discount_backoff_max: Duration,
+
     /// Open a new TLS connection to discount for every HTTP request, as the
     /// seed did, instead of sharing one. Slower; for comparison only.
     #[arg(long, env = "CATALOG_DIAL_PER_REQUEST")]
@@ -131,6 +142,8 @@ impl Config {
             deadline: self.discount_deadline,
             connect_timeout: self.discount_connect_timeout,
             dial_per_request: self.dial_per_request,
+            backoff_min: self.discount_backoff_min,
+            backoff_max: self.discount_backoff_max,
         }
     }
 

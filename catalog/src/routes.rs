@@ -152,6 +152,8 @@ mod tests {
             deadline: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             dial_per_request: false,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(1),
         };
         let client = DiscountClient::connect_lazy(&settings).unwrap();
         router(AppState::new(client), Duration::from_secs(5))

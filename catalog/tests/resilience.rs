@@ -512,3 +512,50 @@ async fn a_request_is_one_apply_discounts_call_or_one_apply_discount_per_product
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failing_handshake_is_retried_with_backoff_not_on_every_request() -> SetupResult<()> {
+    // Keys rotated in the wrong order: the catalog's client certificate is
+    // from a CA discount does not trust, so every TLS handshake fails.
+    let (pki, stranger) = (Pki::generate()?, Pki::generate()?);
+    let discount = DiscountServer::start(&pki).await?;
+    let proxy = CountingProxy::start(discount.addr()).await?;
+    let keys = tempfile::tempdir()?;
+    pki.install_into(keys.path())?;
+    std::fs::copy(stranger.path("client.pem"), keys.path().join("client.pem"))?;
+    std::fs::copy(stranger.path("client.key"), keys.path().join("client.key"))?;
+    let catalog = Catalog::start(
+        &proxy.addr().to_string(),
+        &keys.path().join("ca.pem"),
+        HEALTHY_DEADLINE,
+    )
+    .await?;
+
+    let started = Instant::now();
+    for _ in 0..100 {
+        // Every product is still listed, at once, and says why.
+        assert_eq!(
+            catalog.priced("1").await?,
+            (PLAIN.to_owned(), unavailable())
+        );
+    }
+    let elapsed = started.elapsed();
+    let handshakes = proxy.connections();
+    eprintln!("100 requests in {elapsed:?}: {handshakes} connections to discount");
+    // The first failure starts a backoff of about a second, doubling while
+    // it keeps failing: a handful of attempts, not one a request.
+    assert!(
+        handshakes <= 2 + elapsed.as_secs() as usize,
+        "{handshakes} connections for 100 requests in {elapsed:?}"
+    );
+
+    // The operator fixes the keys and reloads: new material is tried at
+    // once, whatever the wait.
+    pki.install_into(keys.path())?;
+    assert_eq!(catalog.discount.reload(), Ok(()));
+    assert_eq!(
+        catalog.priced("1").await?,
+        (CUSTOMER_1.to_owned(), applied())
+    );
+    Ok(())
+}

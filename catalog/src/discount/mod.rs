@@ -17,17 +17,18 @@
 //! - [`outcome`]: judging the answers, the listing's status, call errors.
 //! - The TLS of the connection is [`crate::tls`].
 
+mod backoff;
 mod outcome;
 mod target;
 
+pub use backoff::Waiting;
 pub use outcome::{CallError, DiscountStatus, Priced};
 pub use target::DiscountAddr;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::reload::Reloadable;
 use ecommerce_proto::pb::discount_client::DiscountClient as GrpcClient;
@@ -40,6 +41,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::error::StartupError;
 use crate::tls::Security;
+use backoff::Backoff;
 use outcome::check_answer;
 
 /// How to reach discount.
@@ -58,6 +60,11 @@ pub struct DiscountSettings {
     /// Open a new connection for every HTTP request, as the seed did,
     /// instead of sharing one.
     pub dial_per_request: bool,
+    /// After discount could not be reached, the first wait before trying
+    /// again; it doubles while failures go on...
+    pub backoff_min: Duration,
+    /// ...up to this.
+    pub backoff_max: Duration,
 }
 
 /// A cheap-to-clone handle on the connection to discount.
@@ -69,6 +76,7 @@ pub struct DiscountSettings {
 pub struct DiscountClient {
     connection: Arc<Reloadable<Connection>>,
     deadline: Duration,
+    backoff: Arc<Backoff>,
 }
 
 /// One generation of the connection set-up: what to dial and how, the
@@ -132,6 +140,7 @@ impl DiscountClient {
         Ok(Self {
             connection: Arc::new(connection),
             deadline: settings.deadline,
+            backoff: Arc::new(Backoff::new(settings.backoff_min, settings.backoff_max)),
         })
     }
 
@@ -141,7 +150,10 @@ impl DiscountClient {
     /// # Errors
     /// Why the new files could not be used.
     pub fn reload(&self) -> Result<(), String> {
-        self.connection.reload()
+        self.connection.reload()?;
+        // New material may be what fixes it: try at once.
+        self.backoff.succeeded();
+        Ok(())
     }
 
     /// The channel for one HTTP request: the shared one, or a new one that
@@ -157,13 +169,18 @@ impl DiscountClient {
     /// A [`CallError`] when discount cannot be reached in time, or a
     /// [`CallError::NotServing`] with the status it reported.
     pub async fn check_health(&self) -> Result<(), CallError> {
+        if let Some(waiting) = self.backoff.waiting(Instant::now()) {
+            return Err(CallError::BackingOff(waiting));
+        }
         let message = HealthCheckRequest {
             service: HEALTH_SERVICE.to_owned(),
         };
         let mut health = HealthClient::new(self.channel());
         let answer = self
             .within_deadline(message, |request| health.check(request))
-            .await?;
+            .await;
+        outcome::note_reachability(&self.backoff, answer.as_ref().err());
+        let answer = answer?;
         match ServingStatus::try_from(answer.status) {
             Ok(ServingStatus::Serving) => Ok(()),
             Ok(other) => Err(CallError::NotServing(other.as_str_name())),
@@ -266,6 +283,17 @@ impl DiscountClient {
     /// logged once per distinct cause, with the products it hit, so an
     /// outage is one line per request rather than one per product.
     pub async fn apply_to_all(&self, customer: &Customer, products: Vec<Product>) -> Priced {
+        if let Some(waiting) = self.backoff.waiting(Instant::now()) {
+            tracing::debug!(
+                customer_id = customer.id,
+                ?waiting,
+                "discount unreachable; not asking it yet"
+            );
+            return Priced {
+                products,
+                status: DiscountStatus::Unavailable,
+            };
+        }
         let connection = self.connection.current();
         let channel = connection.channel();
         let answers = if connection.batch.load(Ordering::Relaxed) {
@@ -283,39 +311,6 @@ impl DiscountClient {
         } else {
             self.call_each(channel, customer, &products).await
         };
-        let total = products.len();
-        let mut failures: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-        let products: Vec<Product> = products
-            .into_iter()
-            .zip(answers)
-            .map(|(product, answer)| match answer {
-                Ok(discount_value) => Product {
-                    discount_value,
-                    ..product
-                },
-                Err(error) => {
-                    failures
-                        .entry(error.to_string())
-                        .or_default()
-                        .push(product.id);
-                    product
-                }
-            })
-            .collect();
-        let failed = failures.values().map(Vec::len).sum();
-        for (cause, product_ids) in &failures {
-            tracing::warn!(
-                customer_id = customer.id,
-                ?product_ids,
-                failed = product_ids.len(),
-                of = total,
-                %cause,
-                "discount failed; listing these products without a discount"
-            );
-        }
-        Priced {
-            products,
-            status: DiscountStatus::of(failed, total),
-        }
+        outcome::merge(customer.id, products, answers, &self.backoff)
     }
 }

@@ -2,11 +2,14 @@
 //! sense, the listing's [`DiscountStatus`], and [`CallError`] with the whole
 //! cause chain. Pure functions, tested here without a network.
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ecommerce_proto::pb::{DiscountValue, Product};
+
+use super::backoff::{Backoff, Waiting};
 
 /// How a listing went, for the `X-Discount-Status` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,31 @@ pub enum CallError {
     Invalid(&'static str),
     /// Discount's health service reported this status instead of SERVING.
     NotServing(&'static str),
+    /// Discount could not be reached lately, and the client is waiting
+    /// before it tries again.
+    BackingOff(Waiting),
+}
+
+impl CallError {
+    /// Whether discount could not be reached (connection refused, TLS
+    /// handshake refused, connection lost) or says UNAVAILABLE: what the
+    /// client backs off from. A failure of the connection carries tonic's
+    /// transport error as its cause, whatever the code (a refused client
+    /// certificate arrives as UNKNOWN); an answer from discount never does.
+    /// A slow or failing answer is not a reason to stop asking.
+    fn is_unreachable(&self) -> bool {
+        let Self::Status(status) = self else {
+            return false;
+        };
+        let mut cause = status.source();
+        while let Some(error) = cause {
+            if error.is::<tonic::transport::Error>() {
+                return true;
+            }
+            cause = error.source();
+        }
+        status.code() == tonic::Code::Unavailable
+    }
 }
 
 impl fmt::Display for CallError {
@@ -85,11 +113,86 @@ impl fmt::Display for CallError {
             }
             Self::Invalid(what) => write!(f, "discount sent an unusable response: {what}"),
             Self::NotServing(status) => write!(f, "discount reports its health as {status}"),
+            Self::BackingOff(Waiting { remaining, cause }) => write!(
+                f,
+                "discount unreachable, next attempt in {remaining:.1?}; last failure: {cause}"
+            ),
         }
     }
 }
 
 impl Error for CallError {}
+
+/// Puts each answer on its product, in order (a product whose call failed
+/// is listed as it was), says how the listing went, and logs each distinct
+/// cause once with the products it hit. A listing that found discount
+/// unreachable starts a wait in `backoff`, logged once per wait rather than
+/// once per request; one that got any answer ends it.
+pub(crate) fn merge(
+    customer_id: i32,
+    products: Vec<Product>,
+    answers: Vec<Result<Option<DiscountValue>, CallError>>,
+    backoff: &Backoff,
+) -> Priced {
+    let total = products.len();
+    let mut answered = 0;
+    let mut failures: BTreeMap<String, (Vec<i32>, bool)> = BTreeMap::new();
+    let products: Vec<Product> = products
+        .into_iter()
+        .zip(answers)
+        .map(|(product, answer)| match answer {
+            Ok(discount_value) => {
+                answered += 1;
+                Product {
+                    discount_value,
+                    ..product
+                }
+            }
+            Err(error) => {
+                let failure = failures
+                    .entry(error.to_string())
+                    .or_insert((Vec::new(), error.is_unreachable()));
+                failure.0.push(product.id);
+                product
+            }
+        })
+        .collect();
+    if answered > 0 && backoff.succeeded() {
+        tracing::info!("discount answers again");
+    }
+    for (cause, (product_ids, unreachable)) in &failures {
+        let failed = product_ids.len();
+        if !unreachable {
+            tracing::warn!(customer_id, ?product_ids, failed, of = total, %cause,
+                "discount failed; listing these products without a discount");
+        } else if let Some(wait) = backoff.failed(Instant::now(), cause) {
+            tracing::warn!(customer_id, ?product_ids, failed, of = total, %cause, next_attempt_in = ?wait,
+                "cannot reach discount; listing without discounts until the next attempt");
+        }
+    }
+    Priced {
+        products,
+        status: DiscountStatus::of(total - answered, total),
+    }
+}
+
+/// Feeds one health check's outcome to `backoff` (see [`merge`]).
+pub(crate) fn note_reachability(backoff: &Backoff, error: Option<&CallError>) {
+    match error {
+        Some(error) if error.is_unreachable() => {
+            let cause = error.to_string();
+            if let Some(wait) = backoff.failed(Instant::now(), &cause) {
+                tracing::warn!(%cause, next_attempt_in = ?wait, "cannot reach discount");
+            }
+        }
+        Some(_) => {}
+        None => {
+            if backoff.succeeded() {
+                tracing::info!("discount answers again");
+            }
+        }
+    }
+}
 
 /// Checks discount's answer for `sent`: it must be there, be for the same
 /// product, and carry a finite `pct` (Go, and our JSON, cannot print NaN).
