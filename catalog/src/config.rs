@@ -104,8 +104,15 @@ pub struct Config {
     #[arg(long, env = "CATALOG_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
-    /// On SIGTERM or Ctrl-C, how long requests in flight get to finish
-    /// before their connections are closed and the process exits.
+    /// On SIGTERM or Ctrl-C, how long to keep serving with `/readyz`
+    /// answering 503 before closing the listener. Behind a load balancer
+    /// or an orchestrator's readiness probe, set it a little above their
+    /// check interval, so that no request is sent to a closing catalog.
+    #[arg(long, env = "CATALOG_SHUTDOWN_DELAY", default_value = "0s", value_parser = common::flags::duration)]
+    pub shutdown_delay: Duration,
+
+    /// Then, how long requests in flight get to finish before their
+    /// connections are closed and the process exits.
     #[arg(long, env = "CATALOG_DRAIN_TIMEOUT", default_value = "5s", value_parser = common::flags::duration)]
     pub drain_timeout: Duration,
 }
@@ -153,6 +160,7 @@ impl Config {
             request_timeout: self.request_timeout,
             header_read_timeout: self.header_read_timeout,
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
         }
     }

@@ -1,5 +1,7 @@
 //! The HTTP API: router and handlers.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,12 +28,22 @@ pub const DISCOUNT_STATUS: HeaderName = HeaderName::from_static("x-discount-stat
 #[derive(Debug, Clone)]
 pub struct AppState {
     discount: DiscountClient,
+    shutting_down: Arc<AtomicBool>,
 }
 
 impl AppState {
     /// State around the client of discount.
     pub fn new(discount: DiscountClient) -> Self {
-        Self { discount }
+        Self {
+            discount,
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// From now on `/readyz` answers 503, so that load balancers stop
+    /// sending new requests while the ones already sent are still served.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
     }
 }
 
@@ -113,8 +125,15 @@ async fn healthz() -> &'static str {
 }
 
 /// `GET /readyz`: 200 when discount's health service reports SERVING
-/// within the call deadline; 503 with the reason otherwise.
+/// within the call deadline; 503 with the reason otherwise, and from the
+/// moment the catalog starts shutting down.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n".to_owned(),
+        );
+    }
     match state.discount.check_health().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(error) => (

@@ -29,8 +29,11 @@ pub struct ServeOptions {
     /// The most connections served at once; further clients wait in the
     /// kernel's queue until one closes.
     pub max_connections: usize,
-    /// After the shutdown signal, how long requests in flight get to finish
-    /// before their connections are closed.
+    /// After the shutdown signal, how long to keep serving while `/readyz`
+    /// answers 503, so that load balancers stop sending first.
+    pub shutdown_delay: Duration,
+    /// Then, how long requests in flight get to finish before their
+    /// connections are closed.
     pub drain_timeout: Duration,
 }
 
@@ -63,7 +66,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let connections = ConnectionTracker::new();
-    let app = router(state, options.request_timeout);
+    let app = router(state.clone(), options.request_timeout);
+    let delay = options.shutdown_delay;
+    let shutdown = async move {
+        shutdown.await;
+        state.begin_shutdown();
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "/readyz answers 503; still serving for the shutdown delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!("no longer accepting; draining requests in flight");
+    };
     let tracker = connections.clone();
     let finished =
         common::shutdown::with_drain_limit(shutdown, options.drain_timeout, move |signal| {

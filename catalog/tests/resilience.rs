@@ -559,3 +559,46 @@ async fn a_failing_handshake_is_retried_with_backoff_not_on_every_request() -> S
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn on_shutdown_readyz_turns_503_first_and_requests_are_served_for_the_delay()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let discount = DiscountServer::start(&pki).await?;
+    let mut catalog = Catalog::start_with(
+        &discount.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        &["--shutdown-delay", "1s"],
+    )
+    .await?;
+    assert_eq!(catalog.readiness().await?.status, StatusCode::OK);
+
+    catalog.begin_stop();
+    let mut answer = catalog.readiness().await?;
+    for _ in 0..100 {
+        if answer.status != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        answer = catalog.readiness().await?;
+    }
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n"
+        )
+    );
+    // Still serving, new connections included, during the delay.
+    let fresh = reqwest::Client::new()
+        .get(format!("http://{}/products", catalog.addr))
+        .header("X-USER-ID", "1")
+        .send()
+        .await?;
+    assert_eq!(fresh.status(), StatusCode::OK);
+    assert_eq!(fresh.text().await?, CUSTOMER_1);
+
+    catalog.stopped_within(HANG).await?;
+    Ok(())
+}
