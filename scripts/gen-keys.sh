@@ -60,8 +60,12 @@ serial() { echo "0x$(openssl rand -hex 16)"; }
 # and is exactly why the seed's single self-signed certificate cannot serve
 # as a server identity under rustls (CaUsedAsEndEntity).
 new_key ca.key
+# Each CA gets a subject of its own: a certificate from another dev CA with
+# the same name would be checked against this CA's key and reported as
+# BadSignature, where UnknownIssuer says what is wrong.
+ca_id=$(openssl rand -hex 4)
 openssl req -x509 -new -key "$work/ca.key" -sha256 -days 3650 -set_serial "$(serial)" \
-  -subj "/O=ecommerce development/CN=ecommerce dev CA" \
+  -subj "/O=ecommerce development/CN=ecommerce dev CA $ca_id" \
   -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
   -addext "keyUsage=critical,keyCertSign,cRLSign" \
   -addext "subjectKeyIdentifier=hash" \

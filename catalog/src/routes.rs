@@ -49,9 +49,10 @@ impl AppState {
 
 /// The catalog's routes.
 ///
-/// Only `/` and `/products` are the API, with an access log; `/healthz`
-/// and `/readyz` are for orchestrators and stay out of the access log,
-/// which probes would otherwise fill. The seed answered every unknown path
+/// `/`, `/products` and everything unknown (404, 405) go through the
+/// access log; `/healthz` and `/readyz` are for orchestrators and stay out
+/// of it, which probes would otherwise fill. (Requests the HTTP parser
+/// rejects never reach the router; `server.rs` logs those.) The seed answered every unknown path
 /// with `It is working.` because Go's `ServeMux` treats the `/` pattern as
 /// a catch-all; here unknown paths get 404 and other methods 405. A request
 /// still unanswered after `request_timeout` gets 503.
@@ -59,6 +60,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let api = Router::new()
         .route("/", get(root))
         .route("/products", get(list_products))
+        .fallback(not_found)
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
@@ -68,7 +70,6 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     api.merge(probes)
-        .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,

@@ -147,12 +147,28 @@ async fn serve(
             let service = TowerToHyperService::new(app);
             let connection = watcher.watch(http.serve_connection(io, service).into_owned());
             if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+                log_connection_error(peer, &*error);
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Logs why a connection ended with an error. A request the HTTP parser
+/// refused (malformed, or a head over the limits: hyper answered 400 or
+/// 431) never reached the router and its access log, so it is logged here,
+/// for the operator wondering where a client's request went; anything
+/// else (a client that went away) is routine.
+fn log_connection_error(peer: SocketAddr, error: &(dyn std::error::Error + 'static)) {
+    let refused = error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(|e| e.is_parse() || e.is_parse_too_large());
+    if refused {
+        tracing::info!(%peer, %error, "refused a request the HTTP parser could not accept");
+    } else {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
 }
 
 /// Waits for a free connection slot, then for a connection. `None` only if

@@ -191,3 +191,33 @@ async fn a_flood_of_idle_connections_is_bounded_and_closed() -> SetupResult<()> 
     );
     assert_healthy(&catalog).await
 }
+
+#[tokio::test]
+async fn refused_and_unknown_requests_reach_the_log() -> SetupResult<()> {
+    let (logs, _capturing) = testkit::Logs::capture();
+    let (_pki, _discount, catalog) = system().await?;
+
+    let big = format!("X-Padding: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
+    let answer = raw(catalog.addr, &get_products(big.as_bytes())).await?;
+    assert!(
+        status_line(&answer).starts_with("HTTP/1.1 431"),
+        "{answer:?}"
+    );
+    let refused = logs
+        .line_with("refused a request the HTTP parser could not accept")
+        .await
+        .ok_or_else(|| format!("431 not logged: {}", logs.text()))?;
+    assert!(refused.contains("peer=127.0.0.1:"), "{refused}");
+
+    assert_eq!(
+        catalog.get("/nope", None).await?.status,
+        reqwest::StatusCode::NOT_FOUND
+    );
+    let not_found = logs.line_with("status=404").await;
+    assert!(
+        not_found.is_some(),
+        "404 not in the access log: {}",
+        logs.text()
+    );
+    Ok(())
+}

@@ -75,11 +75,22 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
                 Ok(())
             }
             Err(error) => {
+                let error = one_line(&error);
                 tracing::error!(what = self.what, %error, "reload failed; keeping the current one");
                 Err(error)
             }
         }
     }
+}
+
+/// `text` on one line, its lines joined by `; `: a log record stays one
+/// line for whatever reads the log line by line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A future that calls `reload` each time the process receives SIGHUP,
@@ -136,6 +147,16 @@ mod tests {
         next.store(0, Ordering::SeqCst);
         assert_eq!(value.reload(), Err("broken file".to_owned()));
         assert_eq!(*seen.borrow(), 2, "a failed reload must keep the old value");
+    }
+
+    #[test]
+    fn a_multi_line_reason_is_logged_on_one_line() {
+        let reason =
+            "the TLS material cannot be used:\n  error: a.pem: expired\n  error: b.key: mismatch\n";
+        assert_eq!(
+            one_line(reason),
+            "the TLS material cannot be used:; error: a.pem: expired; error: b.key: mismatch"
+        );
     }
 
     #[test]

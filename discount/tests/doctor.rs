@@ -95,3 +95,31 @@ fn the_seeds_own_certificate_is_refused_with_the_reasons_and_the_fix() -> SetupR
     );
     Ok(())
 }
+
+/// The subject of `dir`'s CA certificate, as openssl prints it.
+fn ca_subject(dir: &Path) -> SetupResult<String> {
+    let printed = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-in"])
+        .arg(dir.join("ca.pem"))
+        .output()?;
+    Ok(text(&printed.stdout))
+}
+
+#[test]
+fn every_gen_keys_ca_has_a_subject_of_its_own() -> SetupResult<()> {
+    // Two dev CAs with one name make a certificate of the other one fail as
+    // BadSignature instead of UnknownIssuer.
+    let (one, two) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    for dir in [&one, &two] {
+        let made = Command::new("bash")
+            .arg(repo_root().join("scripts/gen-keys.sh"))
+            .arg("--dir")
+            .arg(dir.path())
+            .output()?;
+        assert!(made.status.success(), "{}", text(&made.stderr));
+    }
+    let (first, second) = (ca_subject(one.path())?, ca_subject(two.path())?);
+    assert!(first.contains("ecommerce dev CA"), "{first}");
+    assert_ne!(first, second);
+    Ok(())
+}

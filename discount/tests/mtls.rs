@@ -2,9 +2,6 @@
 //! plaintext behind a mesh. Real TLS sockets on loopback, certificates made
 //! when the test runs.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use discount::DiscountService;
 use testkit::{ClientCert, DiscountServer, HANG, Pki, SetupResult};
 use tonic::transport::{Endpoint, Identity};
@@ -130,60 +127,18 @@ async fn plaintext_mode_speaks_grpc_without_tls_and_refuses_tls_clients() -> Set
     Ok(())
 }
 
-/// Log output, captured for one test.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        self.0
-            .lock()
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
-    }
-}
-
 #[tokio::test]
 async fn a_refused_client_is_logged_with_its_address_and_the_reason() -> SetupResult<()> {
-    // The test runtime has one thread, so the server's tasks log here too.
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _capturing) = testkit::Logs::capture();
 
     let pki = Pki::generate()?;
     let server = start(&pki, "required").await?;
     assert!(call(&server, &pki, None).await?.is_err());
 
-    let mut text = logs.text();
-    for _ in 0..100 {
-        if text.contains("TLS handshake failed") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        text = logs.text();
-    }
-    let line = text
-        .lines()
-        .find(|line| line.contains("TLS handshake failed"))
-        .ok_or_else(|| format!("no refusal logged: {text}"))?;
+    let line = logs
+        .line_with("TLS handshake failed")
+        .await
+        .ok_or_else(|| format!("no refusal logged: {}", logs.text()))?;
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
     assert!(line.contains("peer sent no certificates"), "{line}");
     Ok(())

@@ -1,5 +1,6 @@
 //! Test support shared by the services' integration tests.
 //!
+//! - [`logs`]: log output captured for one test.
 //! - [`pki`]: a CA and identities (good, expired, for the wrong purpose)
 //!   made at run time.
 //! - [`discount`]: the real discount service in-process, started from a
@@ -17,6 +18,7 @@
 
 pub mod discount;
 pub mod grpc;
+pub mod logs;
 pub mod pki;
 pub mod process;
 pub mod proxy;
@@ -31,6 +33,7 @@ pub use grpc::{
     customer, discount_request, discount_value, error_chain, grpc_channel, grpc_channel_with,
     product,
 };
+pub use logs::Logs;
 pub use pki::{ClientCert, Pki, SERVER_NAMES};
 pub use process::Process;
 pub use proxy::{CountingProxy, silent_peer};

@@ -50,7 +50,7 @@ impl Pki {
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
             .distinguished_name
-            .push(DnType::CommonName, "ecommerce test CA");
+            .push(DnType::CommonName, unique_ca_name());
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key)?;
         std::fs::write(dir.path().join("ca.pem"), ca_cert.pem())?;
@@ -155,4 +155,13 @@ impl Pki {
             std::fs::read(self.path(&format!("{name}.key")))?,
         ))
     }
+}
+
+/// "ecommerce test CA N", different for every CA of the test run, so that a
+/// certificate from another test CA is refused as UnknownIssuer (as it
+/// would be in production), not checked against a namesake's key.
+fn unique_ca_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("ecommerce test CA {}-{n}", std::process::id())
 }
