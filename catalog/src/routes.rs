@@ -1,7 +1,7 @@
 //! The HTTP API: router and handlers.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -29,6 +29,8 @@ pub const DISCOUNT_STATUS: HeaderName = HeaderName::from_static("x-discount-stat
 pub struct AppState {
     discount: DiscountClient,
     shutting_down: Arc<AtomicBool>,
+    /// Why `/readyz` last said no, to log each change once.
+    not_ready: Arc<Mutex<Option<String>>>,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
         Self {
             discount,
             shutting_down: Arc::new(AtomicBool::new(false)),
+            not_ready: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -126,8 +129,8 @@ async fn healthz() -> &'static str {
 }
 
 /// `GET /readyz`: 200 when discount's health service reports SERVING
-/// within the call deadline; 503 with the reason otherwise, and from the
-/// moment the catalog starts shutting down.
+/// within the call deadline; 503 with a short reason otherwise (the detail
+/// is logged), and from the moment the catalog starts shutting down.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     if state.shutting_down.load(Ordering::Relaxed) {
         return (
@@ -135,12 +138,31 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
             "not ready: shutting down\n".to_owned(),
         );
     }
-    match state.discount.check_health().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}\n"),
-        ),
+    let checked = state.discount.check_health().await;
+    let mut not_ready = state
+        .not_ready
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match checked {
+        Ok(()) => {
+            if not_ready.take().is_some() {
+                tracing::info!("ready again: discount answers its health check");
+            }
+            (StatusCode::OK, "ready\n".to_owned())
+        }
+        Err(error) => {
+            // The caller gets the kind of failure; the details (addresses,
+            // certificates) go to the log, once per change, not per probe.
+            let reason = error.reason();
+            if not_ready.as_deref() != Some(reason.as_str()) {
+                tracing::warn!(cause = %error, "not ready: {reason}");
+                *not_ready = Some(reason.clone());
+            }
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            )
+        }
     }
 }
 

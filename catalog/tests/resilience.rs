@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN, system};
 use testkit::{
-    CountingProxy, DiscountServer, HANG, Pki, ScriptedDiscount, SetupResult, silent_peer,
+    CountingProxy, DiscountServer, HANG, Logs, Pki, ScriptedDiscount, SetupResult, silent_peer,
 };
 use tokio::net::TcpListener;
 
@@ -139,6 +139,7 @@ async fn when_one_products_call_fails_the_others_are_still_discounted() -> Setup
 #[tokio::test]
 async fn a_catalog_that_does_not_trust_discounts_certificate_lists_without_discounts()
 -> SetupResult<()> {
+    let (logs, _capturing) = Logs::capture();
     let pki = Pki::generate()?;
     let stranger = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
@@ -149,14 +150,14 @@ async fn a_catalog_that_does_not_trust_discounts_certificate_lists_without_disco
         (PLAIN.to_owned(), unavailable())
     );
 
-    // And the reason is the certificate, not the network.
-    let why = catalog.readiness().await?.body;
-    assert!(why.contains("invalid peer certificate"), "{why}");
-    Ok(())
+    // The log says it is the certificate, not the network; /readyz tells
+    // any caller only the kind of failure.
+    assert_cause_logged_not_told(&catalog, &logs, "invalid peer certificate").await
 }
 
 #[tokio::test]
 async fn the_server_name_is_checked_against_discounts_certificate() -> SetupResult<()> {
+    let (logs, _capturing) = Logs::capture();
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
     // Dial by "localhost", which the certificate names: discounted.
@@ -179,20 +180,41 @@ async fn the_server_name_is_checked_against_discounts_certificate() -> SetupResu
         misnamed.priced("1").await?,
         (PLAIN.to_owned(), unavailable())
     );
-    let why = misnamed.readiness().await?.body;
-    assert!(why.contains("not valid for name"), "{why}");
-    Ok(())
+    assert_cause_logged_not_told(&misnamed, &logs, "not valid for name").await
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_reported_with_its_cause() -> SetupResult<()> {
+    let (logs, _capturing) = Logs::capture();
     let pki = Pki::generate()?;
     let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
     let catalog =
         Catalog::start(&closed.to_string(), &pki.path("ca.pem"), HEALTHY_DEADLINE).await?;
-    let why = catalog.readiness().await?.body;
-    // tonic alone says "transport error"; the chain says why.
-    assert!(why.contains("Connection refused"), "{why}");
+    // tonic alone says "transport error"; the chain, in the log, says why.
+    assert_cause_logged_not_told(&catalog, &logs, "Connection refused").await
+}
+
+/// `/readyz` answers "discount is unreachable" and no more, while the log
+/// has the cause, `detail`.
+async fn assert_cause_logged_not_told(
+    catalog: &Catalog,
+    logs: &Logs,
+    detail: &str,
+) -> SetupResult<()> {
+    let answer = catalog.readiness().await?;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: discount is unreachable\n"
+        )
+    );
+    assert!(
+        !answer.body.contains(detail),
+        "{detail:?} told to the caller"
+    );
+    let logged = logs.line_with(detail).await;
+    assert!(logged.is_some(), "{detail:?} not logged: {}", logs.text());
     Ok(())
 }
 
@@ -269,9 +291,7 @@ async fn healthz_is_up_whatever_discount_does_and_readyz_follows_discount() -> S
     let not_ready = catalog.get("/readyz", None).await?;
     assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
-        not_ready
-            .body
-            .starts_with("not ready: discount call failed with Unavailable"),
+        not_ready.body == "not ready: discount is unreachable\n",
         "{}",
         not_ready.body
     );
@@ -600,5 +620,28 @@ async fn on_shutdown_readyz_turns_503_first_and_requests_are_served_for_the_dela
     assert_eq!(fresh.text().await?, CUSTOMER_1);
 
     catalog.stopped_within(HANG).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hung_discount_is_logged_once_not_once_a_request() -> SetupResult<()> {
+    let (logs, _capturing) = Logs::capture();
+    let pki = Pki::generate()?;
+    let (addr, _) = silent_peer().await?;
+    let catalog = Catalog::start(&addr.to_string(), &pki.path("ca.pem"), "100ms").await?;
+    let answers: Vec<_> = futures_util::stream::iter(0..20)
+        .map(|_| catalog.priced("1"))
+        .buffer_unordered(20)
+        .collect()
+        .await;
+    for answer in answers {
+        assert_eq!(answer?, (PLAIN.to_owned(), unavailable()));
+    }
+    let warned = logs.lines_with("discount failed; listing these products without a discount");
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(
+        warned[0].contains("no answer from discount within 100ms"),
+        "{warned:#?}"
+    );
     Ok(())
 }

@@ -19,6 +19,7 @@
 
 mod backoff;
 mod outcome;
+mod quiet;
 mod target;
 
 pub use backoff::Waiting;
@@ -43,6 +44,7 @@ use crate::error::StartupError;
 use crate::tls::Security;
 use backoff::Backoff;
 use outcome::check_answer;
+use quiet::Quiet;
 
 /// How to reach discount.
 #[derive(Debug, Clone)]
@@ -77,6 +79,7 @@ pub struct DiscountClient {
     connection: Arc<Reloadable<Connection>>,
     deadline: Duration,
     backoff: Arc<Backoff>,
+    quiet: Arc<Quiet>,
 }
 
 /// One generation of the connection set-up: what to dial and how, the
@@ -141,6 +144,7 @@ impl DiscountClient {
             connection: Arc::new(connection),
             deadline: settings.deadline,
             backoff: Arc::new(Backoff::new(settings.backoff_min, settings.backoff_max)),
+            quiet: Arc::new(Quiet::default()),
         })
     }
 
@@ -311,6 +315,6 @@ impl DiscountClient {
         } else {
             self.call_each(channel, customer, &products).await
         };
-        outcome::merge(customer.id, products, answers, &self.backoff)
+        outcome::merge(customer.id, products, answers, &self.backoff, &self.quiet)
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use ecommerce_proto::pb::{DiscountValue, Product};
 
 use super::backoff::{Backoff, Waiting};
+use super::quiet::Quiet;
 
 /// How a listing went, for the `X-Discount-Status` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,25 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// What a caller outside may be told: the kind of failure without the
+    /// addresses, certificate details and library messages of the full
+    /// text, which goes to the log.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Deadline(_) => "no answer from discount in time".to_owned(),
+            Self::Status(_) | Self::BackingOff(_) if self.is_unreachable_or_waiting() => {
+                "discount is unreachable".to_owned()
+            }
+            Self::Status(_) | Self::BackingOff(_) => "discount answered with an error".to_owned(),
+            Self::Invalid(_) => "discount sent an unusable answer".to_owned(),
+            Self::NotServing(status) => format!("discount reports its health as {status}"),
+        }
+    }
+
+    fn is_unreachable_or_waiting(&self) -> bool {
+        matches!(self, Self::BackingOff(_)) || self.is_unreachable()
+    }
+
     /// Whether discount could not be reached (connection refused, TLS
     /// handshake refused, connection lost) or says UNAVAILABLE: what the
     /// client backs off from. A failure of the connection carries tonic's
@@ -125,7 +145,8 @@ impl Error for CallError {}
 
 /// Puts each answer on its product, in order (a product whose call failed
 /// is listed as it was), says how the listing went, and logs each distinct
-/// cause once with the products it hit. A listing that found discount
+/// cause once with the products it hit (and a cause that keeps coming at
+/// most once per interval, see [`Quiet`]). A listing that found discount
 /// unreachable starts a wait in `backoff`, logged once per wait rather than
 /// once per request; one that got any answer ends it.
 pub(crate) fn merge(
@@ -133,6 +154,7 @@ pub(crate) fn merge(
     products: Vec<Product>,
     answers: Vec<Result<Option<DiscountValue>, CallError>>,
     backoff: &Backoff,
+    quiet: &Quiet,
 ) -> Priced {
     let total = products.len();
     let mut answered = 0;
@@ -163,8 +185,10 @@ pub(crate) fn merge(
     for (cause, (product_ids, unreachable)) in &failures {
         let failed = product_ids.len();
         if !unreachable {
-            tracing::warn!(customer_id, ?product_ids, failed, of = total, %cause,
-                "discount failed; listing these products without a discount");
+            if let Some(unlogged) = quiet.should_log(cause, Instant::now()) {
+                tracing::warn!(customer_id, ?product_ids, failed, of = total, %cause, unlogged,
+                    "discount failed; listing these products without a discount");
+            }
         } else if let Some(wait) = backoff.failed(Instant::now(), cause) {
             tracing::warn!(customer_id, ?product_ids, failed, of = total, %cause, next_attempt_in = ?wait,
                 "cannot reach discount; listing without discounts until the next attempt");

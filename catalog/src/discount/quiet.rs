@@ -1,0 +1,84 @@
+//! Keeping a repeated failure from flooding the log.
+//!
+//! When discount hangs, every listing fails the same way: under load that
+//! was one WARN line per request, some 12,000 a second, which buries
+//! everything else and costs real CPU. Each distinct cause is logged the
+//! first time, then at most once per interval, with the number of
+//! occurrences left unlogged in between.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How often one cause may be logged.
+const INTERVAL: Duration = Duration::from_secs(5);
+
+/// More distinct causes than this at once, and the record starts afresh
+/// (each is then logged once more): a bound on memory, whatever the causes.
+const MAX_CAUSES: usize = 64;
+
+/// When each cause was last logged, and how often it came since.
+#[derive(Debug, Default)]
+pub(crate) struct Quiet {
+    seen: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl Quiet {
+    /// `Some(n)` if `cause` should be logged now, `n` being how many times
+    /// it came since it was last logged without being logged; `None` to
+    /// stay quiet.
+    pub(crate) fn should_log(&self, cause: &str, now: Instant) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        match seen.get_mut(cause) {
+            Some((last, suppressed)) if now.duration_since(*last) < INTERVAL => {
+                *suppressed += 1;
+                None
+            }
+            Some((last, suppressed)) => {
+                *last = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                if seen.len() >= MAX_CAUSES {
+                    seen.clear();
+                }
+                seen.insert(cause.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_logged_first_then_once_an_interval_with_the_count() {
+        let quiet = Quiet::default();
+        let start = Instant::now();
+        assert_eq!(quiet.should_log("hung", start), Some(0));
+        for i in 1..=100 {
+            assert_eq!(
+                quiet.should_log("hung", start + Duration::from_millis(i)),
+                None
+            );
+        }
+        assert_eq!(quiet.should_log("hung", start + INTERVAL), Some(100));
+        assert_eq!(quiet.should_log("hung", start + INTERVAL), None);
+    }
+
+    #[test]
+    fn causes_are_counted_apart_and_the_record_is_bounded() {
+        let quiet = Quiet::default();
+        let now = Instant::now();
+        assert_eq!(quiet.should_log("hung", now), Some(0));
+        assert_eq!(quiet.should_log("refused", now), Some(0));
+        assert_eq!(quiet.should_log("hung", now), None);
+        for i in 0..1000 {
+            quiet.should_log(&format!("cause {i}"), now);
+        }
+        let kept = quiet.seen.lock().map(|seen| seen.len()).unwrap_or_default();
+        assert!(kept <= MAX_CAUSES, "{kept} causes kept");
+    }
+}
