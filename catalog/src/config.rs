@@ -81,8 +81,9 @@ pub struct Config {
     #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MIN", default_value = "1s", value_parser = common::flags::duration)]
     pub discount_backoff_min: Duration,
 
-    /// The longest wait between attempts to reach discount.
-    #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MAX", default_value = "30s", value_parser = common::flags::duration)]
+    /// The longest wait between attempts to reach discount: also the
+    /// longest the catalog may take to notice that discount is back.
+    #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MAX", default_value = "10s", value_parser = common::flags::duration)]
     pub discount_backoff_max: Duration,
 
     /// Open a new TLS connection to discount for every HTTP request, as the

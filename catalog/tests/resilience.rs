@@ -645,3 +645,45 @@ async fn a_hung_discount_is_logged_once_not_once_a_request() -> SetupResult<()> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn when_a_backoff_wait_ends_one_request_dials_not_every_request_in_flight() -> SetupResult<()>
+{
+    // discount is down: every dial reaches the counting proxy, which finds
+    // nothing behind it and hangs up.
+    let pki = Pki::generate()?;
+    let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let proxy = CountingProxy::start(closed).await?;
+    let catalog = Catalog::start_with(
+        &proxy.addr().to_string(),
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        &[
+            "--discount-backoff-min",
+            "200ms",
+            "--discount-backoff-max",
+            "200ms",
+        ],
+    )
+    .await?;
+    assert_eq!(
+        catalog.priced("1").await?,
+        (PLAIN.to_owned(), unavailable())
+    );
+    let before = proxy.connections();
+
+    // The wait is over; 100 listings arrive at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answers: Vec<_> = futures_util::stream::iter(0..100)
+        .map(|_| catalog.priced("1"))
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    for answer in answers {
+        assert_eq!(answer?, (PLAIN.to_owned(), unavailable()));
+    }
+    let dialled = proxy.connections() - before;
+    eprintln!("100 listings after the wait: {dialled} new connections");
+    assert!(dialled <= 1, "{dialled} connections for one probe");
+    Ok(())
+}

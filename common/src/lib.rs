@@ -13,6 +13,7 @@ pub mod flags;
 pub mod limits;
 pub mod listener;
 pub mod pem;
+pub mod quiet;
 pub mod reload;
 pub mod shutdown;
 pub mod telemetry;

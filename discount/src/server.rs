@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::connections::{ConnectionTracker, Tracked};
+use common::quiet::Quiet;
 use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -159,10 +160,12 @@ pub async fn serve<S: Discount>(
             let serving: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
                 match transport {
                     Transport::Tls(tls) => {
+                        let quiet = Arc::new(Quiet::default());
                         let incoming =
                             incoming(listener, tracker, max_connections, move |tcp, peer| {
                                 let config = Arc::clone(&tls.borrow());
-                                tls::handshake(config, tcp, peer, limit)
+                                let quiet = Arc::clone(&quiet);
+                                async move { tls::handshake(config, tcp, peer, limit, &quiet).await }
                             });
                         Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
                     }

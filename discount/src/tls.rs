@@ -24,10 +24,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::doctor::{self, Report, Role};
 use common::pem::{PemFile, PemSource};
+use common::quiet::Quiet;
 use common::reload::Reloadable;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
@@ -214,12 +215,16 @@ pub enum Transport {
 }
 
 /// Runs one server-side TLS handshake with the configuration `config`,
-/// bounded by `limit`. `None` when it failed or timed out, which is logged.
+/// bounded by `limit`. `None` when it failed or timed out, which is logged
+/// with the peer and the reason: each reason the first time, then at most
+/// every few seconds with a count (`quiet`), because anyone who can reach
+/// the port can make handshakes fail.
 pub(crate) async fn handshake(
     config: Arc<ServerConfig>,
     tcp: TcpStream,
     peer: SocketAddr,
     limit: Duration,
+    quiet: &Quiet,
 ) -> Option<TlsStream<TcpStream>> {
     let acceptor = TlsAcceptor::from(config);
     match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
@@ -231,11 +236,15 @@ pub(crate) async fn handshake(
             None
         }
         Ok(Err(error)) => {
-            tracing::warn!(%peer, %error, "TLS handshake failed");
+            if let Some(unlogged) = quiet.should_log(&error.to_string(), Instant::now()) {
+                tracing::warn!(%peer, %error, unlogged, "TLS handshake failed");
+            }
             None
         }
         Err(_) => {
-            tracing::warn!(%peer, timeout = ?limit, "TLS handshake timed out; closing the connection");
+            if let Some(unlogged) = quiet.should_log("timed out", Instant::now()) {
+                tracing::warn!(%peer, timeout = ?limit, unlogged, "TLS handshake timed out; closing the connection");
+            }
             None
         }
     }

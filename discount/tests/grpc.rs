@@ -244,3 +244,26 @@ async fn apply_discounts_prices_several_products_in_one_call_in_order() -> Setup
     assert_eq!(status.code(), Code::InvalidArgument);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_flood_of_stalled_handshakes_is_logged_once_not_once_each() -> SetupResult<()> {
+    let (logs, _capturing) = testkit::Logs::capture();
+    let pki = Pki::generate()?;
+    let server =
+        DiscountServer::start_with(&pki, &["--tls-handshake-timeout", "100ms"], DiscountService)
+            .await?;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(tokio::net::TcpStream::connect(server.addr()).await?);
+    }
+    // Every one of them is cut off at the limit...
+    for mut tcp in silent {
+        let mut buffer = [0_u8; 16];
+        let read = tokio::time::timeout(HANG, tcp.read(&mut buffer)).await?;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // ...and the log says so once, not fifty times.
+    let lines = logs.lines_with("TLS handshake timed out");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    Ok(())
+}

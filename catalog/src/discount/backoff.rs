@@ -7,7 +7,10 @@
 //! `min` after the first failure, doubling while failures go on, at most
 //! `max`, each wait jittered down by up to half so that many catalogs do
 //! not retry in step. While it waits, listings are answered at once without
-//! discounts. Pure logic, on times handed in, so it is tested without
+//! discounts. When a wait ends, one caller probes (makes the next attempt)
+//! and the others keep answering at once until it reports: otherwise every
+//! request in flight at that moment would dial, 200 handshakes in a burst
+//! under load. Pure logic, on times handed in, so it is tested without
 //! sleeping.
 
 use std::hash::{BuildHasher, RandomState};
@@ -30,6 +33,8 @@ struct State {
     until: Option<Instant>,
     /// What the last failure was, for the answer while waiting.
     cause: String,
+    /// When the caller now probing started, if one is.
+    probe: Option<Instant>,
 }
 
 /// Waiting before the next attempt: how long still, and why.
@@ -51,14 +56,24 @@ impl Backoff {
         }
     }
 
-    /// `Some` while an attempt must wait, at `now`.
+    /// `Some` while an attempt must wait, at `now`; `None` when the caller
+    /// may go ahead. After a wait, the first caller to ask becomes the probe
+    /// and goes ahead alone; a probe that reports nothing for `min` (its
+    /// call failed another way) lets the next caller probe.
     pub(crate) fn waiting(&self, now: Instant) -> Option<Waiting> {
-        let state = self.lock();
+        let mut state = self.lock();
         let until = state.until?;
-        (now < until).then(|| Waiting {
-            remaining: until - now,
-            cause: state.cause.clone(),
-        })
+        let probing = state
+            .probe
+            .is_some_and(|started| now.duration_since(started) < self.min);
+        if now < until || probing {
+            return Some(Waiting {
+                remaining: until.saturating_duration_since(now),
+                cause: state.cause.clone(),
+            });
+        }
+        state.probe = Some(now);
+        None
     }
 
     /// Records a failure at `now` with `cause`; returns how long the next
@@ -66,9 +81,10 @@ impl Backoff {
     /// (calls in flight together fail together; that is one failure).
     pub(crate) fn failed(&self, now: Instant, cause: &str) -> Option<Duration> {
         let mut state = self.lock();
-        if state.until.is_some_and(|until| now < until) {
+        if state.until.is_some_and(|until| now < until) && state.probe.is_none() {
             return None;
         }
+        state.probe = None;
         let doubled = self
             .min
             .saturating_mul(2_u32.saturating_pow(state.failures.min(31)));
@@ -146,6 +162,41 @@ mod tests {
         // The next real failure waits longer than the first did at most.
         let second = backoff.failed(now + first, "refused").unwrap();
         assert!(second >= SECOND, "{second:?}");
+    }
+
+    #[test]
+    fn when_a_wait_ends_one_caller_probes_and_the_others_keep_waiting() {
+        let backoff = Backoff::new(SECOND, 8 * SECOND);
+        let start = Instant::now();
+        let wait = backoff.failed(start, "refused").unwrap();
+        let over = start + wait;
+        assert_eq!(backoff.waiting(over), None, "the first caller probes");
+        for _ in 0..200 {
+            assert!(
+                backoff.waiting(over).is_some(),
+                "a second caller dialled too"
+            );
+        }
+        // The probe fails: a longer wait, then one probe again.
+        let next = backoff.failed(over, "refused").unwrap();
+        assert!(next >= SECOND, "{next:?}");
+        assert!(backoff.waiting(over).is_some());
+        assert_eq!(backoff.waiting(over + next), None);
+        assert!(backoff.waiting(over + next).is_some());
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_lets_another_caller_probe() {
+        let backoff = Backoff::new(SECOND, 8 * SECOND);
+        let start = Instant::now();
+        let over = start + backoff.failed(start, "refused").unwrap();
+        assert_eq!(backoff.waiting(over), None);
+        assert!(backoff.waiting(over + SECOND / 2).is_some());
+        assert_eq!(
+            backoff.waiting(over + SECOND),
+            None,
+            "a new probe after min"
+        );
     }
 
     #[test]

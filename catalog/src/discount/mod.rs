@@ -19,7 +19,6 @@
 
 mod backoff;
 mod outcome;
-mod quiet;
 mod target;
 
 pub use backoff::Waiting;
@@ -43,8 +42,8 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::error::StartupError;
 use crate::tls::Security;
 use backoff::Backoff;
+use common::quiet::Quiet;
 use outcome::check_answer;
-use quiet::Quiet;
 
 /// How to reach discount.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ecommerce_proto::pb::{DiscountValue, Product};
 
 use super::backoff::{Backoff, Waiting};
-use super::quiet::Quiet;
+use common::quiet::Quiet;
 
 /// How a listing went, for the `X-Discount-Status` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,12 @@
 //! Keeping a repeated failure from flooding the log.
 //!
 //! When discount hangs, every listing fails the same way: under load that
-//! was one WARN line per request, some 12,000 a second, which buries
-//! everything else and costs real CPU. Each distinct cause is logged the
-//! first time, then at most once per interval, with the number of
-//! occurrences left unlogged in between.
+//! was one WARN line per request in the catalog, some 12,000 a second, and
+//! a flood of clients that never finish their TLS handshake made discount
+//! log one line each. Both bury everything else and cost real CPU, and the
+//! second is a log flood anyone who can reach the port can cause. Each
+//! distinct cause is logged the first time, then at most once per interval,
+//! with the number of occurrences left unlogged in between.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -19,7 +21,7 @@ const MAX_CAUSES: usize = 64;
 
 /// When each cause was last logged, and how often it came since.
 #[derive(Debug, Default)]
-pub(crate) struct Quiet {
+pub struct Quiet {
     seen: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
@@ -27,7 +29,7 @@ impl Quiet {
     /// `Some(n)` if `cause` should be logged now, `n` being how many times
     /// it came since it was last logged without being logged; `None` to
     /// stay quiet.
-    pub(crate) fn should_log(&self, cause: &str, now: Instant) -> Option<u64> {
+    pub fn should_log(&self, cause: &str, now: Instant) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         match seen.get_mut(cause) {
             Some((last, suppressed)) if now.duration_since(*last) < INTERVAL => {
