@@ -4,16 +4,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use common::connections::ConnectionTracker;
+use common::connections::{ConnectionTracker, Registration};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::routes::{AppState, router};
 
@@ -95,8 +97,8 @@ pub async fn run(
     }
 }
 
-/// Accepts and serves connections until `signal`, then waits for the open
-/// ones to finish their requests.
+/// Accepts and serves connections until `signal`, then asks each to close
+/// when its requests are done and waits for them.
 async fn serve(
     listener: TcpListener,
     app: axum::Router,
@@ -118,41 +120,207 @@ async fn serve(
         .keep_alive_timeout(H2_PING_TIMEOUT);
     let http = Arc::new(http);
     let slots = Arc::new(Semaphore::new(options.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Connections with no request in flight, oldest idle first.
+    let idle = ConnectionTracker::new();
+    let (stop, stopping) = watch::channel(false);
+    let mut tasks = JoinSet::new();
     let mut signal = signal;
     loop {
-        let accepted = tokio::select! {
+        while tasks.try_join_next().is_some() {}
+        let (tcp, peer) = tokio::select! {
             () = &mut signal => break,
-            accepted = accept_within(&listener, &slots) => accepted,
+            accepted = common::listener::accept(&listener) => accepted,
         };
-        let Some((slot, tcp, peer)) = accepted else {
-            break;
-        };
-        let registration = connections.register().holding(slot);
-        let (http, app, watcher) = (Arc::clone(&http), app.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            // hyper-util first reads to tell HTTP/1 from HTTP/2, with no time
-            // limit, and hyper's header timer only starts after that: a
-            // client that connects and sends nothing would hold its slot
-            // forever. So the first byte must come within the header timeout.
-            let mut first = [0_u8; 1];
-            match tokio::time::timeout(options.header_read_timeout, tcp.peek(&mut first)).await {
-                Ok(Ok(read)) if read > 0 => {}
-                _ => {
-                    tracing::debug!(%peer, "no request within the header timeout; closing");
-                    return;
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Make room as nginx does: a client waiting for its first
+                // answer counts for more than one idling between requests.
+                if idle.close_oldest() {
+                    tracing::debug!(%peer, "at the connection limit; closing the oldest idle connection");
+                } else {
+                    tracing::debug!(%peer, "at the connection limit with every connection busy; waiting");
+                }
+                let acquired = tokio::select! {
+                    () = &mut signal => break,
+                    slot = Arc::clone(&slots).acquire_owned() => slot,
+                };
+                match acquired {
+                    Ok(slot) => slot,
+                    Err(_) => break, // never closed
                 }
             }
-            let io = TokioIo::new(registration.wrap(tcp));
-            let service = TowerToHyperService::new(app);
-            let connection = watcher.watch(http.serve_connection(io, service).into_owned());
-            if let Err(error) = connection.await {
-                log_connection_error(peer, &*error);
-            }
-        });
+        };
+        let registration = connections.register().holding(slot);
+        let connection = Connection {
+            http: Arc::clone(&http),
+            app: app.clone(),
+            activity: Activity::new(idle.clone()),
+            stopping: stopping.clone(),
+            options,
+            peer,
+        };
+        tasks.spawn(connection.serve(tcp, registration));
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One accepted connection and what it needs to be served.
+struct Connection {
+    http: Arc<auto::Builder<TokioExecutor>>,
+    app: axum::Router,
+    activity: Arc<Activity>,
+    stopping: watch::Receiver<bool>,
+    options: ServeOptions,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves requests until the client closes the connection, or it is
+    /// closed gracefully (answers in flight are sent first; HTTP/2 gets a
+    /// GOAWAY) because the server is stopping, because it has been idle for
+    /// the header timeout, or because a newcomer needed its slot.
+    async fn serve(mut self, tcp: TcpStream, registration: Registration) {
+        let peer = self.peer;
+        // hyper-util first reads to tell HTTP/1 from HTTP/2, with no time
+        // limit, and hyper's header timer only starts after that: a client
+        // that connects and sends nothing would hold its slot forever. So
+        // the first byte must come within the header timeout.
+        let mut first = [0_u8; 1];
+        let limit = self.options.header_read_timeout;
+        match tokio::time::timeout(limit, tcp.peek(&mut first)).await {
+            Ok(Ok(read)) if read > 0 => {}
+            _ => {
+                tracing::debug!(%peer, "no request within the header timeout; closing");
+                return;
+            }
+        }
+        let (app, activity) = (self.app.clone(), Arc::clone(&self.activity));
+        let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let (app, busy) = (app.clone(), activity.begin());
+            async move {
+                let response = app.oneshot(request).await;
+                drop(busy);
+                response
+            }
+        });
+        let io = TokioIo::new(registration.wrap(tcp));
+        let connection = self
+            .http
+            .serve_connection(io, TowerToHyperService::new(service))
+            .into_owned();
+        tokio::pin!(connection);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        log_connection_error(peer, &*error);
+                    }
+                    return;
+                }
+                _ = self.stopping.wait_for(|stop| *stop), if !closing => {}
+                () = self.activity.idle_for(limit), if !closing => {
+                    tracing::debug!(%peer, "idle for the header timeout; closing");
+                }
+                () = self.activity.evicted(), if !closing => {
+                    tracing::debug!(%peer, "closing to make room at the connection limit");
+                }
+            }
+            connection.as_mut().graceful_shutdown();
+            closing = true;
+        }
+    }
+}
+
+/// Whether a connection has requests in flight; while it has none, it is
+/// registered as idle, where [`ConnectionTracker::close_oldest`] can pick it
+/// to make room for a newcomer.
+struct Activity {
+    state: Mutex<ActivityState>,
+    idle: ConnectionTracker,
+    evict: CancellationToken,
+    changed: Notify,
+}
+
+struct ActivityState {
+    in_flight: usize,
+    idle_since: Option<Registration>,
+}
+
+impl Activity {
+    /// A connection that has not started a request yet: idle.
+    fn new(idle: ConnectionTracker) -> Arc<Self> {
+        let evict = CancellationToken::new();
+        let registration = idle.register_as(&evict);
+        Arc::new(Self {
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                idle_since: Some(registration),
+            }),
+            idle,
+            evict,
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A request starts; it ends when the guard is dropped.
+    fn begin(self: &Arc<Self>) -> Busy {
+        let mut state = self.lock();
+        state.in_flight += 1;
+        state.idle_since = None; // no longer idle: leaves the idle tracker
+        drop(state);
+        self.changed.notify_waiters();
+        Busy(Arc::clone(self))
+    }
+
+    fn end(&self) {
+        let mut state = self.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if state.in_flight == 0 {
+            state.idle_since = Some(self.idle.register_as(&self.evict));
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// Completes once the connection has had no request in flight for
+    /// `limit` without a break.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.lock().in_flight == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(limit) => return,
+                    () = &mut changed => {}
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+
+    /// Completes when this connection was picked to make room.
+    async fn evicted(&self) {
+        self.evict.cancelled().await;
+    }
+}
+
+/// A request in flight on a connection.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 /// Logs why a connection ended with an error. A request the HTTP parser
@@ -169,15 +337,4 @@ fn log_connection_error(peer: SocketAddr, error: &(dyn std::error::Error + 'stat
     } else {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
-}
-
-/// Waits for a free connection slot, then for a connection. `None` only if
-/// the semaphore was closed, which never happens.
-async fn accept_within(
-    listener: &TcpListener,
-    slots: &Arc<Semaphore>,
-) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
-    let slot = Arc::clone(slots).acquire_owned().await.ok()?;
-    let (tcp, peer) = common::listener::accept(listener).await;
-    Some((slot, tcp, peer))
 }

@@ -221,3 +221,88 @@ async fn refused_and_unknown_requests_reach_the_log() -> SetupResult<()> {
     );
     Ok(())
 }
+
+/// An h2c client that opens a connection (preface, SETTINGS), sends no
+/// request, and answers every PING: the cheapest way to hold a connection
+/// slot. Resolves to true when the server closes the connection, false if
+/// it is still open after [`HANG`].
+async fn idle_h2c_client(addr: SocketAddr) -> SetupResult<tokio::task::JoinHandle<bool>> {
+    use testkit::wire::{self, Frame, flag, kind};
+    let mut tcp = TcpStream::connect(addr).await?;
+    let settings = Frame {
+        kind: kind::SETTINGS,
+        flags: 0,
+        stream: 0,
+        payload: Vec::new(),
+    };
+    let mut hello = wire::PREFACE.to_vec();
+    hello.extend(settings.encode());
+    tcp.write_all(&hello).await?;
+    Ok(tokio::spawn(async move {
+        let serve = async {
+            loop {
+                match wire::read_frame(&mut tcp).await {
+                    Ok(Some(frame)) if frame.kind == kind::PING && frame.flags & flag::ACK == 0 => {
+                        let pong = Frame {
+                            flags: flag::ACK,
+                            ..frame
+                        };
+                        if tcp.write_all(&pong.encode()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(frame))
+                        if frame.kind == kind::SETTINGS && frame.flags & flag::ACK == 0 =>
+                    {
+                        let ack = Frame {
+                            kind: kind::SETTINGS,
+                            flags: flag::ACK,
+                            stream: 0,
+                            payload: Vec::new(),
+                        };
+                        if tcp.write_all(&ack.encode()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        };
+        tokio::time::timeout(HANG, serve).await.is_ok()
+    }))
+}
+
+#[tokio::test]
+async fn an_idle_h2c_connection_answering_pings_is_closed_after_the_header_timeout()
+-> SetupResult<()> {
+    let (_pki, _discount, catalog) = system_with(&["--header-read-timeout", "300ms"]).await?;
+    let idle = idle_h2c_client(catalog.addr).await?;
+    let started = Instant::now();
+    assert!(idle.await?, "still open after {HANG:?}");
+    eprintln!("idle h2c connection closed after {:?}", started.elapsed());
+    assert_healthy(&catalog).await
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_the_oldest_idle_connection_makes_room() -> SetupResult<()> {
+    let (_pki, _discount, catalog) =
+        system_with(&["--max-connections", "4", "--header-read-timeout", "30s"]).await?;
+    // Four idle connections take every slot, and would keep them for 30 s.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(idle_h2c_client(catalog.addr).await?);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A newcomer is served, well before any of them times out.
+    let started = Instant::now();
+    let served = tokio::time::timeout(HANG, raw(catalog.addr, &get_products(b""))).await??;
+    assert_eq!(status_line(&served), "HTTP/1.1 200 OK");
+    eprintln!("newcomer served after {:?}", started.elapsed());
+    // The oldest idle connection was the one closed to make room.
+    assert!(
+        idle.remove(0).await?,
+        "the oldest idle connection is still open"
+    );
+    Ok(())
+}

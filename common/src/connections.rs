@@ -51,7 +51,14 @@ impl ConnectionTracker {
     /// [`Registration::closed`]; it counts as open until the registration
     /// (or what it wraps) is dropped.
     pub fn register(&self) -> Registration {
-        let token = CancellationToken::new();
+        self.register_as(&CancellationToken::new())
+    }
+
+    /// [`ConnectionTracker::register`] with a token of the caller's: for a
+    /// connection that joins and leaves this tracker as its state changes
+    /// (idle, busy) and must hear a close through the same token each time.
+    pub fn register_as(&self, token: &CancellationToken) -> Registration {
+        let token = token.clone();
         let mut registry = self.lock();
         let id = registry.next_id;
         registry.next_id += 1;
