@@ -4,15 +4,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::connections::{ConnectionTracker, Registration};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -238,16 +239,19 @@ impl Connection {
 /// Whether a connection has requests in flight; while it has none, it is
 /// registered as idle, where [`ConnectionTracker::close_oldest`] can pick it
 /// to make room for a newcomer.
+///
+/// Kept cheap per request: a request changes a counter, and the idle
+/// registration only when the connection goes from idle to busy or back;
+/// nothing wakes the connection's task. The idle timer instead wakes once
+/// per timeout period and looks.
 struct Activity {
-    state: Mutex<ActivityState>,
+    in_flight: AtomicUsize,
+    /// When the connection last became idle, as time since `epoch`.
+    idle_since: AtomicU64,
+    epoch: Instant,
+    idle_registration: Mutex<Option<Registration>>,
     idle: ConnectionTracker,
     evict: CancellationToken,
-    changed: Notify,
-}
-
-struct ActivityState {
-    in_flight: usize,
-    idle_since: Option<Registration>,
 }
 
 impl Activity {
@@ -256,55 +260,56 @@ impl Activity {
         let evict = CancellationToken::new();
         let registration = idle.register_as(&evict);
         Arc::new(Self {
-            state: Mutex::new(ActivityState {
-                in_flight: 0,
-                idle_since: Some(registration),
-            }),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            idle_registration: Mutex::new(Some(registration)),
             idle,
             evict,
-            changed: Notify::new(),
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A request starts; it ends when the guard is dropped.
     fn begin(self: &Arc<Self>) -> Busy {
-        let mut state = self.lock();
-        state.in_flight += 1;
-        state.idle_since = None; // no longer idle: leaves the idle tracker
-        drop(state);
-        self.changed.notify_waiters();
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            // No longer idle: leaves the idle tracker.
+            *self.registration() = None;
+        }
         Busy(Arc::clone(self))
     }
 
     fn end(&self) {
-        let mut state = self.lock();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        if state.in_flight == 0 {
-            state.idle_since = Some(self.idle.register_as(&self.evict));
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.idle_since.store(since, Ordering::Release);
+            let mut registration = self.registration();
+            // A request that began meanwhile keeps it busy.
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                *registration = Some(self.idle.register_as(&self.evict));
+            }
         }
-        drop(state);
-        self.changed.notify_waiters();
+    }
+
+    fn registration(&self) -> std::sync::MutexGuard<'_, Option<Registration>> {
+        self.idle_registration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Completes once the connection has had no request in flight for
     /// `limit` without a break.
     async fn idle_for(&self, limit: Duration) {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.lock().in_flight == 0 {
-                tokio::select! {
-                    () = tokio::time::sleep(limit) => return,
-                    () = &mut changed => {}
-                }
-            } else {
-                changed.await;
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit).await;
+                continue;
             }
+            let since = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+            let deadline = self.epoch + since + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
         }
     }
 
