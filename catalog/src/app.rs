@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::discount::{DiscountClient, DiscountSettings};
+use crate::discount::DiscountClient;
 use crate::error::StartupError;
 use crate::routes::AppState;
-use crate::server::{self, ServeOptions};
+use crate::server;
 
 /// A catalog with its client of discount prepared (not yet connected) and
 /// its port bound, ready to serve.
@@ -19,8 +19,6 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     client: DiscountClient,
-    discount: DiscountSettings,
-    options: ServeOptions,
     config: Config,
     open_files: Option<u64>,
 }
@@ -34,8 +32,7 @@ impl Application {
     pub fn build(config: &Config) -> Result<Self, StartupError> {
         common::crypto::install_default_provider();
         let open_files = common::limits::raise_open_files_limit();
-        let discount = config.discount();
-        let client = DiscountClient::connect_lazy(&discount)?;
+        let client = DiscountClient::connect_lazy(&config.discount())?;
         let listener = common::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
         // The bound address, not the configured one: with port 0 only this
         // says where the service really is.
@@ -44,8 +41,6 @@ impl Application {
             listener,
             addr,
             client,
-            discount,
-            options: config.serve_options(),
             config: config.clone(),
             open_files,
         })
@@ -69,11 +64,10 @@ impl Application {
             listener,
             addr,
             client,
-            discount,
-            options,
             config,
             open_files,
         } = self;
+        let (discount, options) = (config.discount(), config.serve_options());
         if config.discount_plaintext {
             tracing::warn!(
                 "talking to discount in PLAINTEXT: no TLS, no authentication; only behind a service mesh that secures connections"

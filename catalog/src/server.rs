@@ -132,25 +132,21 @@ async fn serve(
             () = &mut signal => break,
             accepted = common::listener::accept(&listener) => accepted,
         };
-        let slot = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                // Make room as nginx does: a client waiting for its first
-                // answer counts for more than one idling between requests.
-                if idle.close_oldest() {
-                    tracing::debug!(%peer, "at the connection limit; closing the oldest idle connection");
-                } else {
-                    tracing::debug!(%peer, "at the connection limit with every connection busy; waiting");
-                }
-                let acquired = tokio::select! {
-                    () = &mut signal => break,
-                    slot = Arc::clone(&slots).acquire_owned() => slot,
-                };
-                match acquired {
-                    Ok(slot) => slot,
-                    Err(_) => break, // never closed
-                }
+        // At the limit, make room as nginx does: a client waiting for its
+        // first answer counts for more than one idling between requests.
+        let made_room = |closed: bool| {
+            if closed {
+                tracing::debug!(%peer, "at the connection limit; closed the oldest idle connection");
+            } else {
+                tracing::debug!(%peer, "at the connection limit with every connection busy; waiting");
             }
+        };
+        let slot = tokio::select! {
+            () = &mut signal => break,
+            slot = idle.place_under(&slots, made_room) => slot,
+        };
+        let Some(slot) = slot else {
+            break; // never closed
         };
         let registration = connections.register().holding(slot);
         let connection = Connection {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The set of open connections of one server, oldest first.
@@ -73,8 +73,26 @@ impl ConnectionTracker {
         }
     }
 
+    /// A place under a connection limit of `slots`. When none is free, the
+    /// oldest connection of this tracker (the ones a newcomer may displace:
+    /// idle, or still in its handshake) is closed to make room, `closed`
+    /// is told whether there was one (for the log), and the place is
+    /// awaited. `None` only if `slots` was closed.
+    pub async fn place_under(
+        &self,
+        slots: &Arc<Semaphore>,
+        closed: impl FnOnce(bool),
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+            return Some(slot);
+        }
+        closed(self.close_oldest());
+        Arc::clone(slots).acquire_owned().await.ok()
+    }
+
     /// How many tracked connections are open.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.lock().open.len()
     }
 

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::error::StartupError;
-use crate::server::{self, ServerOptions};
+use crate::server;
 use crate::service::DiscountService;
 use crate::tls::{ClientAuth, TlsReloader, Transport};
 
@@ -21,7 +21,6 @@ pub struct Application<S = DiscountService> {
     listener: TcpListener,
     addr: SocketAddr,
     tls: Option<Arc<TlsReloader>>,
-    options: ServerOptions,
     service: S,
     config: Config,
     open_files: Option<u64>,
@@ -60,7 +59,6 @@ impl<S: Discount> Application<S> {
             listener,
             addr,
             tls,
-            options: config.server_options(),
             service,
             config: config.clone(),
             open_files,
@@ -91,11 +89,11 @@ impl<S: Discount> Application<S> {
             listener,
             addr,
             tls,
-            options,
             service,
             config,
             open_files,
         } = self;
+        let options = config.server_options();
         let (transport, reload_on_sighup) = match tls {
             Some(tls) => {
                 let transport = Transport::Tls(tls.subscribe());

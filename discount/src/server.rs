@@ -224,27 +224,23 @@ where
                 () = ready.closed() => break,
                 accepted = common::listener::accept(&listener) => accepted,
             };
-            let slot = match Arc::clone(&slots).try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => {
-                    if handshaking.close_oldest() {
-                        tracing::debug!(%peer, "at the connection limit; closed the oldest unfinished handshake");
-                    } else {
-                        tracing::warn!(
-                            %peer,
-                            max_connections,
-                            "at the connection limit with every connection past its handshake; the next client waits"
-                        );
-                    }
-                    let acquired = tokio::select! {
-                        () = ready.closed() => break,
-                        slot = Arc::clone(&slots).acquire_owned() => slot,
-                    };
-                    match acquired {
-                        Ok(slot) => slot,
-                        Err(_) => break, // never closed
-                    }
+            let made_room = |closed: bool| {
+                if closed {
+                    tracing::debug!(%peer, "at the connection limit; closed the oldest unfinished handshake");
+                } else {
+                    tracing::warn!(
+                        %peer,
+                        max_connections,
+                        "at the connection limit with every connection past its handshake; the next client waits"
+                    );
                 }
+            };
+            let slot = tokio::select! {
+                () = ready.closed() => break,
+                slot = handshaking.place_under(&slots, made_room) => slot,
+            };
+            let Some(slot) = slot else {
+                break; // never closed
             };
             let registration = connections.register().holding(slot);
             let handshake = handshaking.register();

@@ -105,8 +105,6 @@ async fn silent_clients_past_the_limit_cannot_keep_a_real_client_out() -> SetupR
         during <= before + 32 + 4,
         "{before} -> {during} descriptors"
     );
-    // Far below the 60 s a silent client could otherwise hold its place.
-    assert!(good_client < HANG, "served after {good_client:?}");
     drop(clients);
     assert!(discount.terminate().await?.success());
     Ok(())

@@ -197,11 +197,9 @@ async fn a_client_that_never_answers_pings_is_disconnected() -> SetupResult<()> 
     .await?;
     // Opens the connection, then reads and never answers.
     let (reader, _writer, _) = open(server.addr(), &pki).await?;
-    let started = Instant::now();
     let seen = watch(reader).await;
     assert!(seen.closed, "still open after {HANG:?}: {seen:?}");
     assert!(seen.pings > 0, "closed without a ping: {seen:?}");
-    assert!(started.elapsed() < HANG);
     Ok(())
 }
 

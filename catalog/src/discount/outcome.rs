@@ -77,17 +77,12 @@ impl CallError {
     pub fn reason(&self) -> String {
         match self {
             Self::Deadline(_) => "no answer from discount in time".to_owned(),
-            Self::Status(_) | Self::BackingOff(_) if self.is_unreachable_or_waiting() => {
-                "discount is unreachable".to_owned()
-            }
-            Self::Status(_) | Self::BackingOff(_) => "discount answered with an error".to_owned(),
+            Self::BackingOff(_) => "discount is unreachable".to_owned(),
+            Self::Status(_) if self.is_unreachable() => "discount is unreachable".to_owned(),
+            Self::Status(_) => "discount answered with an error".to_owned(),
             Self::Invalid(_) => "discount sent an unusable answer".to_owned(),
             Self::NotServing(status) => format!("discount reports its health as {status}"),
         }
-    }
-
-    fn is_unreachable_or_waiting(&self) -> bool {
-        matches!(self, Self::BackingOff(_)) || self.is_unreachable()
     }
 
     /// Whether discount could not be reached (connection refused, TLS
