@@ -106,6 +106,14 @@ pub struct Config {
     #[arg(long, env = "DISCOUNT_MAX_CALL_DURATION", default_value = "10s", value_parser = common::flags::duration)]
     pub max_call_duration: Duration,
 
+    /// How long a connection may live: past it, discount asks the client to
+    /// move to a new one (HTTP/2 GOAWAY; calls in flight finish, within
+    /// `--max-call-duration`), so that long-lived clients re-resolve and
+    /// spread over replicas added since they connected, as grpc-go's
+    /// MaxConnectionAge does.
+    #[arg(long, env = "DISCOUNT_MAX_CONNECTION_AGE", default_value = "5m", value_parser = common::flags::duration)]
+    pub max_connection_age: Duration,
+
     /// How often a connection is pinged (HTTP/2 PING), to find clients that
     /// vanished without closing it.
     #[arg(long, env = "DISCOUNT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = common::flags::duration)]
@@ -114,6 +122,18 @@ pub struct Config {
     /// How long a PING may go unanswered before the connection is closed.
     #[arg(long, env = "DISCOUNT_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = common::flags::duration)]
     pub http2_keepalive_timeout: Duration,
+
+    /// How many calls a client may open and cancel (RST_STREAM) before the
+    /// server has picked them up, on one connection, before it is closed
+    /// with GOAWAY ENHANCE_YOUR_CALM (the "rapid reset" guard). h2's
+    /// default of 20 is too low for an honest client: when discount stalls
+    /// for longer than the callers' deadline, every call they cancel
+    /// arrives at once when it wakes up, and the guard used to tear down
+    /// the catalog's shared connection and the healthy calls on it. The
+    /// default covers a one-second stall with all 256 streams busy and the
+    /// catalog's default deadline of 300 ms (about 850 cancelled calls).
+    #[arg(long, env = "DISCOUNT_MAX_PENDING_RESETS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(20..=100_000))]
+    pub max_pending_resets: u32,
 
     /// The largest header list (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE, in
     /// bytes) a call may send. gRPC metadata here is a few hundred bytes.
@@ -159,8 +179,10 @@ impl Config {
             http2: Http2Limits {
                 max_concurrent_streams: self.max_concurrent_streams,
                 max_call_duration: self.max_call_duration,
+                max_connection_age: self.max_connection_age,
                 keepalive_interval: self.http2_keepalive_interval,
                 keepalive_timeout: self.http2_keepalive_timeout,
+                max_pending_resets: usize::try_from(self.max_pending_resets).unwrap_or(usize::MAX),
                 max_header_list_size: self.max_header_list_size,
                 stream_window: self.stream_window,
                 connection_window: self.connection_window,

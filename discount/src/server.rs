@@ -66,10 +66,14 @@ pub struct Http2Limits {
     pub max_concurrent_streams: u32,
     /// The ceiling on a call's `grpc-timeout`.
     pub max_call_duration: Duration,
+    /// When a connection is asked to close (GOAWAY).
+    pub max_connection_age: Duration,
     /// How often an idle connection is pinged.
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered.
     pub keepalive_timeout: Duration,
+    /// Streams the client may reset before the server accepts them.
+    pub max_pending_resets: usize,
     /// SETTINGS_MAX_HEADER_LIST_SIZE.
     pub max_header_list_size: u32,
     /// SETTINGS_INITIAL_WINDOW_SIZE.
@@ -138,6 +142,10 @@ pub async fn serve<S: Discount>(
         // tonic ends a call at the smaller of this and the client's
         // grpc-timeout.
         .timeout(limits.max_call_duration)
+        // Not max_connection_age_grace: in tonic 0.14 setting it replaces
+        // the GOAWAY at the age with a hard close at age + grace, failing
+        // the calls in flight. Calls end within max_call_duration anyway.
+        .max_connection_age(limits.max_connection_age)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .http2_max_header_list_size(limits.max_header_list_size)
@@ -147,6 +155,7 @@ pub async fn serve<S: Discount>(
         // limit" on streams the server itself resets for protocol errors
         // (RUSTSEC-2024-0003); a client provoking them gets a GOAWAY.
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_resets))
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -1,22 +1,28 @@
-//! Stand-ins on the network path: a forwarder that counts connections, and
-//! a peer that accepts and never answers.
+//! Stand-ins on the network path: a forwarder that counts connections and
+//! can stall, and a peer that accepts and never answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::SetupResult;
 
 /// A TCP forwarder on `127.0.0.1` that counts the connections made through
 /// it: put it between catalog and discount to see how many connections the
-/// catalog opens. TLS passes through untouched.
+/// catalog opens. TLS passes through untouched. [`CountingProxy::stall`]
+/// holds every byte in both directions for a while, as a discount stopped
+/// by the scheduler (or SIGSTOP) would.
 #[derive(Debug)]
 pub struct CountingProxy {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    stalled: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -30,12 +36,19 @@ impl CountingProxy {
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&connections);
+        let (stalled, stall) = watch::channel(false);
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                let stall = stall.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        let (from_client, to_client) = inbound.into_split();
+                        let (from_server, to_server) = outbound.into_split();
+                        tokio::join!(
+                            forward(from_client, to_server, stall.clone()),
+                            forward(from_server, to_client, stall),
+                        );
                     }
                 });
             }
@@ -43,8 +56,17 @@ impl CountingProxy {
         Ok(Self {
             addr,
             connections,
+            stalled,
             task,
         })
+    }
+
+    /// Holds everything in both directions for `period`, then lets it
+    /// through at once.
+    pub async fn stall(&self, period: Duration) {
+        self.stalled.send_replace(true);
+        tokio::time::sleep(period).await;
+        self.stalled.send_replace(false);
     }
 
     /// Where to connect.
@@ -56,6 +78,25 @@ impl CountingProxy {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// Copies `from` to `to`, holding each chunk while `stall` is true; ends
+/// when either side closes, and closes `to` for writing.
+async fn forward(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut stall: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0; 64 * 1024];
+    while let Ok(read @ 1..) = from.read(&mut buffer).await {
+        if stall.wait_for(|stalled| !stalled).await.is_err() {
+            break;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for CountingProxy {

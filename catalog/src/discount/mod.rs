@@ -178,9 +178,12 @@ impl DiscountClient {
         let message = HealthCheckRequest {
             service: HEALTH_SERVICE.to_owned(),
         };
-        let mut health = HealthClient::new(self.channel());
+        let health = HealthClient::new(self.channel());
         let answer = self
-            .within_deadline(message, |request| health.check(request))
+            .within_deadline(message, |request| {
+                let mut health = health.clone();
+                async move { health.check(request).await }
+            })
             .await;
         outcome::note_reachability(&self.backoff, answer.as_ref().err());
         let answer = answer?;
@@ -195,21 +198,42 @@ impl DiscountClient {
     /// travels to discount as `grpc-timeout`, and is enforced here as well,
     /// so a discount that accepts the connection and then says nothing costs
     /// at most the deadline.
+    ///
+    /// A call that discount never processed (sent after its GOAWAY, or
+    /// refused with REFUSED_STREAM) is sent once more, on a new connection,
+    /// within what is left of the deadline: that is what a discount
+    /// retiring a connection (`--max-connection-age`, graceful shutdown)
+    /// looks like to the calls racing it. Both methods are pure reads, so a
+    /// second attempt is harmless even where the first was in fact served.
     async fn within_deadline<M, T, F>(
         &self,
         message: M,
-        call: impl FnOnce(tonic::Request<M>) -> F,
+        mut call: impl FnMut(tonic::Request<M>) -> F,
     ) -> Result<T, CallError>
     where
+        M: Clone,
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(self.deadline);
-        tokio::time::timeout(self.deadline, call(request))
+        let deadline = Instant::now() + self.deadline;
+        let mut attempt = |message: M| {
+            let mut request = tonic::Request::new(message);
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            call(request)
+        };
+        let attempts = async {
+            match attempt(message.clone()).await {
+                Err(status) if CallError::never_processed(&status) => {
+                    tracing::debug!(%status, "discount did not process the call; sending it again");
+                    attempt(message).await
+                }
+                answer => answer,
+            }
+        };
+        tokio::time::timeout_at(deadline.into(), attempts)
             .await
             .map_err(|_| CallError::Deadline(self.deadline))?
             .map(tonic::Response::into_inner)
-            .map_err(CallError::Status)
+            .map_err(|status| CallError::from_status(status, self.deadline))
     }
 
     /// One `ApplyDiscount` call for `customer`'s discount on `product`.
@@ -223,9 +247,12 @@ impl DiscountClient {
             customer: Some(customer.clone()),
             product: Some(product.clone()),
         };
-        let mut grpc = GrpcClient::new(channel);
+        let grpc = GrpcClient::new(channel);
         let response = self
-            .within_deadline(message, |request| grpc.apply_discount(request))
+            .within_deadline(message, |request| {
+                let mut grpc = grpc.clone();
+                async move { grpc.apply_discount(request).await }
+            })
             .await?;
         check_answer(product, response.product)
     }
@@ -243,9 +270,12 @@ impl DiscountClient {
             customer: Some(customer.clone()),
             products: products.to_vec(),
         };
-        let mut grpc = GrpcClient::new(channel);
+        let grpc = GrpcClient::new(channel);
         let priced = self
-            .within_deadline(message, |request| grpc.apply_discounts(request))
+            .within_deadline(message, |request| {
+                let mut grpc = grpc.clone();
+                async move { grpc.apply_discounts(request).await }
+            })
             .await?
             .products;
         if priced.len() != products.len() {

@@ -71,6 +71,38 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The error for a call that ended with `status`. tonic's channel
+    /// enforces the call's `grpc-timeout` itself, racing the client's own
+    /// timer: when it wins, the call fails with a transport error whose
+    /// cause is [`tonic::TimeoutExpired`]. That is the deadline passing,
+    /// not discount being unreachable, and must not start a backoff.
+    pub(crate) fn from_status(status: tonic::Status, deadline: Duration) -> Self {
+        if causes(&status).any(|cause| cause.is::<tonic::TimeoutExpired>()) {
+            Self::Deadline(deadline)
+        } else {
+            Self::Status(status)
+        }
+    }
+
+    /// Whether discount never started on the call that ended with
+    /// `status`, so it may be sent again: the stream was above the last
+    /// one a GOAWAY from discount let through (or opened after it),
+    /// discount refused it with REFUSED_STREAM (RFC 9113 §8.7), or the
+    /// connection closed while the call still waited in hyper's queue for
+    /// it ("operation was canceled: connection closed").
+    pub(crate) fn never_processed(status: &tonic::Status) -> bool {
+        causes(status).any(|cause| {
+            if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+                (h2.is_go_away() && h2.is_remote())
+                    || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+            } else {
+                cause
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_canceled)
+            }
+        })
+    }
+
     /// What a caller outside may be told: the kind of failure without the
     /// addresses, certificate details and library messages of the full
     /// text, which goes to the log.
@@ -95,15 +127,14 @@ impl CallError {
         let Self::Status(status) = self else {
             return false;
         };
-        let mut cause = status.source();
-        while let Some(error) = cause {
-            if error.is::<tonic::transport::Error>() {
-                return true;
-            }
-            cause = error.source();
-        }
-        status.code() == tonic::Code::Unavailable
+        causes(status).any(|cause| cause.is::<tonic::transport::Error>())
+            || status.code() == tonic::Code::Unavailable
     }
+}
+
+/// The causes of `status`, outermost first.
+fn causes(status: &tonic::Status) -> impl Iterator<Item = &(dyn Error + 'static)> {
+    std::iter::successors(status.source(), |&cause| cause.source())
 }
 
 impl fmt::Display for CallError {
@@ -332,6 +363,35 @@ mod tests {
         assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
         assert_eq!(text.matches("transport error").count(), 1, "{text}");
         assert!(text.ends_with("Connection refused"), "{text}");
+    }
+
+    #[test]
+    fn tonics_own_timeout_is_the_deadline_not_an_unreachable_discount() {
+        let expired = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        let error = CallError::from_status(expired, Duration::from_millis(300));
+        assert!(matches!(error, CallError::Deadline(_)), "{error:?}");
+        assert!(!error.is_unreachable());
+        let internal = CallError::from_status(tonic::Status::internal("no"), Duration::ZERO);
+        assert!(matches!(internal, CallError::Status(_)), "{internal:?}");
+    }
+
+    #[test]
+    fn only_calls_discount_never_started_are_sent_again() {
+        let status = |error: h2::Error| tonic::Status::from_error(Box::new(error));
+        assert!(CallError::never_processed(&status(
+            h2::Reason::REFUSED_STREAM.into()
+        )));
+        for reason in [h2::Reason::CANCEL, h2::Reason::INTERNAL_ERROR] {
+            assert!(!CallError::never_processed(&status(reason.into())));
+        }
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        assert!(!CallError::never_processed(&tonic::Status::from_error(
+            Box::new(refused)
+        )));
+        assert!(!CallError::never_processed(&tonic::Status::unavailable(
+            "down"
+        )));
     }
 
     #[test]
