@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -71,9 +71,11 @@ pub async fn run(
     let connections = ConnectionTracker::new();
     let app = router(state.clone(), options.request_timeout);
     let delay = options.shutdown_delay;
+    let (drain, draining) = watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         state.begin_shutdown();
+        drain.send_replace(true);
         if !delay.is_zero() {
             tracing::info!(
                 ?delay,
@@ -86,7 +88,7 @@ pub async fn run(
     let tracker = connections.clone();
     let finished =
         common::shutdown::with_drain_limit(shutdown, options.drain_timeout, move |signal| {
-            serve(listener, app, options, tracker, signal)
+            serve(listener, app, options, tracker, draining, signal)
         })
         .await;
     if finished.is_none() {
@@ -99,12 +101,15 @@ pub async fn run(
 }
 
 /// Accepts and serves connections until `signal`, then asks each to close
-/// when its requests are done and waits for them.
+/// when its requests are done and waits for them. From `draining` (the
+/// start of the shutdown delay) on, clients are asked to go: see
+/// [`Connection::serve`].
 async fn serve(
     listener: TcpListener,
     app: axum::Router,
     options: ServeOptions,
     connections: ConnectionTracker,
+    draining: watch::Receiver<bool>,
     signal: impl Future<Output = ()> + Unpin,
 ) {
     let mut http = auto::Builder::new(TokioExecutor::new());
@@ -153,6 +158,7 @@ async fn serve(
             http: Arc::clone(&http),
             app: app.clone(),
             activity: Activity::new(idle.clone()),
+            draining: draining.clone(),
             stopping: stopping.clone(),
             options,
             peer,
@@ -169,6 +175,7 @@ struct Connection {
     http: Arc<auto::Builder<TokioExecutor>>,
     app: axum::Router,
     activity: Arc<Activity>,
+    draining: watch::Receiver<bool>,
     stopping: watch::Receiver<bool>,
     options: ServeOptions,
     peer: SocketAddr,
@@ -179,6 +186,15 @@ impl Connection {
     /// closed gracefully (answers in flight are sent first; HTTP/2 gets a
     /// GOAWAY) because the server is stopping, because it has been idle for
     /// the header timeout, or because a newcomer needed its slot.
+    ///
+    /// Once the server is draining, clients are asked to leave in a way
+    /// that cannot cut off a request: an HTTP/2 client gets a GOAWAY at
+    /// once (it tells the client which streams were taken), an HTTP/1
+    /// client `Connection: close` on its next answer. Closing an idle
+    /// HTTP/1 connection instead would race a request the client may be
+    /// sending at that moment, which then meets a reset; that is left for
+    /// the end of the shutdown delay, to clients that sent nothing during
+    /// it.
     async fn serve(mut self, tcp: TcpStream, registration: Registration) {
         let peer = self.peer;
         // hyper-util first reads to tell HTTP/1 from HTTP/2, with no time
@@ -195,10 +211,23 @@ impl Connection {
             }
         }
         let (app, activity) = (self.app.clone(), Arc::clone(&self.activity));
+        let draining = self.draining.clone();
         let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let (app, busy) = (app.clone(), activity.begin());
+            let http1 = request.version() < http::Version::HTTP_2;
+            activity.saw_version(http1);
+            let draining = draining.clone();
             async move {
-                let response = app.oneshot(request).await;
+                let mut response = app.oneshot(request).await;
+                if let Ok(response) = &mut response
+                    && http1
+                    && *draining.borrow()
+                {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 drop(busy);
                 response
             }
@@ -209,7 +238,7 @@ impl Connection {
             .serve_connection(io, TowerToHyperService::new(service))
             .into_owned();
         tokio::pin!(connection);
-        let mut closing = false;
+        let (mut closing, mut drained) = (false, false);
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -217,6 +246,12 @@ impl Connection {
                         log_connection_error(peer, &*error);
                     }
                     return;
+                }
+                _ = self.draining.wait_for(|drain| *drain), if !closing && !drained => {
+                    drained = true;
+                    if self.activity.http1() {
+                        continue; // Connection: close on its next answer
+                    }
                 }
                 _ = self.stopping.wait_for(|stop| *stop), if !closing => {}
                 () = self.activity.idle_for(limit), if !closing => {
@@ -242,6 +277,8 @@ impl Connection {
 /// per timeout period and looks.
 struct Activity {
     in_flight: AtomicUsize,
+    /// Whether the requests so far were HTTP/1 (or there were none yet).
+    http1: AtomicBool,
     /// When the connection last became idle, as time since `epoch`.
     idle_since: AtomicU64,
     epoch: Instant,
@@ -257,6 +294,7 @@ impl Activity {
         let registration = idle.register_as(&evict);
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
+            http1: AtomicBool::new(true),
             idle_since: AtomicU64::new(0),
             epoch: Instant::now(),
             idle_registration: Mutex::new(Some(registration)),
@@ -272,6 +310,16 @@ impl Activity {
             *self.registration() = None;
         }
         Busy(Arc::clone(self))
+    }
+
+    /// Notes the HTTP version of a request: HTTP/1 or not.
+    fn saw_version(&self, http1: bool) {
+        self.http1.store(http1, Ordering::Relaxed);
+    }
+
+    /// Whether the connection speaks HTTP/1, as far as its requests tell.
+    fn http1(&self) -> bool {
+        self.http1.load(Ordering::Relaxed)
     }
 
     fn end(&self) {

@@ -229,14 +229,8 @@ async fn refused_and_unknown_requests_reach_the_log() -> SetupResult<()> {
 async fn idle_h2c_client(addr: SocketAddr) -> SetupResult<tokio::task::JoinHandle<bool>> {
     use testkit::wire::{self, Frame, flag, kind};
     let mut tcp = TcpStream::connect(addr).await?;
-    let settings = Frame {
-        kind: kind::SETTINGS,
-        flags: 0,
-        stream: 0,
-        payload: Vec::new(),
-    };
     let mut hello = wire::PREFACE.to_vec();
-    hello.extend(settings.encode());
+    hello.extend(wire::settings_frame(0).encode());
     tcp.write_all(&hello).await?;
     Ok(tokio::spawn(async move {
         let serve = async {
@@ -254,12 +248,7 @@ async fn idle_h2c_client(addr: SocketAddr) -> SetupResult<tokio::task::JoinHandl
                     Ok(Some(frame))
                         if frame.kind == kind::SETTINGS && frame.flags & flag::ACK == 0 =>
                     {
-                        let ack = Frame {
-                            kind: kind::SETTINGS,
-                            flags: flag::ACK,
-                            stream: 0,
-                            payload: Vec::new(),
-                        };
+                        let ack = wire::settings_frame(flag::ACK);
                         if tcp.write_all(&ack.encode()).await.is_err() {
                             return;
                         }

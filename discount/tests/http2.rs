@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use discount::DiscountService;
 use ecommerce_proto::pb::discount_client::DiscountClient;
-use testkit::wire::{self, Frame, flag, kind, setting};
+use testkit::wire::{self, Frame, flag, kind, setting, settings_frame};
 use testkit::{
     DiscountServer, HANG, Pki, Process, ScriptedDiscount, SetupResult, discount_request, product,
 };
@@ -51,15 +51,6 @@ async fn open(
         .write_all(&settings_frame(flag::ACK).encode())
         .await?;
     Ok((reader, writer, settings))
-}
-
-fn settings_frame(flags: u8) -> Frame {
-    Frame {
-        kind: kind::SETTINGS,
-        flags,
-        stream: 0,
-        payload: Vec::new(),
-    }
 }
 
 /// What the server sent until it closed the connection (or [`HANG`]).

@@ -49,6 +49,8 @@ pub mod flag {
     pub const ACK: u8 = 0x1;
     /// END_HEADERS, on HEADERS.
     pub const END_HEADERS: u8 = 0x4;
+    /// END_STREAM, on HEADERS and DATA.
+    pub const END_STREAM: u8 = 0x1;
 }
 
 /// One HTTP/2 frame.
@@ -98,6 +100,17 @@ impl Frame {
         };
         let code = self.payload.get(at..at + 4)?;
         Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]))
+    }
+}
+
+/// A SETTINGS frame with no settings: the client's opening one (`flags`
+/// 0) or the acknowledgement of the server's ([`flag::ACK`]).
+pub fn settings_frame(flags: u8) -> Frame {
+    Frame {
+        kind: kind::SETTINGS,
+        flags,
+        stream: 0,
+        payload: Vec::new(),
     }
 }
 
