@@ -105,6 +105,10 @@ pub async fn serve<S: Discount>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Every service gets the same message size limit: tonic's default of
+    // 4 MiB would let a client pin that much per stream on health or
+    // reflection by sending part of a message.
+    let health_service = health_service.max_decoding_message_size(MAX_MESSAGE_SIZE);
     health.set_serving::<DiscountServer<S>>().await;
     // Both reflection versions: grpcurl speaks v1, grpcio's reflection
     // client (and older tools) only v1alpha.
@@ -113,8 +117,12 @@ pub async fn serve<S: Discount>(
             .register_encoded_file_descriptor_set(ecommerce_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let (reflection_v1, reflection_v1alpha) =
-        (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(MAX_MESSAGE_SIZE);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(MAX_MESSAGE_SIZE);
 
     let delay = options.shutdown_delay;
     let shutdown = async move {

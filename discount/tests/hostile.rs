@@ -65,6 +65,51 @@ async fn a_message_over_the_size_limit_is_resource_exhausted() -> SetupResult<()
     assert_healthy(&server, &pki).await
 }
 
+#[tokio::test]
+async fn health_and_reflection_have_the_same_size_limit() -> SetupResult<()> {
+    // tonic's default for a service is 4 MiB a message: a client sending
+    // part of one on each of 256 streams would pin a gigabyte.
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
+    let huge = "x".repeat(MAX_MESSAGE_SIZE + 1);
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: huge.clone(),
+        })
+        .await
+        .err()
+        .ok_or("an oversized health check was accepted")?;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(huge)),
+    };
+    let outcome = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await;
+    // Reflection's handler reads the stream itself, and on the decoding
+    // error ends its answer without one; without the limit it listed the
+    // services.
+    let answer = match outcome {
+        Err(status) => Err(status),
+        Ok(response) => response.into_inner().message().await,
+    };
+    match answer {
+        Ok(None) => {}
+        Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        Ok(Some(_)) => return Err("an oversized reflection request was answered".into()),
+    }
+    assert_healthy(&server, &pki).await
+}
+
 /// Sends bytes as the request message, unchanged: for what no generated
 /// client would send.
 #[derive(Debug, Clone, Copy, Default)]
