@@ -101,6 +101,16 @@ pub struct Config {
     #[arg(long, env = "DISCOUNT_MAX_CONCURRENT_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_streams: u32,
 
+    /// The most calls in flight in the whole server, over all
+    /// connections; a call past it is answered RESOURCE_EXHAUSTED at once
+    /// rather than queued past its caller's deadline. Each call may hold a
+    /// message being received (up to 64 KiB), so this bounds that memory
+    /// (about 130 MiB at the default). A healthy call takes well under a
+    /// millisecond, so the catalog under full load has a few dozen in
+    /// flight.
+    #[arg(long, env = "DISCOUNT_MAX_CONCURRENT_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_calls: u32,
+
     /// The longest any call may run, whatever `grpc-timeout` the client asks
     /// for (or none); past it the call ends with CANCELLED "Timeout expired".
     #[arg(long, env = "DISCOUNT_MAX_CALL_DURATION", default_value = "10s", value_parser = common::flags::duration)]
@@ -174,6 +184,7 @@ impl Config {
         ServerOptions {
             handshake_timeout: self.tls_handshake_timeout,
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_concurrent_calls: usize::try_from(self.max_concurrent_calls).unwrap_or(usize::MAX),
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
             http2: Http2Limits {

@@ -6,6 +6,8 @@
 //!   client verification, reloading, the handshake.
 //! - [`server`] serves the service on accepted connections, with
 //!   `grpc.health.v1.Health` and server reflection beside it.
+//! - [`shed`] is the budget of calls in flight for the whole server, and
+//!   the RESOURCE_EXHAUSTED answer past it.
 //! - [`config`] turns the command line into typed settings.
 //! - [`app`] puts them together; `main.rs` and the tests both start the
 //!   service through [`Application`].
@@ -16,6 +18,7 @@ pub mod error;
 pub mod rule;
 pub mod server;
 pub mod service;
+pub mod shed;
 pub mod tls;
 
 pub use app::Application;

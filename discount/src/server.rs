@@ -23,6 +23,7 @@ use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
 use crate::error::StartupError;
+use crate::shed::CallBudget;
 use crate::tls::{self, Transport};
 
 /// Handshaken connections waiting for the gRPC server to pick them up.
@@ -46,6 +47,8 @@ pub struct ServerOptions {
     /// The most connections open at once, those in their handshake
     /// included.
     pub max_connections: usize,
+    /// The most calls in flight over all connections.
+    pub max_concurrent_calls: usize,
     /// After the shutdown signal: how long to keep serving while health
     /// says NOT_SERVING, so that load balancers and health-checking clients
     /// move away before connections are refused.
@@ -165,6 +168,7 @@ pub async fn serve<S: Discount>(
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .http2_max_pending_accept_reset_streams(Some(limits.max_pending_resets))
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
+        .layer(CallBudget::new(options.max_concurrent_calls))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -2,6 +2,8 @@
 //! answering the next good call, with a clear status or a refused handshake.
 //! Loopback only, bounded in count and time.
 
+use std::time::{Duration, Instant};
+
 use bytes::{Buf, BufMut};
 use discount::server::MAX_MESSAGE_SIZE;
 use ecommerce_proto::pb::DiscountValue;
@@ -245,5 +247,55 @@ async fn a_tls_client_that_only_speaks_http1_is_refused() -> SetupResult<()> {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
+    assert_healthy(&server, &pki).await
+}
+
+#[tokio::test]
+async fn calls_past_the_budget_are_refused_at_once_not_queued() -> SetupResult<()> {
+    use testkit::ScriptedDiscount;
+    // A discount whose calls take 1 s, with room for 8 at a time, gets 80
+    // at once: 8 are served, the others are told at once rather than
+    // waiting behind them past any caller's deadline.
+    let pki = Pki::generate()?;
+    let slow = ScriptedDiscount {
+        delay: Duration::from_secs(1),
+        ..ScriptedDiscount::default()
+    };
+    let server = DiscountServer::start_with(&pki, &["--max-concurrent-calls", "8"], slow).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
+    let started = Instant::now();
+    let calls = (0..80).map(|i| {
+        let mut client = DiscountClient::new(channel.clone());
+        async move {
+            let outcome = client
+                .apply_discount(discount_request(1, product(i, 1000)))
+                .await;
+            (outcome.map(|_| ()), started.elapsed())
+        }
+    });
+    let outcomes = tokio::time::timeout(HANG, futures_util::future::join_all(calls)).await?;
+    let served = outcomes
+        .iter()
+        .filter(|(outcome, _)| outcome.is_ok())
+        .count();
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter_map(|(outcome, took)| outcome.as_ref().err().map(|status| (status, took)))
+        .collect();
+    let slowest_refusal = refused.iter().map(|(_, took)| **took).max();
+    eprintln!(
+        "{served} served, {} refused, the slowest refusal after {slowest_refusal:?}",
+        refused.len()
+    );
+    assert_eq!(served, 8);
+    assert_eq!(refused.len(), 72);
+    for (status, took) in refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("--max-concurrent-calls"),
+            "{status:?}"
+        );
+        assert!(*took < Duration::from_secs(1), "queued for {took:?}");
+    }
     assert_healthy(&server, &pki).await
 }

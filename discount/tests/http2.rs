@@ -1,8 +1,9 @@
 //! discount against HTTP/2 clients that ignore the rules: the bounds it
-//! advertises, a flood of streams past them, pings left unanswered, and a
-//! call that asks for more time than the ceiling. Loopback only, bounded in
-//! count and time; the flood runs against the real binary so that its own
-//! peak memory can be read.
+//! advertises, a flood of streams past them, messages sent in part and
+//! answers never read, pings left unanswered, and a call that asks for more
+//! time than the ceiling. Loopback only, bounded in count and time; the
+//! floods run against the real binary so that its own peak memory can be
+//! read.
 
 use std::time::{Duration, Instant};
 
@@ -211,5 +212,110 @@ async fn a_call_cannot_ask_for_more_time_than_the_ceiling() -> SetupResult<()> {
         .ok_or("a stuck call answered")?;
     assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
     assert!(status.message().contains("Timeout expired"), "{status:?}");
+    Ok(())
+}
+
+/// A connection opened with the `h2` crate (which keeps to flow control,
+/// so the server's bounds and not a protocol error are what is tested),
+/// with `window` as its own receive window.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    window: u32,
+) -> SetupResult<h2::client::SendRequest<bytes::Bytes>> {
+    let tls = wire::h2_over_tls(addr, pki).await?;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tls)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The head of a gRPC call to ApplyDiscount.
+fn apply_discount() -> SetupResult<tonic::codegen::http::Request<()>> {
+    Ok(
+        tonic::codegen::http::Request::post("https://localhost/ecommerce.Discount/ApplyDiscount")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())?,
+    )
+}
+
+/// A gRPC message frame: the 5-byte prefix announcing `announced` bytes,
+/// then `payload`.
+fn grpc_frame(announced: usize, payload: &[u8]) -> SetupResult<bytes::Bytes> {
+    let mut frame = vec![0];
+    frame.extend(u32::try_from(announced)?.to_be_bytes());
+    frame.extend_from_slice(payload);
+    Ok(frame.into())
+}
+
+/// The calls one attacking connection holds open, with their answers.
+type Held = Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)>;
+
+#[tokio::test]
+async fn messages_sent_in_part_cannot_pin_memory_or_keep_real_calls_out() -> SetupResult<()> {
+    // 4 connections × 256 calls, each sending 60 KB of a 64 KiB message
+    // and never the rest. The calls may run for a minute, so nothing but
+    // the budget of calls in flight frees a place for the real client.
+    let pki = Pki::generate()?;
+    let discount = discount_process(
+        &pki,
+        &["--max-concurrent-calls", "64", "--max-call-duration", "60s"],
+    )
+    .await?;
+    let before = discount.peak_rss_mb()?;
+    let payload = vec![0_u8; 60_000];
+    let mut held: Vec<Held> = Vec::new();
+    for _ in 0..4 {
+        let mut client = h2_client(discount.addr(), &pki, 65_535).await?;
+        let mut calls = Held::new();
+        for _ in 0..256 {
+            client = client.ready().await?;
+            let (answer, mut body) = client.send_request(apply_discount()?, false)?;
+            body.send_data(
+                grpc_frame(discount::server::MAX_MESSAGE_SIZE, &payload)?,
+                false,
+            )?;
+            calls.push((answer, body));
+        }
+        held.push(calls);
+    }
+    // Let the bytes arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let channel = testkit::grpc_channel(discount.addr(), &pki).await?;
+    let value = testkit::discount_value(channel, 1, 1000).await?;
+    let good_client = started.elapsed();
+    assert_eq!(value.value_in_cents, 900);
+
+    let peak = discount.peak_rss_mb()?;
+    let mut exhausted = 0;
+    for (answer, _) in held.into_iter().flatten() {
+        if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_millis(10), answer).await {
+            let status = answer
+                .headers()
+                .get("grpc-status")
+                .map(|v| v.as_bytes().to_vec());
+            if status.as_deref() == Some(b"8".as_slice()) {
+                exhausted += 1;
+            }
+        }
+    }
+    eprintln!(
+        "partial messages: 1024 calls, {exhausted} answered RESOURCE_EXHAUSTED, peak RSS {before:.1} -> {peak:.1} MiB, good client {good_client:?}"
+    );
+    assert!(exhausted >= 1024 - 64, "only {exhausted} refused or ended");
+    // Unbounded, each call held its 60 KB (and the attack in the issue,
+    // 5,000 such streams, took discount to 360 MB).
+    assert!(
+        peak < before + 32.0,
+        "peak RSS {peak:.1} MiB after the flood (was {before:.1})"
+    );
+    assert!(discount.terminate().await?.success());
     Ok(())
 }
