@@ -249,12 +249,40 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
-/// Lets tonic see the peer address (and TLS details) of a tracked stream.
+/// Lets tonic see the peer address (and TLS details) of a tracked stream,
+/// and the handlers close its connection.
 impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Tracked<T> {
-    type ConnectInfo = T::ConnectInfo;
+    type ConnectInfo = TrackedInfo<T::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        TrackedInfo {
+            info: self.io.connect_info(),
+            closer: Closer(self.registration.token.clone()),
+        }
+    }
+}
+
+/// What tonic puts in each request's extensions for a tracked connection:
+/// what the stream inside says of itself (tonic's own `TcpConnectInfo` or
+/// `TlsConnectInfo`, which `Request::remote_addr` looks for, so move it
+/// out to its own extension), and the [`Closer`] of the connection.
+#[derive(Debug, Clone)]
+pub struct TrackedInfo<I> {
+    /// The stream's own connection details.
+    pub info: I,
+    /// Closes the connection.
+    pub closer: Closer,
+}
+
+/// Closes one tracked connection from outside, as its tracker would.
+#[derive(Debug, Clone)]
+pub struct Closer(CancellationToken);
+
+impl Closer {
+    /// Adds the connection to `tracker` too (for as long as the returned
+    /// registration lives), so that the tracker can pick it to close.
+    pub fn register_in(&self, tracker: &ConnectionTracker) -> Registration {
+        tracker.register_as(&self.0)
     }
 }
 

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::connections::{ConnectionTracker, Tracked};
+use common::connections::{ConnectionTracker, Tracked, TrackedInfo};
 use common::quiet::Quiet;
 use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
 use http_body::Frame;
@@ -19,8 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_health::ServingStatus;
-use tower::util::MapResponseLayer;
+use tower::util::{MapRequestLayer, MapResponseLayer};
 
 use crate::error::StartupError;
 use crate::shed::CallBudget;
@@ -167,6 +168,7 @@ pub async fn serve<S: Discount>(
         // (RUSTSEC-2024-0003); a client provoking them gets a GOAWAY.
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .http2_max_pending_accept_reset_streams(Some(limits.max_pending_resets))
+        .layer(MapRequestLayer::new(expose_peer))
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
         .layer(CallBudget::new(options.max_concurrent_calls))
         .add_service(health_service)
@@ -282,6 +284,27 @@ where
         }
     });
     ReceiverStream::new(incoming)
+}
+
+/// Moves what tonic was told about a call's connection ([`TrackedInfo`],
+/// from [`Tracked`]) apart: the stream's own details go where tonic's
+/// accessors (`Request::remote_addr`, the peer's certificates) look for
+/// them, and the connection's [`common::connections::Closer`] beside them,
+/// for [`CallBudget`].
+fn expose_peer(mut request: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
+    let extensions = request.extensions_mut();
+    if let Some(TrackedInfo { info, closer }) =
+        extensions.remove::<TrackedInfo<TlsConnectInfo<TcpConnectInfo>>>()
+    {
+        extensions.insert(info);
+        extensions.insert(closer);
+    } else if let Some(TrackedInfo { info, closer }) =
+        extensions.remove::<TrackedInfo<TcpConnectInfo>>()
+    {
+        extensions.insert(info);
+        extensions.insert(closer);
+    }
+    request
 }
 
 /// tonic answers a message over the size limit with OUT_OF_RANGE; the gRPC

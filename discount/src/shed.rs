@@ -8,16 +8,21 @@
 //! callers' deadlines, would grow memory and latency without limit.
 //!
 //! So the server as a whole takes at most `--max-concurrent-calls` at once.
-//! At the limit, a newcomer displaces the oldest call still waiting for its
-//! request message, as the catalog's connection limit displaces idle
-//! connections: an honest message arrives within microseconds of its call,
-//! so a call still receiving after all the others is the one holding a
-//! place for nothing, and a client that sends part of a message on every
-//! stream cannot keep real calls out. When every call has its message (the
-//! server is truly busy), the newcomer is answered RESOURCE_EXHAUSTED at
-//! once instead of queuing past its caller's deadline. A call holds its
-//! place until its answer has been sent, so a streaming call (reflection)
-//! counts for its whole life.
+//! A call holds its place until its answer has been sent, so a streaming
+//! call (reflection) counts for its whole life, and so does an answer the
+//! client does not read.
+//!
+//! At the limit, a newcomer displaces a call that is waiting on its client,
+//! as the catalog's connection limit displaces idle connections: an honest
+//! client sends its message and reads its answer within microseconds, so
+//! the call waiting longest is the one holding a place for nothing. First
+//! the oldest call still waiting for its request message, which is ended;
+//! then the oldest answer still unread, whose whole connection is closed
+//! (hyper gives no way to end one stream whose answer waits for flow
+//! control window). So a client that sends part of a message on every
+//! stream, or never reads, cannot keep real calls out. When every call is
+//! being worked on (the server is truly busy), the newcomer is answered
+//! RESOURCE_EXHAUSTED at once instead of queuing past its caller's deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use common::connections::{ConnectionTracker, Registration};
+use common::connections::{Closer, ConnectionTracker, Registration};
 use common::quiet::Quiet;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -44,6 +49,8 @@ pub struct CallBudget {
     places: Arc<Semaphore>,
     /// Calls still receiving their request, oldest first.
     receiving: ConnectionTracker,
+    /// The connections of answers not yet sent, oldest answer first.
+    sending: ConnectionTracker,
     limit: usize,
     quiet: Arc<Quiet>,
 }
@@ -54,19 +61,24 @@ impl CallBudget {
         Self {
             places: Arc::new(Semaphore::new(limit)),
             receiving: ConnectionTracker::new(),
+            sending: ConnectionTracker::new(),
             limit,
             quiet: Arc::new(Quiet::default()),
         }
     }
 
-    /// A place for a new call: a free one, or that of the oldest call still
-    /// receiving its request, which is ended for it. `None` when every call
-    /// in flight has its request.
+    /// A place for a new call: a free one, or that of a call waiting on its
+    /// client (see the module's documentation). `None` when every call in
+    /// flight is being worked on.
     async fn place(&self) -> Option<OwnedSemaphorePermit> {
         if let Ok(place) = Arc::clone(&self.places).try_acquire_owned() {
             return Some(place);
         }
-        if !self.receiving.close_oldest() {
+        if self.receiving.close_oldest() {
+            self.log("ending calls whose request had not arrived, to make room");
+        } else if self.sending.close_oldest() {
+            self.log("closing connections whose answers were not read, to make room");
+        } else {
             return None;
         }
         let displaced = Arc::clone(&self.places).acquire_owned();
@@ -144,6 +156,7 @@ where
                 )));
             };
             let displaced = CancellationToken::new();
+            let closer = request.extensions().get::<Closer>().cloned();
             let request = request.map(|body| {
                 tonic::body::Body::new(Receiving {
                     body,
@@ -153,18 +166,19 @@ where
             let response = tokio::select! {
                 response = inner.call(request) => response?,
                 () = displaced.cancelled() => {
-                    budget.log("ending calls whose request had not arrived, to make room");
                     return Ok(exhausted(format!(
                         "discount is at its limit of {} calls in flight (--max-concurrent-calls) and this call's request message had not arrived; it was ended to make room",
                         budget.limit
                     )));
                 }
             };
-            // The place is given back when the answer's body is done with
-            // (sent, or dropped with the connection).
+            // The place is given back, and the connection leaves the
+            // unread answers, when the answer's body is done with (sent,
+            // or dropped with the connection).
+            let unread = closer.map(|closer| closer.register_in(&budget.sending));
             Ok(response.map(|body| {
                 tonic::body::Body::new(body.map_frame(move |frame| {
-                    let _held = &place;
+                    let _held = (&place, &unread);
                     frame
                 }))
             }))

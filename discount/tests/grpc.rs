@@ -267,3 +267,51 @@ async fn a_flood_of_stalled_handshakes_is_logged_once_not_once_each() -> SetupRe
     assert_eq!(lines.len(), 1, "{lines:#?}");
     Ok(())
 }
+
+/// What a call could tell about its client: the peer's address, and
+/// whether it presented certificates.
+type Noted = (Option<std::net::SocketAddr>, bool);
+
+/// A discount that notes what each call can tell about its client.
+#[derive(Debug, Clone, Default)]
+struct PeerNoting(std::sync::Arc<std::sync::Mutex<Vec<Noted>>>);
+
+#[tonic::async_trait]
+impl ecommerce_proto::pb::discount_server::Discount for PeerNoting {
+    async fn apply_discount(
+        &self,
+        request: tonic::Request<DiscountRequest>,
+    ) -> Result<tonic::Response<ecommerce_proto::pb::DiscountResponse>, tonic::Status> {
+        let noted = (request.remote_addr(), request.peer_certs().is_some());
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push(noted);
+        }
+        DiscountService.apply_discount(request).await
+    }
+
+    async fn apply_discounts(
+        &self,
+        request: tonic::Request<DiscountsRequest>,
+    ) -> Result<tonic::Response<ecommerce_proto::pb::DiscountsResponse>, tonic::Status> {
+        DiscountService.apply_discounts(request).await
+    }
+}
+
+#[tokio::test]
+async fn a_call_can_tell_its_clients_address_and_certificate() -> SetupResult<()> {
+    // The connection tracker stands between tonic and the TLS stream; the
+    // details tonic's accessors need still reach the handler.
+    let pki = Pki::generate()?;
+    let noting = PeerNoting::default();
+    let server = DiscountServer::start_with(&pki, &[], noting.clone()).await?;
+    let mut client = client(&server, &pki).await?;
+    client
+        .apply_discount(discount_request(1, product(1, 1000)))
+        .await?;
+    let seen = noting.0.lock().map_err(|_| "poisoned")?.clone();
+    assert_eq!(seen.len(), 1);
+    let (addr, certified) = seen[0];
+    assert_eq!(addr.map(|a| a.ip()), Some([127, 0, 0, 1].into()));
+    assert!(certified, "the client's certificate is not visible");
+    Ok(())
+}

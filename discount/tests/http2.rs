@@ -319,3 +319,51 @@ async fn messages_sent_in_part_cannot_pin_memory_or_keep_real_calls_out() -> Set
     assert!(discount.terminate().await?.success());
     Ok(())
 }
+
+#[tokio::test]
+async fn answers_never_read_cannot_pin_memory_or_keep_real_calls_out() -> SetupResult<()> {
+    // 4 connections × 256 whole calls, from a client that gives the server
+    // no window to answer in (SETTINGS_INITIAL_WINDOW_SIZE 0) and never
+    // reads: every answer stays unsent.
+    let pki = Pki::generate()?;
+    let discount = discount_process(
+        &pki,
+        &["--max-concurrent-calls", "64", "--max-call-duration", "60s"],
+    )
+    .await?;
+    let before = discount.peak_rss_mb()?;
+    let message = {
+        use prost::Message;
+        discount_request(1, product(1, 1000)).encode_to_vec()
+    };
+    let mut held: Vec<Held> = Vec::new();
+    for _ in 0..4 {
+        let mut client = h2_client(discount.addr(), &pki, 0).await?;
+        let mut calls = Held::new();
+        for _ in 0..256 {
+            client = client.ready().await?;
+            let (answer, mut body) = client.send_request(apply_discount()?, false)?;
+            body.send_data(grpc_frame(message.len(), &message)?, true)?;
+            calls.push((answer, body));
+        }
+        held.push(calls);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let channel = testkit::grpc_channel(discount.addr(), &pki).await?;
+    let value = testkit::discount_value(channel, 1, 1000).await;
+    let good_client = started.elapsed();
+    let peak = discount.peak_rss_mb()?;
+    eprintln!(
+        "answers never read: 1024 calls, peak RSS {before:.1} -> {peak:.1} MiB, good client {good_client:?}: {value:?}"
+    );
+    assert_eq!(value?.value_in_cents, 900);
+    assert!(
+        peak < before + 32.0,
+        "peak RSS {peak:.1} MiB after the flood (was {before:.1})"
+    );
+    drop(held);
+    assert!(discount.terminate().await?.success());
+    Ok(())
+}
