@@ -4,10 +4,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use common::activity::Activity;
 use common::connections::{ConnectionTracker, Registration};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -157,7 +158,8 @@ async fn serve(
         let connection = Connection {
             http: Arc::clone(&http),
             app: app.clone(),
-            activity: Activity::new(idle.clone()),
+            activity: Activity::new(idle.clone(), CancellationToken::new()),
+            http1: Arc::new(AtomicBool::new(true)),
             draining: draining.clone(),
             stopping: stopping.clone(),
             options,
@@ -175,6 +177,8 @@ struct Connection {
     http: Arc<auto::Builder<TokioExecutor>>,
     app: axum::Router,
     activity: Arc<Activity>,
+    /// Whether its requests so far were HTTP/1 (or there were none yet).
+    http1: Arc<AtomicBool>,
     draining: watch::Receiver<bool>,
     stopping: watch::Receiver<bool>,
     options: ServeOptions,
@@ -211,11 +215,11 @@ impl Connection {
             }
         }
         let (app, activity) = (self.app.clone(), Arc::clone(&self.activity));
-        let draining = self.draining.clone();
+        let (draining, saw_http1) = (self.draining.clone(), Arc::clone(&self.http1));
         let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let (app, busy) = (app.clone(), activity.begin());
             let http1 = request.version() < http::Version::HTTP_2;
-            activity.saw_version(http1);
+            saw_http1.store(http1, Ordering::Relaxed);
             let draining = draining.clone();
             async move {
                 let mut response = app.oneshot(request).await;
@@ -249,7 +253,7 @@ impl Connection {
                 }
                 _ = self.draining.wait_for(|drain| *drain), if !closing && !drained => {
                     drained = true;
-                    if self.activity.http1() {
+                    if self.http1.load(Ordering::Relaxed) {
                         continue; // Connection: close on its next answer
                     }
                 }
@@ -264,111 +268,6 @@ impl Connection {
             connection.as_mut().graceful_shutdown();
             closing = true;
         }
-    }
-}
-
-/// Whether a connection has requests in flight; while it has none, it is
-/// registered as idle, where [`ConnectionTracker::close_oldest`] can pick it
-/// to make room for a newcomer.
-///
-/// Kept cheap per request: a request changes a counter, and the idle
-/// registration only when the connection goes from idle to busy or back;
-/// nothing wakes the connection's task. The idle timer instead wakes once
-/// per timeout period and looks.
-struct Activity {
-    in_flight: AtomicUsize,
-    /// Whether the requests so far were HTTP/1 (or there were none yet).
-    http1: AtomicBool,
-    /// When the connection last became idle, as time since `epoch`.
-    idle_since: AtomicU64,
-    epoch: Instant,
-    idle_registration: Mutex<Option<Registration>>,
-    idle: ConnectionTracker,
-    evict: CancellationToken,
-}
-
-impl Activity {
-    /// A connection that has not started a request yet: idle.
-    fn new(idle: ConnectionTracker) -> Arc<Self> {
-        let evict = CancellationToken::new();
-        let registration = idle.register_as(&evict);
-        Arc::new(Self {
-            in_flight: AtomicUsize::new(0),
-            http1: AtomicBool::new(true),
-            idle_since: AtomicU64::new(0),
-            epoch: Instant::now(),
-            idle_registration: Mutex::new(Some(registration)),
-            idle,
-            evict,
-        })
-    }
-
-    /// A request starts; it ends when the guard is dropped.
-    fn begin(self: &Arc<Self>) -> Busy {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            // No longer idle: leaves the idle tracker.
-            *self.registration() = None;
-        }
-        Busy(Arc::clone(self))
-    }
-
-    /// Notes the HTTP version of a request: HTTP/1 or not.
-    fn saw_version(&self, http1: bool) {
-        self.http1.store(http1, Ordering::Relaxed);
-    }
-
-    /// Whether the connection speaks HTTP/1, as far as its requests tell.
-    fn http1(&self) -> bool {
-        self.http1.load(Ordering::Relaxed)
-    }
-
-    fn end(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.idle_since.store(since, Ordering::Release);
-            let mut registration = self.registration();
-            // A request that began meanwhile keeps it busy.
-            if self.in_flight.load(Ordering::Acquire) == 0 {
-                *registration = Some(self.idle.register_as(&self.evict));
-            }
-        }
-    }
-
-    fn registration(&self) -> std::sync::MutexGuard<'_, Option<Registration>> {
-        self.idle_registration
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Completes once the connection has had no request in flight for
-    /// `limit` without a break.
-    async fn idle_for(&self, limit: Duration) {
-        loop {
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                tokio::time::sleep(limit).await;
-                continue;
-            }
-            let since = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
-            let deadline = self.epoch + since + limit;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
-
-    /// Completes when this connection was picked to make room.
-    async fn evicted(&self) {
-        self.evict.cancelled().await;
-    }
-}
-
-/// A request in flight on a connection.
-struct Busy(Arc<Activity>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.end();
     }
 }
 

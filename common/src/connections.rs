@@ -28,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::activity::Activity;
+
 /// The set of open connections of one server, oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionTracker {
@@ -83,11 +85,7 @@ impl ConnectionTracker {
         slots: &Arc<Semaphore>,
         closed: impl FnOnce(bool),
     ) -> Option<OwnedSemaphorePermit> {
-        if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
-            return Some(slot);
-        }
-        closed(self.close_oldest());
-        Arc::clone(slots).acquire_owned().await.ok()
+        place_under(slots, &[self], closed).await
     }
 
     /// How many tracked connections are open.
@@ -125,6 +123,21 @@ impl ConnectionTracker {
     }
 }
 
+/// [`ConnectionTracker::place_under`] with several kinds of connection a
+/// newcomer may displace, in order: the oldest of the first tracker that
+/// has one is closed.
+pub async fn place_under(
+    slots: &Arc<Semaphore>,
+    displaceable: &[&ConnectionTracker],
+    closed: impl FnOnce(bool),
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+        return Some(slot);
+    }
+    closed(displaceable.iter().any(|tracker| tracker.close_oldest()));
+    Arc::clone(slots).acquire_owned().await.ok()
+}
+
 /// A connection being tracked; dropping it (or what it wraps) ends that.
 #[derive(Debug)]
 pub struct Registration {
@@ -144,6 +157,15 @@ impl Registration {
         self
     }
 
+    /// Stops tracking the connection; returns whether the tracker had
+    /// closed it first. After this the tracker can no longer pick it, so a
+    /// `false` here means it never will.
+    pub fn leave(self) -> bool {
+        let token = self.token.clone();
+        drop(self);
+        token.is_cancelled()
+    }
+
     /// Completes when the tracker closes this connection.
     pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
         self.token.clone().cancelled_owned()
@@ -155,7 +177,20 @@ impl Registration {
         Tracked {
             io,
             closing: Box::pin(self.token.clone().cancelled_owned()),
+            activity: None,
             registration: self,
+        }
+    }
+
+    /// [`Registration::wrap`], and the connection is also in `idle` while
+    /// it has no request in flight, where closing it there closes it. The
+    /// requests are counted by whoever holds its [`Activity`] (which
+    /// [`TrackedInfo`] hands to tonic).
+    pub fn wrap_watched<T>(self, io: T, idle: &ConnectionTracker) -> Tracked<T> {
+        let activity = Activity::new(idle.clone(), self.token.clone());
+        Tracked {
+            activity: Some(activity),
+            ..self.wrap(io)
         }
     }
 }
@@ -181,6 +216,7 @@ impl Drop for Guard {
 pub struct Tracked<T> {
     io: T,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
+    activity: Option<Arc<Activity>>,
     registration: Registration,
 }
 
@@ -258,6 +294,7 @@ impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
         TrackedInfo {
             info: self.io.connect_info(),
             closer: Closer(self.registration.token.clone()),
+            activity: self.activity.clone(),
         }
     }
 }
@@ -272,6 +309,9 @@ pub struct TrackedInfo<I> {
     pub info: I,
     /// Closes the connection.
     pub closer: Closer,
+    /// Counts its requests, if it is watched
+    /// ([`Registration::wrap_watched`]).
+    pub activity: Option<Arc<Activity>>,
 }
 
 /// Closes one tracked connection from outside, as its tracker would.
@@ -328,6 +368,17 @@ mod tests {
         assert_eq!(write.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
         assert_eq!(tracker.open(), 0);
         drop(client);
+    }
+
+    #[test]
+    fn leaving_tells_whether_the_tracker_closed_it_first_and_it_cannot_after() {
+        let tracker = ConnectionTracker::new();
+        let picked = tracker.register();
+        assert!(tracker.close_oldest());
+        assert!(picked.leave(), "closed before it left");
+        let left = tracker.register();
+        assert!(!left.leave());
+        assert!(!tracker.close_oldest(), "a connection that left was picked");
     }
 
     #[tokio::test]

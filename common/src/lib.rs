@@ -1,11 +1,12 @@
 //! What the two services share: reading PEM files with errors a person can
 //! act on, the certificate doctor, the crypto provider, binding and
-//! accepting, tracking connections, reloading on SIGHUP, telemetry set-up,
+//! accepting, tracking connections and whether they are idle, reloading on SIGHUP, telemetry set-up,
 //! and the shutdown signal with a bounded drain.
 //!
 //! Kept deliberately small: anything specific to one service, and each
 //! side's TLS configuration, lives in that service's crate.
 
+pub mod activity;
 pub mod connections;
 pub mod crypto;
 pub mod doctor;

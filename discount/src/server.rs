@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::connections::{ConnectionTracker, Tracked, TrackedInfo};
+use common::connections::{ConnectionTracker, Tracked, TrackedInfo, place_under};
 use common::quiet::Quiet;
 use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
 use http_body::Frame;
@@ -221,9 +221,11 @@ pub async fn serve<S: Discount>(
 ///
 /// At most `max_connections` are open at once, those still in their
 /// handshake included. At the limit, the oldest connection still in its
-/// handshake is closed to make room, so a flood of clients that connect and
-/// say nothing cannot keep a real client out; when every connection is
-/// past its handshake, the next client waits in the kernel's queue.
+/// handshake is closed to make room, or else the oldest with no call in
+/// flight, so a flood of clients that connect and say nothing (with a
+/// valid certificate or without) cannot keep a real client out; when
+/// every connection has a call in flight, the next client waits in the
+/// kernel's queue.
 ///
 /// The accept loop stops when the returned stream is dropped, which is what
 /// tonic does when it shuts down.
@@ -241,6 +243,8 @@ where
     let (ready, incoming) = mpsc::channel(READY_QUEUE);
     let slots = Arc::new(Semaphore::new(max_connections));
     let handshaking = ConnectionTracker::new();
+    // Connections past their handshake with no call in flight.
+    let idle = ConnectionTracker::new();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -249,18 +253,19 @@ where
             };
             let made_room = |closed: bool| {
                 if closed {
-                    tracing::debug!(%peer, "at the connection limit; closed the oldest unfinished handshake");
+                    tracing::debug!(%peer, "at the connection limit; closed the oldest unfinished handshake or idle connection");
                 } else {
                     tracing::warn!(
                         %peer,
                         max_connections,
-                        "at the connection limit with every connection past its handshake; the next client waits"
+                        "at the connection limit with a call in flight on every connection; the next client waits"
                     );
                 }
             };
+            let displaceable = [&handshaking, &idle];
             let slot = tokio::select! {
                 () = ready.closed() => break,
-                slot = handshaking.place_under(&slots, made_room) => slot,
+                slot = place_under(&slots, &displaceable, made_room) => slot,
             };
             let Some(slot) = slot else {
                 break; // never closed
@@ -269,16 +274,20 @@ where
             let handshake = handshaking.register();
             let evicted = handshake.closed();
             let upgraded = upgrade(tcp, peer);
-            let ready = ready.clone();
+            let (ready, idle) = (ready.clone(), idle.clone());
             tokio::spawn(async move {
                 let stream = tokio::select! {
                     stream = upgraded => stream,
                     () = evicted => None,
                 };
-                drop(handshake);
-                if let Some(stream) = stream {
+                // Picked to make room just as the handshake finished: the
+                // newcomer waits for this slot, so give it up.
+                let evicted = handshake.leave();
+                if let Some(stream) = stream.filter(|_| !evicted) {
                     // Err only when the server is shutting down.
-                    let _ = ready.send(Ok(registration.wrap(stream))).await;
+                    let _ = ready
+                        .send(Ok(registration.wrap_watched(stream, &idle)))
+                        .await;
                 }
             });
         }
@@ -289,20 +298,18 @@ where
 /// Moves what tonic was told about a call's connection ([`TrackedInfo`],
 /// from [`Tracked`]) apart: the stream's own details go where tonic's
 /// accessors (`Request::remote_addr`, the peer's certificates) look for
-/// them, and the connection's [`common::connections::Closer`] beside them,
-/// for [`CallBudget`].
+/// them, and the connection's [`common::connections::Closer`] and
+/// [`common::activity::Activity`] beside them, for [`CallBudget`].
 fn expose_peer(mut request: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
     let extensions = request.extensions_mut();
-    if let Some(TrackedInfo { info, closer }) =
-        extensions.remove::<TrackedInfo<TlsConnectInfo<TcpConnectInfo>>>()
-    {
-        extensions.insert(info);
-        extensions.insert(closer);
-    } else if let Some(TrackedInfo { info, closer }) =
-        extensions.remove::<TrackedInfo<TcpConnectInfo>>()
-    {
-        extensions.insert(info);
-        extensions.insert(closer);
+    if let Some(tracked) = extensions.remove::<TrackedInfo<TlsConnectInfo<TcpConnectInfo>>>() {
+        extensions.insert(tracked.info);
+        extensions.insert(tracked.closer);
+        extensions.insert(tracked.activity);
+    } else if let Some(tracked) = extensions.remove::<TrackedInfo<TcpConnectInfo>>() {
+        extensions.insert(tracked.info);
+        extensions.insert(tracked.closer);
+        extensions.insert(tracked.activity);
     }
     request
 }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use common::activity::Activity;
 use common::connections::{Closer, ConnectionTracker, Registration};
 use common::quiet::Quiet;
 use http_body::{Body, Frame, SizeHint};
@@ -157,6 +158,13 @@ where
             };
             let displaced = CancellationToken::new();
             let closer = request.extensions().get::<Closer>().cloned();
+            // The connection is busy for as long as the call holds its
+            // place (see [`common::activity`]).
+            let busy = request
+                .extensions()
+                .get::<Option<Arc<Activity>>>()
+                .and_then(Option::as_ref)
+                .map(Activity::begin);
             let request = request.map(|body| {
                 tonic::body::Body::new(Receiving {
                     body,
@@ -178,7 +186,7 @@ where
             let unread = closer.map(|closer| closer.register_in(&budget.sending));
             Ok(response.map(|body| {
                 tonic::body::Body::new(body.map_frame(move |frame| {
-                    let _held = (&place, &unread);
+                    let _held = (&place, &unread, &busy);
                     frame
                 }))
             }))

@@ -367,3 +367,41 @@ async fn answers_never_read_cannot_pin_memory_or_keep_real_calls_out() -> SetupR
     assert!(discount.terminate().await?.success());
     Ok(())
 }
+
+#[tokio::test]
+async fn idle_authenticated_connections_cannot_keep_a_real_client_out() -> SetupResult<()> {
+    // 40 clients with a valid certificate connect over HTTP/2, answer every
+    // ping, and never call: at a limit of 32 connections they used to hold
+    // every slot for as long as they liked.
+    let pki = Pki::generate()?;
+    let discount = discount_process(&pki, &["--max-connections", "32"]).await?;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        // Past the limit, the handshake itself waits for a slot; whichever
+        // of these get one are enough.
+        if let Ok(Ok(client)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            h2_client(discount.addr(), &pki, 65_535),
+        )
+        .await
+        {
+            idle.push(client);
+        }
+    }
+    let started = Instant::now();
+    let channel = testkit::grpc_channel(discount.addr(), &pki).await?;
+    let value = testkit::discount_value(channel, 1, 1000).await?;
+    let good_client = started.elapsed();
+    eprintln!(
+        "{} idle authenticated connections, limit 32: a real client served in {good_client:?}",
+        idle.len()
+    );
+    assert!(
+        idle.len() >= 32,
+        "only {} idle connections were made",
+        idle.len()
+    );
+    assert_eq!(value.value_in_cents, 900);
+    assert!(discount.terminate().await?.success());
+    Ok(())
+}

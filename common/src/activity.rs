@@ -1,0 +1,148 @@
+//! Whether a connection has requests in flight, so that a server at its
+//! connection limit can close an idle connection for a newcomer, as nginx
+//! does, and close connections idle for too long.
+//!
+//! A client that opens connections and sends nothing on them (answering
+//! pings, so keepalive does not find it) would otherwise hold every slot
+//! for as long as it likes. The catalog closes the connection it picks
+//! gracefully (its connection task watches [`Activity::evicted`]); discount,
+//! whose connections tonic serves, closes it through its tracker.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::connections::{ConnectionTracker, Registration};
+
+/// One connection's requests in flight. While it has none it is registered
+/// in the tracker of idle connections, where
+/// [`ConnectionTracker::close_oldest`] can pick it, cancelling `evict`.
+///
+/// Kept cheap per request: a request changes a counter, and the idle
+/// registration only when the connection goes from idle to busy or back;
+/// nothing wakes the connection's task. The idle timer instead wakes once
+/// per timeout period and looks.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// When the connection last became idle, as time since `epoch`.
+    idle_since: AtomicU64,
+    epoch: Instant,
+    idle_registration: Mutex<Option<Registration>>,
+    idle: ConnectionTracker,
+    evict: CancellationToken,
+}
+
+impl Activity {
+    /// A connection that has not started a request yet: idle, in `idle`.
+    /// `evict` is cancelled when the tracker picks it.
+    pub fn new(idle: ConnectionTracker, evict: CancellationToken) -> Arc<Self> {
+        let registration = idle.register_as(&evict);
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            idle_registration: Mutex::new(Some(registration)),
+            idle,
+            evict,
+        })
+    }
+
+    /// A request starts; it ends when the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            // No longer idle: leaves the idle tracker.
+            *self.registration() = None;
+        }
+        Busy(Arc::clone(self))
+    }
+
+    fn end(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.idle_since.store(since, Ordering::Release);
+            let mut registration = self.registration();
+            // A request that began meanwhile keeps it busy.
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                *registration = Some(self.idle.register_as(&self.evict));
+            }
+        }
+    }
+
+    fn registration(&self) -> MutexGuard<'_, Option<Registration>> {
+        self.idle_registration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Completes once the connection has had no request in flight for
+    /// `limit` without a break.
+    pub async fn idle_for(&self, limit: Duration) {
+        loop {
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            let since = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+            let deadline = self.epoch + since + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+
+    /// Completes when this connection was picked to make room.
+    pub async fn evicted(&self) {
+        self.evict.cancelled().await;
+    }
+}
+
+/// A request in flight on a connection.
+#[derive(Debug)]
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_connection_with_nothing_in_flight_can_be_picked() {
+        let idle = ConnectionTracker::new();
+        let (first, second) = (CancellationToken::new(), CancellationToken::new());
+        let busy_one = Activity::new(idle.clone(), first.clone());
+        let _idle_one = Activity::new(idle.clone(), second.clone());
+        let request = busy_one.begin();
+        assert!(idle.close_oldest());
+        assert!(
+            !first.is_cancelled(),
+            "a connection in a request was picked"
+        );
+        assert!(second.is_cancelled());
+        assert!(!idle.close_oldest(), "nothing else is idle");
+        drop(request);
+        assert!(idle.close_oldest());
+        assert!(first.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn idle_for_counts_from_the_end_of_the_last_request() {
+        let activity = Activity::new(ConnectionTracker::new(), CancellationToken::new());
+        let request = activity.begin();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        drop(request);
+        // Counted from the connection's start, it would already be over.
+        let started = Instant::now();
+        activity.idle_for(Duration::from_millis(100)).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(90), "{waited:?}");
+    }
+}
