@@ -96,14 +96,25 @@ pub struct Config {
     pub request_timeout: Duration,
 
     /// The longest a client may take to send a request's headers, and the
-    /// longest an HTTP/1 connection may sit idle between requests.
+    /// longest a connection (HTTP/1 or HTTP/2) may sit with no request in
+    /// flight.
     #[arg(long, env = "CATALOG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = common::flags::duration)]
     pub header_read_timeout: Duration,
 
-    /// The most HTTP connections served at once; further clients wait in
-    /// the kernel's queue until one closes.
+    /// The most HTTP connections served at once. At the limit a newcomer
+    /// makes the oldest idle connection close; only when every connection
+    /// has a request in flight does it wait in the kernel's queue.
     #[arg(long, env = "CATALOG_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+
+    /// The most requests one HTTP/2 connection may have open at once
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS). An answer its client does not
+    /// read stays in memory (about 3 KiB each), so this and
+    /// `--max-connections` bound what clients can pin: about 200 MiB at
+    /// the defaults. hyper's own default is 200; a client wanting more in
+    /// parallel opens more connections.
+    #[arg(long, env = "CATALOG_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub http2_max_concurrent_streams: u32,
 
     /// On SIGTERM or Ctrl-C, how long to keep serving with `/readyz`
     /// answering 503 before closing the listener. Behind a load balancer
@@ -161,6 +172,7 @@ impl Config {
             request_timeout: self.request_timeout,
             header_read_timeout: self.header_read_timeout,
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
         }

@@ -27,12 +27,13 @@ pub struct ServeOptions {
     /// The longest a request may take before it is answered 503.
     pub request_timeout: Duration,
     /// The longest a client may take to send a request's headers, and the
-    /// longest an HTTP/1 connection may sit idle between requests. Bounds
-    /// slow-header ("slowloris") clients.
+    /// longest a connection may sit with no request in flight. Bounds
+    /// slow-header ("slowloris") and idle clients.
     pub header_read_timeout: Duration,
-    /// The most connections served at once; further clients wait in the
-    /// kernel's queue until one closes.
+    /// The most connections served at once; see the flag.
     pub max_connections: usize,
+    /// The most requests open at once on one HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
     /// After the shutdown signal, how long to keep serving while `/readyz`
     /// answers 503, so that load balancers stop sending first.
     pub shutdown_delay: Duration,
@@ -47,6 +48,20 @@ pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// The most headers in one request; more are answered 431.
 pub const MAX_HEADERS: usize = 64;
+
+/// How many bytes of one request's body an HTTP/2 client may send before
+/// the catalog reads them (the stream flow-control window): no route takes
+/// a body, so this only bounds what a client can make the server buffer.
+/// hyper's default is 1 MiB.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+
+/// The same for all of a connection's requests together.
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// The most of one answer buffered for sending while the client's window
+/// is closed; a product list is under a kilobyte. hyper's default is
+/// about 400 KiB.
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// How often an HTTP/2 connection is pinged, to find peers that vanished
 /// without closing it.
@@ -122,6 +137,10 @@ async fn serve(
     http.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_REQUEST_HEAD).unwrap_or(u32::MAX))
+        .max_concurrent_streams(options.http2_max_concurrent_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER)
         // Pings find peers that vanished without closing.
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
@@ -243,6 +262,12 @@ impl Connection {
             .into_owned();
         tokio::pin!(connection);
         let (mut closing, mut drained) = (false, false);
+        // A connection closed for being idle or to make room has no request
+        // in flight, but a graceful close also waits for answers still
+        // being sent, which a client that never reads (an HTTP/2 window of
+        // 0) would make wait for ever, holding the slot: after the header
+        // timeout it is dropped.
+        let mut give_up = None;
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -260,14 +285,28 @@ impl Connection {
                 _ = self.stopping.wait_for(|stop| *stop), if !closing => {}
                 () = self.activity.idle_for(limit), if !closing => {
                     tracing::debug!(%peer, "idle for the header timeout; closing");
+                    give_up = Some(tokio::time::Instant::now() + limit);
                 }
                 () = self.activity.evicted(), if !closing => {
                     tracing::debug!(%peer, "closing to make room at the connection limit");
+                    give_up = Some(tokio::time::Instant::now() + limit);
+                }
+                () = sleep_until_some(give_up) => {
+                    tracing::debug!(%peer, "answers still unread after the header timeout; dropping the connection");
+                    return;
                 }
             }
             connection.as_mut().graceful_shutdown();
             closing = true;
         }
+    }
+}
+
+/// Completes at `deadline`, or never if there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 use crate::{HANG, SetupResult};
 
@@ -14,7 +15,9 @@ use crate::{HANG, SetupResult};
 #[derive(Debug)]
 pub struct Process {
     child: Child,
-    log: Lines<BufReader<ChildStderr>>,
+    /// Its log, read as it comes: a child whose stderr pipe fills up
+    /// blocks on its next log line, which a test would take for a hang.
+    log: mpsc::UnboundedReceiver<String>,
     addr: SocketAddr,
     started: String,
 }
@@ -34,7 +37,15 @@ impl Process {
             .kill_on_drop(true)
             .spawn()?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
-        let mut log = BufReader::new(stderr).lines();
+        let (lines, mut log) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stderr = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let line = line_with(&mut log, marker).await?;
         let addr = line
             .split(marker)
@@ -119,9 +130,12 @@ impl Process {
 }
 
 /// Reads `lines` until one contains `needle`; returns it.
-async fn line_with(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> SetupResult<String> {
+async fn line_with(
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    needle: &str,
+) -> SetupResult<String> {
     let find = async {
-        while let Some(line) = lines.next_line().await? {
+        while let Some(line) = lines.recv().await {
             if line.contains(needle) {
                 return Ok(line);
             }

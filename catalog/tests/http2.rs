@@ -1,0 +1,107 @@
+//! The catalog against h2c clients that ignore the rules: many streams whose
+//! answers are never read. The real binary, so that its own peak memory can
+//! be read. Loopback only, bounded in count and time.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use testkit::{HANG, Pki, Process, SetupResult};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+/// The catalog binary with the client keys of `pki` and `extra` flags, on
+/// a port of its own. Its discount is nowhere: `/products` without a user
+/// never asks it.
+async fn catalog_process(pki: &Pki, extra: &[&str]) -> SetupResult<Process> {
+    let mut args: Vec<String> = vec![
+        "0".into(),
+        "--listen-addr".into(),
+        "127.0.0.1".into(),
+        "--discount-ca".into(),
+        pki.path("ca.pem").display().to_string(),
+        "--client-cert".into(),
+        pki.path("client.pem").display().to_string(),
+        "--client-key".into(),
+        pki.path("client.key").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_catalog"));
+    Process::start(binary, &args, "Server running on ").await
+}
+
+/// An h2c connection (prior knowledge) that gives the server no window
+/// for its answers and never reads them, and a task that ends when the
+/// server closes it.
+async fn never_reading(
+    addr: SocketAddr,
+) -> SetupResult<(h2::client::SendRequest<bytes::Bytes>, JoinHandle<()>)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake(tcp)
+        .await?;
+    let closed = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, closed))
+}
+
+/// How many streams one connection may open.
+async fn stream_limit(client: &mut h2::client::SendRequest<bytes::Bytes>) -> SetupResult<usize> {
+    // The server's SETTINGS arrive with the first exchange.
+    *client = client.clone().ready().await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(client.current_max_send_streams())
+}
+
+#[tokio::test]
+async fn streams_whose_answers_are_never_read_cannot_pin_memory_or_keep_clients_out()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let catalog = catalog_process(&pki, &["--header-read-timeout", "2s"]).await?;
+    let before = catalog.peak_rss_mb()?;
+
+    // 100 connections, each opening as many streams as the catalog lets
+    // it (at most 256), each `GET /products`, none read.
+    let uri = format!("http://{}/products", catalog.addr());
+    let (mut held, mut clients, mut closed, mut limit) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for _ in 0..100 {
+        let (mut client, connection) = never_reading(catalog.addr()).await?;
+        closed.push(connection);
+        limit = stream_limit(&mut client).await?;
+        for _ in 0..limit.min(256) {
+            client = client.ready().await?;
+            let (answer, _) = client.send_request(http::Request::get(&uri).body(())?, true)?;
+            held.push(answer);
+        }
+        clients.push(client);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let answer =
+        tokio::time::timeout(HANG, reqwest::get(format!("http://{}/", catalog.addr()))).await??;
+    let good_client = started.elapsed();
+    let peak = catalog.peak_rss_mb()?;
+    eprintln!(
+        "{} streams never read over 100 connections (limit {limit} a connection): peak RSS {before:.1} -> {peak:.1} MiB, good client {good_client:?}",
+        held.len()
+    );
+    assert_eq!(answer.text().await?, "It is working.");
+    assert_eq!(limit, 64, "the advertised stream limit");
+    // hyper's default of 200 streams a connection let these pin 61 MiB,
+    // 630 MiB at the 1,024-connection limit.
+    assert!(
+        peak < before + 32.0,
+        "peak RSS {peak:.1} MiB (was {before:.1})"
+    );
+    // With no request in flight they count as idle, and are closed after
+    // the header timeout (and as long again for their answers): unread
+    // answers used to keep them open, and their slots taken, for ever.
+    for connection in closed {
+        tokio::time::timeout(HANG, connection).await??;
+    }
+    drop((held, clients));
+    assert!(catalog.terminate().await?.success());
+    Ok(())
+}
