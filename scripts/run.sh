@@ -126,6 +126,14 @@ run: try it in another terminal:
 
 run: press Ctrl-C to stop both.
 MSG
-wait -n "${pids[@]}"
-echo "run: a service exited; stopping the other" >&2
+# Ctrl-C in the terminal reaches the services too, and they usually exit
+# (0, cleanly) before this script's own INT trap runs: a clean exit is a
+# stop, anything else a failure.
+status=0
+wait -n "${pids[@]}" || status=$?
+if [ "$status" = 0 ]; then
+  echo "run: a service stopped; stopping the other"
+  exit 0
+fi
+echo "run: a service exited with status $status; stopping the other" >&2
 exit 1
