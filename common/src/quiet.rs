@@ -15,9 +15,14 @@ use std::time::{Duration, Instant};
 /// How often one cause may be logged.
 const INTERVAL: Duration = Duration::from_secs(5);
 
-/// More distinct causes than this at once, and the record starts afresh
-/// (each is then logged once more): a bound on memory, whatever the causes.
+/// The most distinct causes remembered: a bound on memory, whatever the
+/// causes. Past it, new causes share one record ([`OTHER`]) and so one
+/// line an interval; starting afresh instead let a client that varies
+/// its failure (256 TLS alert codes) log one line a connection.
 const MAX_CAUSES: usize = 64;
+
+/// The record shared by causes that found the table full.
+const OTHER: &str = "(other causes)";
 
 /// When each cause was last logged, and how often it came since.
 #[derive(Debug, Default)]
@@ -31,6 +36,11 @@ impl Quiet {
     /// stay quiet.
     pub fn should_log(&self, cause: &str, now: Instant) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let cause = if seen.contains_key(cause) || seen.len() < MAX_CAUSES - 1 {
+            cause
+        } else {
+            OTHER
+        };
         match seen.get_mut(cause) {
             Some((last, suppressed)) if now.duration_since(*last) < INTERVAL => {
                 *suppressed += 1;
@@ -41,9 +51,6 @@ impl Quiet {
                 Some(std::mem::take(suppressed))
             }
             None => {
-                if seen.len() >= MAX_CAUSES {
-                    seen.clear();
-                }
                 seen.insert(cause.to_owned(), (now, 0));
                 Some(0)
             }
@@ -77,10 +84,14 @@ mod tests {
         assert_eq!(quiet.should_log("hung", now), Some(0));
         assert_eq!(quiet.should_log("refused", now), Some(0));
         assert_eq!(quiet.should_log("hung", now), None);
-        for i in 0..1000 {
-            quiet.should_log(&format!("cause {i}"), now);
-        }
+        let logged = (0..1000)
+            .filter(|i| quiet.should_log(&format!("cause {i}"), now).is_some())
+            .count();
         let kept = quiet.seen.lock().map(|seen| seen.len()).unwrap_or_default();
         assert!(kept <= MAX_CAUSES, "{kept} causes kept");
+        // Each remembered cause once, then one line for all the others,
+        // however many distinct ones keep coming.
+        assert_eq!(logged, MAX_CAUSES - 2);
+        assert_eq!(quiet.should_log("hung", now), None, "forgotten");
     }
 }
