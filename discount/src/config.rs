@@ -105,7 +105,8 @@ pub struct Config {
     /// connections; a call past it is answered RESOURCE_EXHAUSTED at once
     /// rather than queued past its caller's deadline. Each call may hold a
     /// message being received (up to 64 KiB), so this bounds that memory
-    /// (about 130 MiB at the default). A healthy call takes well under a
+    /// (streams opened past it are not counted yet: see docs/security.md).
+    /// A healthy call takes well under a
     /// millisecond, so the catalog under full load has a few dozen in
     /// flight.
     #[arg(long, env = "DISCOUNT_MAX_CONCURRENT_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
