@@ -253,8 +253,31 @@ fn grpc_frame(announced: usize, payload: &[u8]) -> SetupResult<bytes::Bytes> {
     Ok(frame.into())
 }
 
-/// The calls one attacking connection holds open, with their answers.
+/// The calls the attacking connections hold open, with their answers.
 type Held = Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)>;
+
+/// 4 connections (each with `window` as its own receive window) × 256
+/// `ApplyDiscount` calls, each sending `frame` and, if `finished`, ending
+/// its request there.
+async fn hold_calls(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    window: u32,
+    frame: bytes::Bytes,
+    finished: bool,
+) -> SetupResult<Held> {
+    let mut held = Held::new();
+    for _ in 0..4 {
+        let mut client = h2_client(addr, pki, window).await?;
+        for _ in 0..256 {
+            client = client.ready().await?;
+            let (answer, mut body) = client.send_request(apply_discount()?, false)?;
+            body.send_data(frame.clone(), finished)?;
+            held.push((answer, body));
+        }
+    }
+    Ok(held)
+}
 
 #[tokio::test]
 async fn messages_sent_in_part_cannot_pin_memory_or_keep_real_calls_out() -> SetupResult<()> {
@@ -269,21 +292,8 @@ async fn messages_sent_in_part_cannot_pin_memory_or_keep_real_calls_out() -> Set
     .await?;
     let before = discount.peak_rss_mb()?;
     let payload = vec![0_u8; 60_000];
-    let mut held: Vec<Held> = Vec::new();
-    for _ in 0..4 {
-        let mut client = h2_client(discount.addr(), &pki, 65_535).await?;
-        let mut calls = Held::new();
-        for _ in 0..256 {
-            client = client.ready().await?;
-            let (answer, mut body) = client.send_request(apply_discount()?, false)?;
-            body.send_data(
-                grpc_frame(discount::server::MAX_MESSAGE_SIZE, &payload)?,
-                false,
-            )?;
-            calls.push((answer, body));
-        }
-        held.push(calls);
-    }
+    let frame = grpc_frame(discount::server::MAX_MESSAGE_SIZE, &payload)?;
+    let held = hold_calls(discount.addr(), &pki, 65_535, frame, false).await?;
     // Let the bytes arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -295,7 +305,7 @@ async fn messages_sent_in_part_cannot_pin_memory_or_keep_real_calls_out() -> Set
 
     let peak = discount.peak_rss_mb()?;
     let mut exhausted = 0;
-    for (answer, _) in held.into_iter().flatten() {
+    for (answer, _) in held {
         if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_millis(10), answer).await {
             let status = answer
                 .headers()
@@ -336,18 +346,8 @@ async fn answers_never_read_cannot_pin_memory_or_keep_real_calls_out() -> SetupR
         use prost::Message;
         discount_request(1, product(1, 1000)).encode_to_vec()
     };
-    let mut held: Vec<Held> = Vec::new();
-    for _ in 0..4 {
-        let mut client = h2_client(discount.addr(), &pki, 0).await?;
-        let mut calls = Held::new();
-        for _ in 0..256 {
-            client = client.ready().await?;
-            let (answer, mut body) = client.send_request(apply_discount()?, false)?;
-            body.send_data(grpc_frame(message.len(), &message)?, true)?;
-            calls.push((answer, body));
-        }
-        held.push(calls);
-    }
+    let frame = grpc_frame(message.len(), &message)?;
+    let held = hold_calls(discount.addr(), &pki, 0, frame, true).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let started = Instant::now();
