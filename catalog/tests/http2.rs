@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use testkit::{HANG, Pki, Process, SetupResult};
+use testkit::{HANG, Pki, Process, SetupResult, wire};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -102,6 +103,83 @@ async fn streams_whose_answers_are_never_read_cannot_pin_memory_or_keep_clients_
         tokio::time::timeout(HANG, connection).await??;
     }
     drop((held, clients));
+    assert!(catalog.terminate().await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_cancelled_as_soon_as_they_are_taken_cannot_grow_memory() -> SetupResult<()> {
+    // No credentials needed: 4 h2c connections, each sending request heads
+    // of about 15 KB and cancelling each stream at once, for a few seconds.
+    // Every stream is taken (h2's rapid-reset guard counts only those
+    // cancelled before), and their tasks used to pile up in the run queue
+    // faster than they ran.
+    let pki = Pki::generate()?;
+    let catalog = catalog_process(&pki, &[]).await?;
+    let before = catalog.peak_rss_mb()?;
+    let block = wire::padded(wire::get_request_headers("/products"), 15_000);
+    let addr = catalog.addr();
+    let until = Instant::now() + Duration::from_secs(4);
+    let attackers: Vec<JoinHandle<(u32, Vec<u32>)>> = (0..4)
+        .map(|_| {
+            let block = block.clone();
+            tokio::spawn(async move {
+                // When the server closes the connection, open another.
+                let (mut sent, mut goaways) = (0, Vec::new());
+                while Instant::now() < until {
+                    let Ok(tcp) = TcpStream::connect(addr).await else {
+                        break;
+                    };
+                    let (mut reader, mut writer) = tcp.into_split();
+                    let mut hello = wire::PREFACE.to_vec();
+                    hello.extend(wire::settings_frame(0).encode());
+                    if writer.write_all(&hello).await.is_err() {
+                        continue;
+                    }
+                    // Reads what the server sends, so its writes never
+                    // block, and notes why it closed the connection.
+                    let drain = tokio::spawn(async move {
+                        let mut goaway = None;
+                        while let Ok(Some(frame)) = wire::read_frame(&mut reader).await {
+                            goaway = frame
+                                .error_code()
+                                .filter(|_| frame.kind == wire::kind::GOAWAY)
+                                .or(goaway);
+                        }
+                        goaway
+                    });
+                    sent += wire::cancel_flood(writer, block.clone(), until - Instant::now()).await;
+                    if let Ok(Ok(Some(code))) =
+                        tokio::time::timeout(Duration::from_millis(100), drain).await
+                    {
+                        goaways.push(code);
+                    }
+                }
+                (sent, goaways)
+            })
+        })
+        .collect();
+    let peak = catalog
+        .peak_rss_mb_during(Duration::from_secs(5), before + 512.0)
+        .await?;
+    let (mut sent, mut goaways) = (0, Vec::new());
+    for attacker in attackers {
+        let (streams, codes) = tokio::time::timeout(HANG, attacker).await??;
+        sent += streams;
+        goaways.extend(codes);
+    }
+    let started = Instant::now();
+    let answer =
+        tokio::time::timeout(HANG, reqwest::get(format!("http://{}/", catalog.addr()))).await??;
+    let good_client = started.elapsed();
+    eprintln!(
+        "cancelled streams: {sent} sent by 4 attackers, GOAWAY codes {goaways:?}, peak RSS {before:.1} -> {peak:.1} MiB, good client {good_client:?}"
+    );
+    assert_eq!(answer.text().await?, "It is working.");
+    assert!(
+        peak < before + 64.0,
+        "peak RSS {peak:.1} MiB after the flood (was {before:.1})"
+    );
     assert!(catalog.terminate().await?.success());
     Ok(())
 }

@@ -29,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::activity::Activity;
+use crate::backlog::Backlog;
 
 /// The set of open connections of one server, oldest first.
 #[derive(Debug, Clone, Default)]
@@ -176,6 +177,7 @@ impl Registration {
     pub fn wrap<T>(self, io: T) -> Tracked<T> {
         Tracked {
             io,
+            backlog: Backlog::current(),
             closing: Box::pin(self.token.clone().cancelled_owned()),
             activity: None,
             registration: self,
@@ -215,6 +217,7 @@ impl Drop for Guard {
 #[derive(Debug)]
 pub struct Tracked<T> {
     io: T,
+    backlog: Backlog,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     activity: Option<Arc<Activity>>,
     registration: Registration,
@@ -245,6 +248,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         if self.is_closed(cx) {
             return Poll::Ready(Ok(())); // end of stream
         }
+        // Take in no more requests while the process cannot start the
+        // ones it has (see [`crate::backlog`]).
+        std::task::ready!(self.backlog.poll_ready(cx));
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }

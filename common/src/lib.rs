@@ -7,6 +7,7 @@
 //! side's TLS configuration, lives in that service's crate.
 
 pub mod activity;
+pub mod backlog;
 pub mod connections;
 pub mod crypto;
 pub mod doctor;

@@ -405,3 +405,56 @@ async fn idle_authenticated_connections_cannot_keep_a_real_client_out() -> Setup
     assert!(discount.terminate().await?.success());
     Ok(())
 }
+
+#[tokio::test]
+async fn streams_cancelled_as_soon_as_they_are_taken_cannot_grow_memory() -> SetupResult<()> {
+    // With a valid certificate: 4 connections, each sending request heads
+    // of about 15 KB and cancelling each stream at once (RST_STREAM), for a
+    // few seconds. h2's rapid-reset guard counts only streams cancelled
+    // before the server takes them; heads this large are taken first. This
+    // used to grow discount by about 0.8 GB/s until an allocation failed.
+    let pki = Pki::generate()?;
+    let discount = discount_process(&pki, &[]).await?;
+    let before = discount.peak_rss_mb()?;
+    let block = wire::padded(
+        wire::grpc_request_headers("/ecommerce.Discount/ApplyDiscount"),
+        15_000,
+    );
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let (reader, writer, _) = open(discount.addr(), &pki).await?;
+        let seen = tokio::spawn(watch(reader));
+        let flood = tokio::spawn(wire::cancel_flood(
+            writer,
+            block.clone(),
+            Duration::from_secs(4),
+        ));
+        attackers.push((flood, seen));
+    }
+    let peak = discount
+        .peak_rss_mb_during(Duration::from_secs(5), before + 512.0)
+        .await?;
+    let mut sent = 0;
+    for (flood, _) in &attackers {
+        flood.abort();
+    }
+    for (flood, seen) in attackers {
+        sent += flood.await.unwrap_or(0);
+        seen.abort();
+    }
+
+    let started = Instant::now();
+    let channel = testkit::grpc_channel(discount.addr(), &pki).await?;
+    let value = testkit::discount_value(channel, 1, 1000).await?;
+    let good_client = started.elapsed();
+    eprintln!(
+        "cancelled streams: {sent} sent on 4 connections, peak RSS {before:.1} -> {peak:.1} MiB, good client {good_client:?}"
+    );
+    assert_eq!(value.value_in_cents, 900);
+    assert!(
+        peak < before + 64.0,
+        "peak RSS {peak:.1} MiB after the flood (was {before:.1})"
+    );
+    assert!(discount.terminate().await?.success());
+    Ok(())
+}

