@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderName, StatusCode, header};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::customer;
@@ -66,7 +66,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .fallback(not_found)
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(access_span)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         );
     let probes = Router::new()
@@ -78,6 +78,31 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             request_timeout,
         ))
         .with_state(state)
+}
+
+/// The most of a request's URI the access log shows.
+const LOGGED_URI: usize = 256;
+
+/// The access log's span for `request`: its method, version and URI, the
+/// URI cut at [`LOGGED_URI`] bytes with the length of the rest noted. A
+/// client controls the URI, up to the 16 KiB head limit: written whole,
+/// pipelined 404s with 15 KB URIs made 815 MB of log in 5 seconds.
+fn access_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let uri = request.uri().to_string();
+    // A URI is ASCII (hyper refuses anything else), so any byte is a
+    // character boundary; `get` keeps this safe if that ever changes.
+    let shown = uri.get(..LOGGED_URI).unwrap_or(&uri);
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %shown,
+        uri_bytes_not_shown = tracing::field::Empty,
+        version = ?request.version(),
+    );
+    if shown.len() < uri.len() {
+        span.record("uri_bytes_not_shown", uri.len() - shown.len());
+    }
+    span
 }
 
 /// `GET /`: a liveness answer, as in the seed.

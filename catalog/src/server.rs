@@ -6,10 +6,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::activity::Activity;
 use common::connections::{ConnectionTracker, Registration};
+use common::quiet::Quiet;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -41,6 +42,13 @@ pub struct ServeOptions {
     /// connections are closed.
     pub drain_timeout: Duration,
 }
+
+/// How long a connection picked to make room at the connection limit gets
+/// to close by itself (an idle HTTP/1 or HTTP/2 one closes at once) before
+/// it is dropped: a newcomer waits this long at most for its slot, whatever
+/// the connection was doing (sending a head byte by byte, leaving answers
+/// unread).
+const EVICTION_GRACE: Duration = Duration::from_millis(200);
 
 /// The largest request head (request line and headers) accepted: 16 KiB,
 /// plenty for this API. Larger ones are answered 431.
@@ -149,6 +157,7 @@ async fn serve(
     // Connections with no request in flight, oldest idle first.
     let idle = ConnectionTracker::new();
     let (stop, stopping) = watch::channel(false);
+    let refusals = Arc::new(Quiet::default());
     let mut tasks = JoinSet::new();
     let mut signal = signal;
     loop {
@@ -183,6 +192,7 @@ async fn serve(
             stopping: stopping.clone(),
             options,
             peer,
+            refusals: Arc::clone(&refusals),
         };
         tasks.spawn(connection.serve(tcp, registration));
     }
@@ -202,6 +212,9 @@ struct Connection {
     stopping: watch::Receiver<bool>,
     options: ServeOptions,
     peer: SocketAddr,
+    /// Throttles the log of requests the HTTP parser refused, for the
+    /// whole server.
+    refusals: Arc<Quiet>,
 }
 
 impl Connection {
@@ -224,12 +237,19 @@ impl Connection {
         // limit, and hyper's header timer only starts after that: a client
         // that connects and sends nothing would hold its slot forever. So
         // the first byte must come within the header timeout.
+        // Until then it counts as idle, so a newcomer at the connection
+        // limit may pick it: that must close it at once too.
         let mut first = [0_u8; 1];
         let limit = self.options.header_read_timeout;
-        match tokio::time::timeout(limit, tcp.peek(&mut first)).await {
-            Ok(Ok(read)) if read > 0 => {}
-            _ => {
-                tracing::debug!(%peer, "no request within the header timeout; closing");
+        tokio::select! {
+            first_byte = tokio::time::timeout(limit, tcp.peek(&mut first)) => {
+                if !matches!(first_byte, Ok(Ok(read)) if read > 0) {
+                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                    return;
+                }
+            }
+            () = self.activity.evicted() => {
+                tracing::debug!(%peer, "closing a connection that has sent nothing, to make room at the connection limit");
                 return;
             }
         }
@@ -272,7 +292,7 @@ impl Connection {
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
-                        log_connection_error(peer, &*error);
+                        log_connection_error(peer, &*error, &self.refusals);
                     }
                     return;
                 }
@@ -289,10 +309,10 @@ impl Connection {
                 }
                 () = self.activity.evicted(), if !closing => {
                     tracing::debug!(%peer, "closing to make room at the connection limit");
-                    give_up = Some(tokio::time::Instant::now() + limit);
+                    give_up = Some(tokio::time::Instant::now() + EVICTION_GRACE);
                 }
                 () = sleep_until_some(give_up) => {
-                    tracing::debug!(%peer, "answers still unread after the header timeout; dropping the connection");
+                    tracing::debug!(%peer, "still open after being asked to close (a request head or answers unfinished); dropping the connection");
                     return;
                 }
             }
@@ -315,12 +335,22 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
 /// 431) never reached the router and its access log, so it is logged here,
 /// for the operator wondering where a client's request went; anything
 /// else (a client that went away) is routine.
-fn log_connection_error(peer: SocketAddr, error: &(dyn std::error::Error + 'static)) {
+///
+/// Anyone can send such requests as fast as the network allows, so each
+/// kind of refusal is logged at most once an interval ([`Quiet`]), with
+/// how many went unlogged.
+fn log_connection_error(
+    peer: SocketAddr,
+    error: &(dyn std::error::Error + 'static),
+    quiet: &Quiet,
+) {
     let refused = error
         .downcast_ref::<hyper::Error>()
         .is_some_and(|e| e.is_parse() || e.is_parse_too_large());
     if refused {
-        tracing::info!(%peer, %error, "refused a request the HTTP parser could not accept");
+        if let Some(unlogged) = quiet.should_log(&error.to_string(), Instant::now()) {
+            tracing::info!(%peer, %error, since_last_line = unlogged + 1, "refused a request the HTTP parser could not accept");
+        }
     } else {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }

@@ -295,3 +295,105 @@ async fn at_the_connection_limit_the_oldest_idle_connection_makes_room() -> Setu
     );
     Ok(())
 }
+
+/// With `--max-connections 4` and a 30 s header timeout, four connections
+/// that each sent `sent` and then nothing more take every slot. Returns how
+/// long a newcomer then waited for its answer, after checking that it was
+/// served and that the oldest of the four was closed for it.
+async fn newcomer_wait_behind(sent: &[u8]) -> SetupResult<Duration> {
+    let (_pki, _discount, catalog) =
+        system_with(&["--max-connections", "4", "--header-read-timeout", "30s"]).await?;
+    let mut holding = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = TcpStream::connect(catalog.addr).await?;
+        tcp.write_all(sent).await?;
+        holding.push(tcp);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let served = tokio::time::timeout(HANG, raw(catalog.addr, &get_products(b""))).await??;
+    let waited = started.elapsed();
+    assert_eq!(status_line(&served), "HTTP/1.1 200 OK");
+    let mut probe = [0_u8; 64];
+    let oldest = tokio::time::timeout(HANG, holding[0].read(&mut probe)).await?;
+    assert!(
+        matches!(oldest, Ok(0) | Err(_)),
+        "the oldest connection is still open: {oldest:?}"
+    );
+    Ok(waited)
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_connections_that_sent_nothing_make_room_at_once() -> SetupResult<()>
+{
+    // They count as idle; the newcomer used to wait for their header
+    // timeout all the same (the close was not watched before a first byte).
+    let waited = newcomer_wait_behind(b"").await?;
+    eprintln!("newcomer behind 4 silent connections served after {waited:?}");
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_half_sent_request_heads_make_room_at_once() -> SetupResult<()> {
+    // Slowloris: a head begun and never finished. A graceful close waits
+    // for the head, so the newcomer used to wait for the header timeout.
+    let waited = newcomer_wait_behind(b"GET / HTTP/1.1\r\nHost: catalog\r\nX-Slow: ").await?;
+    eprintln!("newcomer behind 4 half-sent heads served after {waited:?}");
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn long_uris_and_refused_requests_cannot_flood_the_log() -> SetupResult<()> {
+    let (logs, _capturing) = testkit::Logs::capture();
+    let (_pki, _discount, catalog) = system().await?;
+
+    // 100 pipelined 404s, each with a 15 KB URI, on one connection.
+    let long = format!("/{}", "a".repeat(15_000));
+    let mut pipelined = Vec::new();
+    for _ in 0..100 {
+        pipelined.extend(format!("GET {long} HTTP/1.1\r\nHost: catalog\r\n\r\n").as_bytes());
+    }
+    pipelined.extend(b"GET /nope HTTP/1.1\r\nHost: catalog\r\nConnection: close\r\n\r\n");
+    let answers = raw(catalog.addr, &pipelined).await?;
+    assert_eq!(
+        answers.matches("HTTP/1.1 404").count(),
+        101,
+        "{}",
+        &answers[..200.min(answers.len())]
+    );
+    // 100 requests the parser refuses (431), each on its own connection.
+    let big = format!("X-Padding: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
+    for _ in 0..100 {
+        let answer = raw(catalog.addr, &get_products(big.as_bytes())).await?;
+        assert!(
+            status_line(&answer).starts_with("HTTP/1.1 431"),
+            "{answer:?}"
+        );
+    }
+    assert!(
+        logs.line_with("uri=/nope").await.is_some(),
+        "{}",
+        logs.text()
+    );
+
+    let not_found = logs.lines_with("status=404");
+    let longest = not_found.iter().map(String::len).max().unwrap_or(0);
+    let refused = logs.lines_with("refused a request the HTTP parser");
+    eprintln!(
+        "{} access lines, the longest {longest} bytes; {} lines for 100 refused requests",
+        not_found.len(),
+        refused.len()
+    );
+    assert_eq!(not_found.len(), 101);
+    // Each line used to hold the whole URI: 15 KB.
+    assert!(longest < 1024, "a 404 line of {longest} bytes");
+    assert!(
+        not_found.iter().any(|l| l.contains("uri_bytes_not_shown=")),
+        "the cut is not noted"
+    );
+    // Once, then a line an interval with the count.
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    Ok(())
+}
