@@ -458,3 +458,65 @@ async fn streams_cancelled_as_soon_as_they_are_taken_cannot_grow_memory() -> Set
     assert!(discount.terminate().await?.success());
     Ok(())
 }
+
+#[tokio::test]
+async fn streams_past_the_call_budget_cannot_pin_memory() -> SetupResult<()> {
+    // With a valid certificate: many connections, each opening every
+    // stream it may (256) with a request head of 12 KB and never sending
+    // the message: far more streams than the budget of calls in flight
+    // (1,024). At 1,024 connections (the default limit) such streams once
+    // held 3.8 GB. 64 here; `ATTACK_CONNECTIONS=1024 cargo test --release`
+    // runs the full attack.
+    let connections: usize = std::env::var("ATTACK_CONNECTIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(64);
+    let pki = Pki::generate()?;
+    let discount = discount_process(&pki, &[]).await?;
+    let before = discount.peak_rss_mb()?;
+    let block = wire::padded(
+        wire::grpc_request_headers("/ecommerce.Discount/ApplyDiscount"),
+        12_000,
+    );
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        let (reader, mut writer, _) = open(discount.addr(), &pki).await?;
+        let mut bytes = Vec::new();
+        for i in 0..256 {
+            let headers = Frame {
+                kind: kind::HEADERS,
+                flags: flag::END_HEADERS,
+                stream: 2 * i + 1,
+                payload: block.clone(),
+            };
+            bytes.extend(headers.encode());
+        }
+        writer.write_all(&bytes).await?;
+        held.push((tokio::spawn(watch(reader)), writer));
+    }
+    let peak = discount
+        .peak_rss_mb_during(Duration::from_secs(2), before + 1024.0)
+        .await?;
+
+    let started = Instant::now();
+    let channel = testkit::grpc_channel(discount.addr(), &pki).await?;
+    let value = testkit::discount_value(channel, 1, 1000).await?;
+    let good_client = started.elapsed();
+    eprintln!(
+        "{} streams with 12 KB heads on {connections} connections: peak RSS {before:.1} -> {peak:.1} MiB, good client {good_client:?}",
+        connections * 256
+    );
+    assert_eq!(value.value_in_cents, 900);
+    // The calls in the budget with their heads, then about 0.3 MiB a
+    // connection (its streams' state and buffers; more in a debug build).
+    let bound = 80.0 + 0.5 * connections as f64;
+    assert!(
+        peak < before + bound,
+        "peak RSS {peak:.1} MiB after the flood (was {before:.1}; bound +{bound:.0})"
+    );
+    for (seen, _) in &held {
+        seen.abort();
+    }
+    assert!(discount.terminate().await?.success());
+    Ok(())
+}
