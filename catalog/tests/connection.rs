@@ -237,3 +237,154 @@ async fn a_graceful_discount_stop_under_load_fails_no_call_in_flight() -> SetupR
     );
     Ok(())
 }
+
+/// HTTP/2 error code STREAM_CLOSED.
+const STREAM_CLOSED: u32 = 0x5;
+
+/// What [`late_answerer`] saw: connections the catalog opened, late
+/// answers it sent, and the GOAWAY codes the catalog sent it.
+#[derive(Debug, Default)]
+struct LateAnswers {
+    connections: usize,
+    sent: usize,
+    /// Resets the catalog sent for streams it no longer knew.
+    stream_closed: usize,
+    goaways: Vec<u32>,
+}
+
+/// A plaintext HTTP/2 peer standing in for a discount under load: it never
+/// answers a call in time, and answers each call the catalog cancels once
+/// `lag` more have been cancelled, as answers already on the wire when the
+/// catalog gave up would arrive. Raw frames, so nothing tidies the order.
+async fn late_answerer(
+    lag: usize,
+) -> SetupResult<(std::net::SocketAddr, Arc<std::sync::Mutex<LateAnswers>>)> {
+    use testkit::wire::{self, Frame, flag, kind};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let seen = Arc::new(std::sync::Mutex::new(LateAnswers::default()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut preface = [0_u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err()
+                    || tcp
+                        .write_all(&wire::settings_frame(0).encode())
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                record.lock().map(|mut r| r.connections += 1).ok();
+                let mut cancelled = std::collections::VecDeque::new();
+                while let Ok(Some(frame)) = wire::read_frame(&mut tcp).await {
+                    let reply = match frame.kind {
+                        kind::SETTINGS if frame.flags & flag::ACK == 0 => {
+                            Some(wire::settings_frame(flag::ACK))
+                        }
+                        kind::PING if frame.flags & flag::ACK == 0 => Some(Frame {
+                            flags: flag::ACK,
+                            ..frame
+                        }),
+                        kind::GOAWAY => {
+                            if let (Ok(mut r), Some(code)) = (record.lock(), frame.error_code()) {
+                                r.goaways.push(code);
+                            }
+                            None
+                        }
+                        kind::RST_STREAM if frame.error_code() == Some(STREAM_CLOSED) => {
+                            record.lock().map(|mut r| r.stream_closed += 1).ok();
+                            None
+                        }
+                        kind::RST_STREAM => {
+                            cancelled.push_back(frame.stream);
+                            (cancelled.len() > lag)
+                                .then(|| cancelled.pop_front())
+                                .flatten()
+                                .map(|stream| Frame {
+                                    kind: kind::HEADERS,
+                                    flags: flag::END_HEADERS | flag::END_STREAM,
+                                    stream,
+                                    payload: vec![0x88], // :status 200
+                                })
+                        }
+                        _ => None,
+                    };
+                    if let Some(reply) = reply {
+                        let late = reply.kind == kind::HEADERS;
+                        if tcp.write_all(&reply.encode()).await.is_err() {
+                            return;
+                        }
+                        if late {
+                            record.lock().map(|mut r| r.sent += 1).ok();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, seen))
+}
+
+/// Listings whose calls all expire (deadline 30 ms), from 100 clients at
+/// once, against a [`late_answerer`] with `lag`, until it has sent
+/// `wanted` late answers; what it saw.
+async fn listings_answered_late(lag: usize, wanted: usize) -> SetupResult<LateAnswers> {
+    let pki = Pki::generate()?;
+    let (addr, seen) = late_answerer(lag).await?;
+    let catalog = Catalog::start_with(
+        &addr.to_string(),
+        &pki.path("ca.pem"),
+        "30ms",
+        &["--discount-plaintext"],
+    )
+    .await?;
+    let sent = || seen.lock().map_or(0, |s| s.sent);
+    let clients = (0..100).map(|_| async {
+        while sent() < wanted {
+            let (_, status) = catalog.priced("1").await?;
+            if status.as_deref() != Some("unavailable") {
+                return Err(format!("X-Discount-Status {status:?}").into());
+            }
+        }
+        SetupResult::Ok(())
+    });
+    for result in tokio::time::timeout(HANG * 3, futures_util::future::join_all(clients)).await? {
+        result?;
+    }
+    let seen = std::mem::take(&mut *seen.lock().map_err(|_| "poisoned")?);
+    eprintln!("{lag} cancels late: {seen:?}");
+    Ok(seen)
+}
+
+#[tokio::test]
+async fn answers_that_cross_a_cancel_do_not_cost_the_connection() -> SetupResult<()> {
+    // Every call expires; each answer comes after 200 more calls were
+    // cancelled. h2 remembered only the last 50 cancelled streams, answered
+    // the others' late frames with a reset of its own, and after 1,024 of
+    // those tore the connection down itself (GOAWAY ENHANCE_YOUR_CALM): a
+    // `/products` flood with deadline cancellations did this to the
+    // catalog's connection to discount.
+    let seen = listings_answered_late(200, 1100).await?;
+    assert_eq!(
+        seen.goaways,
+        Vec::<u32>::new(),
+        "the catalog gave up its connection"
+    );
+    assert_eq!(seen.connections, 1, "{seen:?}");
+
+    // Later still than the catalog remembers: its resets are no longer
+    // counted against the connection's life.
+    let seen = listings_answered_late(1100, 2400).await?;
+    assert!(seen.stream_closed > 1024, "{seen:?}");
+    assert_eq!(
+        seen.goaways,
+        Vec::<u32>::new(),
+        "the catalog gave up its connection"
+    );
+    assert_eq!(seen.connections, 1, "{seen:?}");
+    Ok(())
+}

@@ -113,7 +113,19 @@ impl Connection {
                 error,
             })?
             .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A call past its deadline is cancelled (RST_STREAM) while
+            // discount's answer may already be on the wire. h2 remembers
+            // only the last 50 streams it cancelled, answers a frame for
+            // an older one with a reset of its own and counts it, and at
+            // 1,024 such resets in the connection's life tears the
+            // connection down itself (GOAWAY ENHANCE_YOUR_CALM), failing
+            // every call on it: a `/products` flood with expiring
+            // deadlines did that. So remember more, and drop the lifetime
+            // cap, which never counts down and guards against a peer we
+            // authenticated.
+            .http2_max_concurrent_reset_streams(CANCELLED_STREAMS_REMEMBERED)
+            .http2_max_local_error_reset_streams(None);
         let endpoint =
             settings
                 .security
@@ -125,6 +137,11 @@ impl Connection {
         })
     }
 }
+
+/// How many cancelled calls the connection remembers (for a second), so
+/// that answers crossing the cancel are dropped quietly: four times
+/// discount's default stream limit a connection.
+const CANCELLED_STREAMS_REMEMBERED: usize = 1024;
 
 /// The service name discount reports its health under.
 const HEALTH_SERVICE: &str = "ecommerce.Discount";
