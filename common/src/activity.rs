@@ -32,6 +32,9 @@ pub struct Activity {
     epoch: Instant,
     idle_registration: Mutex<Option<Registration>>,
     idle: ConnectionTracker,
+    /// Where the connection ranks by when its last request began, if the
+    /// server ranks them ([`Activity::ranked`]).
+    last_request: Option<(ConnectionTracker, Mutex<Registration>)>,
     evict: CancellationToken,
 }
 
@@ -39,13 +42,41 @@ impl Activity {
     /// A connection that has not started a request yet: idle, in `idle`.
     /// `evict` is cancelled when the tracker picks it.
     pub fn new(idle: ConnectionTracker, evict: CancellationToken) -> Arc<Self> {
+        Self::build(idle, None, evict)
+    }
+
+    /// [`Activity::new`], and the connection is also in `by_last_request`,
+    /// ordered by when its last request began (its start counting as one).
+    /// There a server whose every connection is busy can still pick the
+    /// one that has started nothing for longest: a connection held by a
+    /// single call that never ends (a stream left open, a message that
+    /// never comes) rather than one doing real work, which starts calls
+    /// all the time.
+    pub fn ranked(
+        idle: ConnectionTracker,
+        by_last_request: ConnectionTracker,
+        evict: CancellationToken,
+    ) -> Arc<Self> {
+        Self::build(idle, Some(by_last_request), evict)
+    }
+
+    fn build(
+        idle: ConnectionTracker,
+        by_last_request: Option<ConnectionTracker>,
+        evict: CancellationToken,
+    ) -> Arc<Self> {
         let registration = idle.register_as(&evict);
+        let last_request = by_last_request.map(|tracker| {
+            let ranking = tracker.register_as(&evict);
+            (tracker, Mutex::new(ranking))
+        });
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             epoch: Instant::now(),
             idle_registration: Mutex::new(Some(registration)),
             idle,
+            last_request,
             evict,
         })
     }
@@ -55,6 +86,11 @@ impl Activity {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             // No longer idle: leaves the idle tracker.
             *self.registration() = None;
+        }
+        if let Some((tracker, ranking)) = &self.last_request {
+            // Moves to the back: registered now, the old place left.
+            let now = tracker.register_as(&self.evict);
+            *ranking.lock().unwrap_or_else(PoisonError::into_inner) = now;
         }
         Busy(Arc::clone(self))
     }
@@ -131,6 +167,30 @@ mod tests {
         drop(request);
         assert!(idle.close_oldest());
         assert!(first.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn ranked_by_last_request_the_one_that_started_nothing_for_longest_is_picked() {
+        let (idle, ranking) = (ConnectionTracker::new(), ConnectionTracker::new());
+        let tokens: Vec<_> = (0..3).map(|_| CancellationToken::new()).collect();
+        let connections: Vec<_> = tokens
+            .iter()
+            .map(|token| Activity::ranked(idle.clone(), ranking.clone(), token.clone()))
+            .collect();
+        // All three busy: the first with one call that stays open, the
+        // others starting calls since.
+        let _held = connections[0].begin();
+        let _second = connections[1].begin();
+        let _third = connections[2].begin();
+        drop(connections[1].begin());
+        assert!(!idle.close_oldest(), "none is idle");
+        assert!(ranking.close_oldest());
+        assert!(tokens[0].is_cancelled(), "the stalest was not picked");
+        assert!(!tokens[1].is_cancelled() && !tokens[2].is_cancelled());
+        // Then the third, whose last call began before the second's.
+        assert!(ranking.close_oldest());
+        assert!(tokens[2].is_cancelled());
+        assert!(!tokens[1].is_cancelled());
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::activity::Activity;
@@ -86,7 +87,7 @@ impl ConnectionTracker {
         slots: &Arc<Semaphore>,
         closed: impl FnOnce(bool),
     ) -> Option<OwnedSemaphorePermit> {
-        place_under(slots, &[self], closed).await
+        place_under(slots, &[self], |kind| closed(kind.is_some())).await
     }
 
     /// How many tracked connections are open.
@@ -126,16 +127,20 @@ impl ConnectionTracker {
 
 /// [`ConnectionTracker::place_under`] with several kinds of connection a
 /// newcomer may displace, in order: the oldest of the first tracker that
-/// has one is closed.
+/// has one is closed, and `closed` is told which kind (its index), if any.
 pub async fn place_under(
     slots: &Arc<Semaphore>,
     displaceable: &[&ConnectionTracker],
-    closed: impl FnOnce(bool),
+    closed: impl FnOnce(Option<usize>),
 ) -> Option<OwnedSemaphorePermit> {
     if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
         return Some(slot);
     }
-    closed(displaceable.iter().any(|tracker| tracker.close_oldest()));
+    closed(
+        displaceable
+            .iter()
+            .position(|tracker| tracker.close_oldest()),
+    );
     Arc::clone(slots).acquire_owned().await.ok()
 }
 
@@ -178,6 +183,7 @@ impl Registration {
         Tracked {
             io,
             backlog: Backlog::current(),
+            end_of_life: None,
             closing: Box::pin(self.token.clone().cancelled_owned()),
             activity: None,
             registration: self,
@@ -185,11 +191,17 @@ impl Registration {
     }
 
     /// [`Registration::wrap`], and the connection is also in `idle` while
-    /// it has no request in flight, where closing it there closes it. The
-    /// requests are counted by whoever holds its [`Activity`] (which
-    /// [`TrackedInfo`] hands to tonic).
-    pub fn wrap_watched<T>(self, io: T, idle: &ConnectionTracker) -> Tracked<T> {
-        let activity = Activity::new(idle.clone(), self.token.clone());
+    /// it has no request in flight, and in `by_last_request` ranked by when
+    /// its last request began ([`Activity::ranked`]); closing it there
+    /// closes it. The requests are counted by whoever holds its
+    /// [`Activity`] (which [`TrackedInfo`] hands to tonic).
+    pub fn wrap_watched<T>(
+        self,
+        io: T,
+        idle: &ConnectionTracker,
+        by_last_request: &ConnectionTracker,
+    ) -> Tracked<T> {
+        let activity = Activity::ranked(idle.clone(), by_last_request.clone(), self.token.clone());
         Tracked {
             activity: Some(activity),
             ..self.wrap(io)
@@ -218,15 +230,34 @@ impl Drop for Guard {
 pub struct Tracked<T> {
     io: T,
     backlog: Backlog,
+    /// When the connection ends whatever it is doing, if it has an end of
+    /// life ([`Tracked::closing_at`]).
+    end_of_life: Option<Pin<Box<Sleep>>>,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     activity: Option<Arc<Activity>>,
     registration: Registration,
 }
 
 impl<T> Tracked<T> {
-    /// Whether the tracker has closed this connection. Polling also
-    /// registers the task to be woken when it does.
+    /// The connection ends at `deadline` as if its tracker closed it: for
+    /// a hard limit on its life that no stream left open can stretch.
+    #[must_use]
+    pub fn closing_at(mut self, deadline: tokio::time::Instant) -> Self {
+        self.end_of_life = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        self
+    }
+
+    /// Whether the tracker has closed this connection, or its end of life
+    /// has come. Polling also registers the task to be woken when either
+    /// happens.
     fn is_closed(&mut self, cx: &mut Context<'_>) -> bool {
+        if self
+            .end_of_life
+            .as_mut()
+            .is_some_and(|end| end.as_mut().poll(cx).is_ready())
+        {
+            self.registration.token.cancel();
+        }
         // Checked first, so the finished future is never polled again.
         self.registration.token.is_cancelled() || self.closing.as_mut().poll(cx).is_ready()
     }

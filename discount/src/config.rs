@@ -87,9 +87,11 @@ pub struct Config {
     pub drain_timeout: Duration,
 
     /// The most connections open at once, those still in their TLS
-    /// handshake included. At the limit the oldest unfinished handshake is
-    /// closed to make room, so clients that connect and say nothing cannot
-    /// keep a real one out.
+    /// handshake included. At the limit a newcomer makes room by closing
+    /// the oldest unfinished handshake, else the oldest connection with no
+    /// call in flight, else the one whose last call began longest ago, so
+    /// clients that connect and say nothing, or hold one call open for
+    /// ever, cannot keep a real one out.
     #[arg(long, env = "DISCOUNT_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
@@ -121,7 +123,8 @@ pub struct Config {
     /// move to a new one (HTTP/2 GOAWAY; calls in flight finish, within
     /// `--max-call-duration`), so that long-lived clients re-resolve and
     /// spread over replicas added since they connected, as grpc-go's
-    /// MaxConnectionAge does.
+    /// MaxConnectionAge does. `--max-call-duration` later the connection
+    /// is closed, whatever stream (a health Watch) is still open on it.
     #[arg(long, env = "DISCOUNT_MAX_CONNECTION_AGE", default_value = "5m", value_parser = common::flags::duration)]
     pub max_connection_age: Duration,
 

@@ -176,7 +176,14 @@ pub async fn serve<S: Discount>(
         .add_service(reflection_v1alpha)
         .add_service(discount);
     let limit = options.handshake_timeout;
-    let max_connections = options.max_connections;
+    let bounds = ConnectionBounds {
+        max_connections: options.max_connections,
+        // tonic sends GOAWAY at the age; unary calls then end within
+        // max_call_duration. A stream that outlives that is cut.
+        lifetime: limits
+            .max_connection_age
+            .saturating_add(limits.max_call_duration),
+    };
     let tracker = connections.clone();
     let finished =
         common::shutdown::with_drain_limit(shutdown, options.drain_timeout, move |signal| {
@@ -184,16 +191,15 @@ pub async fn serve<S: Discount>(
                 match transport {
                     Transport::Tls(tls) => {
                         let quiet = Arc::new(Quiet::default());
-                        let incoming =
-                            incoming(listener, tracker, max_connections, move |tcp, peer| {
-                                let config = Arc::clone(&tls.borrow());
-                                let quiet = Arc::clone(&quiet);
-                                async move { tls::handshake(config, tcp, peer, limit, &quiet).await }
-                            });
+                        let incoming = incoming(listener, tracker, bounds, move |tcp, peer| {
+                            let config = Arc::clone(&tls.borrow());
+                            let quiet = Arc::clone(&quiet);
+                            async move { tls::handshake(config, tcp, peer, limit, &quiet).await }
+                        });
                         Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
                     }
                     Transport::Plaintext => {
-                        let incoming = incoming(listener, tracker, max_connections, |tcp, _| {
+                        let incoming = incoming(listener, tracker, bounds, |tcp, _| {
                             std::future::ready(Some(tcp))
                         });
                         Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
@@ -215,24 +221,36 @@ pub async fn serve<S: Discount>(
     Ok(())
 }
 
+/// How many connections [`incoming`] keeps open, and for how long.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionBounds {
+    max_connections: usize,
+    /// Past this a connection is closed whatever it is doing.
+    lifetime: Duration,
+}
+
 /// Accepts TCP connections, turns each into a stream with `upgrade` (the
 /// TLS handshake, or nothing) in a task of its own, and yields those that
 /// come through, tracked.
 ///
 /// At most `max_connections` are open at once, those still in their
-/// handshake included. At the limit, the oldest connection still in its
-/// handshake is closed to make room, or else the oldest with no call in
-/// flight, so a flood of clients that connect and say nothing (with a
-/// valid certificate or without) cannot keep a real client out; when
-/// every connection has a call in flight, the next client waits in the
-/// kernel's queue.
+/// handshake included. At the limit, to make room, the oldest connection
+/// still in its handshake is closed, or else the oldest with no call in
+/// flight, or else the one whose last call began longest ago. So neither
+/// clients that connect and say nothing (with a valid certificate or
+/// without) nor clients that each hold one call open for ever (a health
+/// Watch, a message never finished) can keep a real client out: a real
+/// client starts calls all the time, and is the last to be picked.
+///
+/// Each connection lives at most `lifetime`, so no stream left open keeps
+/// it past the GOAWAY of `--max-connection-age` for good.
 ///
 /// The accept loop stops when the returned stream is dropped, which is what
 /// tonic does when it shuts down.
 fn incoming<IO, F, U>(
     listener: TcpListener,
     connections: ConnectionTracker,
-    max_connections: usize,
+    bounds: ConnectionBounds,
     upgrade: U,
 ) -> ReceiverStream<io::Result<Tracked<IO>>>
 where
@@ -240,29 +258,39 @@ where
     F: Future<Output = Option<IO>> + Send + 'static,
     U: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
 {
+    let ConnectionBounds {
+        max_connections,
+        lifetime,
+    } = bounds;
     let (ready, incoming) = mpsc::channel(READY_QUEUE);
     let slots = Arc::new(Semaphore::new(max_connections));
     let handshaking = ConnectionTracker::new();
     // Connections past their handshake with no call in flight.
     let idle = ConnectionTracker::new();
+    // All of those, by when their last call began.
+    let by_last_call = ConnectionTracker::new();
+    let quiet = Arc::new(Quiet::default());
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
                 () = ready.closed() => break,
                 accepted = common::listener::accept(&listener) => accepted,
             };
-            let made_room = |closed: bool| {
-                if closed {
+            let made_room = |closed: Option<usize>| match closed {
+                Some(0 | 1) => {
                     tracing::debug!(%peer, "at the connection limit; closed the oldest unfinished handshake or idle connection");
-                } else {
-                    tracing::warn!(
-                        %peer,
-                        max_connections,
-                        "at the connection limit with a call in flight on every connection; the next client waits"
-                    );
+                }
+                Some(_) => {
+                    let what = "at the connection limit with a call in flight on every connection; closed the one whose last call began longest ago";
+                    if let Some(unlogged) = quiet.should_log(what, std::time::Instant::now()) {
+                        tracing::warn!(%peer, max_connections, since_last_line = unlogged + 1, "{what}");
+                    }
+                }
+                None => {
+                    tracing::debug!(%peer, "at the connection limit; waiting for a connection being closed");
                 }
             };
-            let displaceable = [&handshaking, &idle];
+            let displaceable = [&handshaking, &idle, &by_last_call];
             let slot = tokio::select! {
                 () = ready.closed() => break,
                 slot = place_under(&slots, &displaceable, made_room) => slot,
@@ -274,7 +302,9 @@ where
             let handshake = handshaking.register();
             let evicted = handshake.closed();
             let upgraded = upgrade(tcp, peer);
-            let (ready, idle) = (ready.clone(), idle.clone());
+            let (ready, idle, by_last_call) = (ready.clone(), idle.clone(), by_last_call.clone());
+            // None only for a lifetime too long to represent: no end.
+            let end_of_life = tokio::time::Instant::now().checked_add(lifetime);
             tokio::spawn(async move {
                 let stream = tokio::select! {
                     stream = upgraded => stream,
@@ -284,10 +314,12 @@ where
                 // newcomer waits for this slot, so give it up.
                 let evicted = handshake.leave();
                 if let Some(stream) = stream.filter(|_| !evicted) {
+                    let mut tracked = registration.wrap_watched(stream, &idle, &by_last_call);
+                    if let Some(end_of_life) = end_of_life {
+                        tracked = tracked.closing_at(end_of_life);
+                    }
                     // Err only when the server is shutting down.
-                    let _ = ready
-                        .send(Ok(registration.wrap_watched(stream, &idle)))
-                        .await;
+                    let _ = ready.send(Ok(tracked)).await;
                 }
             });
         }

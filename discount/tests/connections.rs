@@ -140,3 +140,94 @@ async fn the_open_files_limit_is_raised_to_the_hard_limit_and_logged() -> SetupR
     assert!(discount.terminate().await?.success());
     Ok(())
 }
+
+/// A health Watch on its own connection to `addr`: a call that stays open
+/// for as long as the server lets it.
+async fn watch_on_own_connection(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+) -> SetupResult<tonic::Streaming<tonic_health::pb::HealthCheckResponse>> {
+    let channel = testkit::grpc_channel(addr, pki).await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    Ok(health.watch(request).await?.into_inner())
+}
+
+#[tokio::test]
+async fn connections_each_holding_one_call_open_cannot_keep_a_real_client_out() -> SetupResult<()> {
+    // 32 clients with a valid certificate, each holding one health Watch
+    // open and starting nothing else, at a limit of 32 connections: none
+    // is idle, so a newcomer used to wait in the kernel's queue for as
+    // long as they stayed.
+    let pki = Pki::generate()?;
+    let server = testkit::DiscountServer::start_with(
+        &pki,
+        &["--max-connections", "32"],
+        discount::DiscountService,
+    )
+    .await?;
+    let mut watches = Vec::new();
+    for _ in 0..32 {
+        watches.push(watch_on_own_connection(server.addr(), &pki).await?);
+    }
+    let started = Instant::now();
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
+    let value = tokio::time::timeout(HANG, testkit::discount_value(channel, 1, 1000)).await??;
+    let waited = started.elapsed();
+    eprintln!("32 connections each holding a Watch, limit 32: a real client served in {waited:?}");
+    assert_eq!(value.value_in_cents, 900);
+    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+    // The connection picked was the one whose last call began longest ago:
+    // the first Watch's.
+    let first = tokio::time::timeout(HANG, async {
+        loop {
+            match watches[0].message().await {
+                Ok(Some(_)) => continue,
+                ended => return ended,
+            }
+        }
+    })
+    .await?;
+    assert!(first.is_err(), "the first Watch ended cleanly: {first:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_left_open_does_not_keep_a_connection_past_its_age() -> SetupResult<()> {
+    // GOAWAY at the age lets calls in flight finish, and a Watch never
+    // does: its connection used to live for ever. It is now cut at the age
+    // plus the longest a call may run.
+    let pki = Pki::generate()?;
+    let server = testkit::DiscountServer::start_with(
+        &pki,
+        &[
+            "--max-connection-age",
+            "300ms",
+            "--max-call-duration",
+            "200ms",
+        ],
+        discount::DiscountService,
+    )
+    .await?;
+    let started = Instant::now();
+    let mut watch = watch_on_own_connection(server.addr(), &pki).await?;
+    let ended = tokio::time::timeout(HANG, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                ended => return ended,
+            }
+        }
+    })
+    .await?;
+    let lived = started.elapsed();
+    eprintln!("a Watch on a connection aged 300 ms (+200 ms): ended after {lived:?}: {ended:?}");
+    assert!(ended.is_err(), "ended cleanly: {ended:?}");
+    assert!(
+        lived >= Duration::from_millis(450),
+        "cut after only {lived:?}"
+    );
+    Ok(())
+}
