@@ -49,9 +49,16 @@ async fn never_reading(
 
 /// How many streams one connection may open.
 async fn stream_limit(client: &mut h2::client::SendRequest<bytes::Bytes>) -> SetupResult<usize> {
-    // The server's SETTINGS arrive with the first exchange.
+    // Until the server's SETTINGS have been read the limit reads as
+    // unlimited; on a loaded machine that can take a while.
     *client = client.clone().ready().await?;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    while client.current_max_send_streams() == usize::MAX {
+        if started.elapsed() > HANG {
+            return Err("the server's SETTINGS never arrived".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Ok(client.current_max_send_streams())
 }
 
