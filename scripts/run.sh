@@ -82,6 +82,18 @@ wait_for() {
   exit 1
 }
 
+# port_free NAME PORT VARIABLE: stops here if something already listens on
+# PORT; wait_for would take it for the service just started.
+port_free() {
+  local name=$1 port=$2 variable=$3
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "run: port $port for $name is already in use (an earlier run still going?); stop it, or pick another port with $variable=..." >&2
+    exit 1
+  fi
+}
+
+port_free discount "$discount_port" DISCOUNT_PORT
+port_free catalog "$catalog_port" CATALOG_PORT
 start discount "$discount_port"
 wait_for discount "${pids[0]}" "$discount_port"
 DISCOUNT_SERVICE_HOST="localhost:$discount_port" start catalog "$catalog_port"

@@ -66,24 +66,24 @@ pub struct Config {
     /// The longest one call to discount may take, connecting included (a
     /// listing is one ApplyDiscounts call). Past it the products are listed
     /// without their discount.
-    #[arg(long, env = "CATALOG_DISCOUNT_DEADLINE", default_value = "300ms", value_parser = common::flags::duration)]
+    #[arg(long, env = "CATALOG_DISCOUNT_DEADLINE", default_value = "300ms", value_parser = common::flags::positive_duration)]
     pub discount_deadline: Duration,
 
     /// The longest a TCP connect to discount, and then the TLS handshake,
     /// may each take.
-    #[arg(long, env = "CATALOG_DISCOUNT_CONNECT_TIMEOUT", default_value = "1s", value_parser = common::flags::duration)]
+    #[arg(long, env = "CATALOG_DISCOUNT_CONNECT_TIMEOUT", default_value = "1s", value_parser = common::flags::positive_duration)]
     pub discount_connect_timeout: Duration,
 
     /// After discount could not be reached (connection refused, TLS
     /// handshake failed), how long to wait before trying again; the wait
     /// doubles while failures go on, up to `--discount-backoff-max`.
     /// Meanwhile listings are answered at once without discounts.
-    #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MIN", default_value = "1s", value_parser = common::flags::duration)]
+    #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MIN", default_value = "1s", value_parser = common::flags::positive_duration)]
     pub discount_backoff_min: Duration,
 
     /// The longest wait between attempts to reach discount: also the
     /// longest the catalog may take to notice that discount is back.
-    #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MAX", default_value = "10s", value_parser = common::flags::duration)]
+    #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MAX", default_value = "10s", value_parser = common::flags::positive_duration)]
     pub discount_backoff_max: Duration,
 
     /// Open a new TLS connection to discount for every HTTP request, as the
@@ -92,13 +92,13 @@ pub struct Config {
     pub dial_per_request: bool,
 
     /// The longest an HTTP request may take; past it the answer is 503.
-    #[arg(long, env = "CATALOG_REQUEST_TIMEOUT", default_value = "5s", value_parser = common::flags::duration)]
+    #[arg(long, env = "CATALOG_REQUEST_TIMEOUT", default_value = "5s", value_parser = common::flags::positive_duration)]
     pub request_timeout: Duration,
 
     /// The longest a client may take to send a request's headers, and the
     /// longest a connection (HTTP/1 or HTTP/2) may sit with no request in
     /// flight.
-    #[arg(long, env = "CATALOG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = common::flags::duration)]
+    #[arg(long, env = "CATALOG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = common::flags::positive_duration)]
     pub header_read_timeout: Duration,
 
     /// The most HTTP connections served at once. At the limit a newcomer

@@ -158,6 +158,7 @@ async fn serve(
     let idle = ConnectionTracker::new();
     let (stop, stopping) = watch::channel(false);
     let refusals = Arc::new(Quiet::default());
+    let at_limit = Quiet::default();
     let mut tasks = JoinSet::new();
     let mut signal = signal;
     loop {
@@ -168,11 +169,16 @@ async fn serve(
         };
         // At the limit, make room as nginx does: a client waiting for its
         // first answer counts for more than one idling between requests.
+        // Logged once an interval: operators need to know the limit is
+        // reached, not every connection it cost.
         let made_room = |closed: bool| {
-            if closed {
-                tracing::debug!(%peer, "at the connection limit; closed the oldest idle connection");
+            let what = if closed {
+                "closed the oldest idle connection to make room"
             } else {
-                tracing::debug!(%peer, "at the connection limit with every connection busy; waiting");
+                "every connection has a request in flight; the newcomer waits"
+            };
+            if let Some(unlogged) = at_limit.should_log(what, Instant::now()) {
+                tracing::warn!(%peer, max_connections = options.max_connections, since_last_line = unlogged + 1, "at the connection limit (--max-connections): {what}");
             }
         };
         let slot = tokio::select! {
@@ -243,9 +249,16 @@ impl Connection {
         let limit = self.options.header_read_timeout;
         tokio::select! {
             first_byte = tokio::time::timeout(limit, tcp.peek(&mut first)) => {
-                if !matches!(first_byte, Ok(Ok(read)) if read > 0) {
-                    tracing::debug!(%peer, "no request within the header timeout; closing");
-                    return;
+                match first_byte {
+                    Ok(Ok(read)) if read > 0 => {}
+                    Ok(_) => {
+                        tracing::debug!(%peer, "closed by the client before sending anything");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "no request within the header timeout; closing");
+                        return;
+                    }
                 }
             }
             () = self.activity.evicted() => {

@@ -275,6 +275,7 @@ async fn an_idle_h2c_connection_answering_pings_is_closed_after_the_header_timeo
 
 #[tokio::test]
 async fn at_the_connection_limit_the_oldest_idle_connection_makes_room() -> SetupResult<()> {
+    let (logs, _capturing) = testkit::Logs::capture();
     let (_pki, _discount, catalog) =
         system_with(&["--max-connections", "4", "--header-read-timeout", "30s"]).await?;
     // Four idle connections take every slot, and would keep them for 30 s.
@@ -293,6 +294,10 @@ async fn at_the_connection_limit_the_oldest_idle_connection_makes_room() -> Setu
         idle.remove(0).await?,
         "the oldest idle connection is still open"
     );
+    // The operator hears of the limit (once an interval).
+    let warned = logs.lines_with("at the connection limit (--max-connections)");
+    assert_eq!(warned.len(), 1, "{}", logs.text());
+    assert!(warned[0].contains("WARN"), "{warned:?}");
     Ok(())
 }
 

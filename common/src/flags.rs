@@ -25,6 +25,22 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// [`duration`], and not zero: for timeouts, intervals and limits, where
+/// zero would not mean "off" but a service that refuses every request
+/// (a header timeout of 0 resets every connection).
+///
+/// # Errors
+/// As [`duration`], or the duration is zero.
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    let parsed = duration(text)?;
+    if parsed.is_zero() {
+        return Err(format!(
+            "{text} is zero; this flag needs a duration above zero (zero does not turn it off), like 300ms or 2s"
+        ));
+    }
+    Ok(parsed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,6 +50,14 @@ mod tests {
         assert_eq!(duration("300ms"), Ok(Duration::from_millis(300)));
         assert_eq!(duration("0s"), Ok(Duration::ZERO));
         assert_eq!(duration("24h"), Ok(MAX_DURATION));
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_would_fail_every_request() {
+        let zero = positive_duration("0s").unwrap_err();
+        assert!(zero.contains("above zero"), "{zero}");
+        assert_eq!(positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert!(positive_duration("500000000years").is_err());
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub struct Config {
 
     /// How long a client may take to finish the TLS handshake before the
     /// connection is closed, so stalled or half-open clients cannot pile up.
-    #[arg(long, env = "DISCOUNT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = common::flags::duration)]
+    #[arg(long, env = "DISCOUNT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = common::flags::positive_duration)]
     pub tls_handshake_timeout: Duration,
 
     /// On SIGTERM or Ctrl-C, how long to keep serving with health reporting
@@ -116,7 +116,7 @@ pub struct Config {
 
     /// The longest any call may run, whatever `grpc-timeout` the client asks
     /// for (or none); past it the call ends with CANCELLED "Timeout expired".
-    #[arg(long, env = "DISCOUNT_MAX_CALL_DURATION", default_value = "10s", value_parser = common::flags::duration)]
+    #[arg(long, env = "DISCOUNT_MAX_CALL_DURATION", default_value = "10s", value_parser = common::flags::positive_duration)]
     pub max_call_duration: Duration,
 
     /// How long a connection may live: past it, discount asks the client to
@@ -125,16 +125,16 @@ pub struct Config {
     /// spread over replicas added since they connected, as grpc-go's
     /// MaxConnectionAge does. `--max-call-duration` later the connection
     /// is closed, whatever stream (a health Watch) is still open on it.
-    #[arg(long, env = "DISCOUNT_MAX_CONNECTION_AGE", default_value = "5m", value_parser = common::flags::duration)]
+    #[arg(long, env = "DISCOUNT_MAX_CONNECTION_AGE", default_value = "5m", value_parser = common::flags::positive_duration)]
     pub max_connection_age: Duration,
 
     /// How often a connection is pinged (HTTP/2 PING), to find clients that
     /// vanished without closing it.
-    #[arg(long, env = "DISCOUNT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = common::flags::duration)]
+    #[arg(long, env = "DISCOUNT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = common::flags::positive_duration)]
     pub http2_keepalive_interval: Duration,
 
     /// How long a PING may go unanswered before the connection is closed.
-    #[arg(long, env = "DISCOUNT_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = common::flags::duration)]
+    #[arg(long, env = "DISCOUNT_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = common::flags::positive_duration)]
     pub http2_keepalive_timeout: Duration,
 
     /// How many calls a client may open and cancel (RST_STREAM) before the

@@ -276,18 +276,19 @@ where
                 () = ready.closed() => break,
                 accepted = common::listener::accept(&listener) => accepted,
             };
-            let made_room = |closed: Option<usize>| match closed {
-                Some(0 | 1) => {
-                    tracing::debug!(%peer, "at the connection limit; closed the oldest unfinished handshake or idle connection");
-                }
-                Some(_) => {
-                    let what = "at the connection limit with a call in flight on every connection; closed the one whose last call began longest ago";
-                    if let Some(unlogged) = quiet.should_log(what, std::time::Instant::now()) {
-                        tracing::warn!(%peer, max_connections, since_last_line = unlogged + 1, "{what}");
+            // Operators need to know the limit is reached, once an
+            // interval, not once a connection.
+            let made_room = |closed: Option<usize>| {
+                let what = match closed {
+                    Some(0) => "closed the oldest unfinished TLS handshake to make room",
+                    Some(1) => "closed the oldest connection with no call in flight to make room",
+                    Some(_) => {
+                        "every connection has a call in flight; closed the one whose last call began longest ago to make room"
                     }
-                }
-                None => {
-                    tracing::debug!(%peer, "at the connection limit; waiting for a connection being closed");
+                    None => "waiting for a connection being closed",
+                };
+                if let Some(unlogged) = quiet.should_log(what, std::time::Instant::now()) {
+                    tracing::warn!(%peer, max_connections, since_last_line = unlogged + 1, "at the connection limit (--max-connections): {what}");
                 }
             };
             let displaceable = [&handshaking, &idle, &by_last_call];
