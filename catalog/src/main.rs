@@ -7,7 +7,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    common::telemetry::init("warn,catalog=info,common=info,tower_http=info");
+    common::telemetry::init("warn,h2=error,catalog=info,common=info,tower_http=info");
     let config = Config::parse();
     if config.check_certs {
         common::crypto::install_default_provider();

@@ -12,6 +12,10 @@ use tracing_subscriber::EnvFilter;
 /// An invalid `RUST_LOG` is reported and the default is used, rather than
 /// silently logging nothing.
 ///
+/// Both binaries keep the `h2` crate at `error`: its WARN lines (a peer
+/// reached a reset limit) come once per offending connection, unthrottled,
+/// 50 to 70 a second from one attacker; `RUST_LOG=...,h2=warn` shows them.
+///
 /// Call it once, first thing in `main`; tests do not call it and stay quiet.
 pub fn init(default_filter: &str) {
     let filter = match std::env::var("RUST_LOG") {

@@ -88,10 +88,9 @@ pub struct Config {
 
     /// The most connections open at once, those still in their TLS
     /// handshake included. At the limit a newcomer makes room by closing
-    /// the oldest unfinished handshake, else the oldest connection with no
-    /// call in flight, else the one whose last call began longest ago, so
-    /// clients that connect and say nothing, or hold one call open for
-    /// ever, cannot keep a real one out.
+    /// the oldest unfinished handshake, else the connection, idle or not,
+    /// whose last call began longest ago, so clients that connect and say
+    /// nothing, or hold one call open for ever, cannot keep a real one out.
     #[arg(long, env = "DISCOUNT_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 

@@ -7,7 +7,7 @@ use discount::{Application, Config, StartupError};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    common::telemetry::init("warn,discount=info,common=info");
+    common::telemetry::init("warn,h2=error,discount=info,common=info");
     let config = Config::parse();
     if config.check_certs {
         common::crypto::install_default_provider();

@@ -235,12 +235,14 @@ struct ConnectionBounds {
 ///
 /// At most `max_connections` are open at once, those still in their
 /// handshake included. At the limit, to make room, the oldest connection
-/// still in its handshake is closed, or else the oldest with no call in
-/// flight, or else the one whose last call began longest ago. So neither
+/// still in its handshake is closed, or else the one whose last call (or
+/// whose start, if none) began longest ago, idle or not. So neither
 /// clients that connect and say nothing (with a valid certificate or
 /// without) nor clients that each hold one call open for ever (a health
-/// Watch, a message never finished) can keep a real client out: a real
-/// client starts calls all the time, and is the last to be picked.
+/// Watch, a message never finished) and reconnect when closed can keep a
+/// real client out: a real client starts calls all the time, and is the
+/// last to be picked. (Picking idle connections first let such clients
+/// evict every real client between two of its calls.)
 ///
 /// Each connection lives at most `lifetime`, so no stream left open keeps
 /// it past the GOAWAY of `--max-connection-age` for good.
@@ -265,9 +267,10 @@ where
     let (ready, incoming) = mpsc::channel(READY_QUEUE);
     let slots = Arc::new(Semaphore::new(max_connections));
     let handshaking = ConnectionTracker::new();
-    // Connections past their handshake with no call in flight.
+    // Connections past their handshake with no call in flight, as their
+    // activity tracks them; not where room is made (see above).
     let idle = ConnectionTracker::new();
-    // All of those, by when their last call began.
+    // Connections past their handshake by when their last call began.
     let by_last_call = ConnectionTracker::new();
     let quiet = Arc::new(Quiet::default());
     tokio::spawn(async move {
@@ -281,9 +284,8 @@ where
             let made_room = |closed: Option<usize>| {
                 let what = match closed {
                     Some(0) => "closed the oldest unfinished TLS handshake to make room",
-                    Some(1) => "closed the oldest connection with no call in flight to make room",
                     Some(_) => {
-                        "every connection has a call in flight; closed the one whose last call began longest ago to make room"
+                        "closed the connection whose last call began longest ago to make room"
                     }
                     None => "waiting for a connection being closed",
                 };
@@ -291,7 +293,12 @@ where
                     tracing::warn!(%peer, max_connections, since_last_line = unlogged + 1, "at the connection limit (--max-connections): {what}");
                 }
             };
-            let displaceable = [&handshaking, &idle, &by_last_call];
+            // Idle connections are not picked before busy ones: a real
+            // client is idle between its calls, while one that holds a
+            // call open (a Watch) and reconnects whenever it is closed
+            // never is. By when the last call began, the one that holds a
+            // call open goes first.
+            let displaceable = [&handshaking, &by_last_call];
             let slot = tokio::select! {
                 () = ready.closed() => break,
                 slot = place_under(&slots, &displaceable, made_room) => slot,

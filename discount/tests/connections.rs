@@ -231,3 +231,51 @@ async fn a_stream_left_open_does_not_keep_a_connection_past_its_age() -> SetupRe
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn clients_that_hold_a_call_open_and_reconnect_cannot_evict_a_real_client_between_its_calls()
+-> SetupResult<()> {
+    // At a limit of 8: 8 connections each hold a Watch, and a ninth
+    // reconnects with a Watch every time it is closed, 40 times. A real
+    // client on one long-lived connection calls every 20 ms and is idle in
+    // between: when idle connections were picked first, each reconnect
+    // closed the real client's connection and its next call failed.
+    let pki = Pki::generate()?;
+    let server = testkit::DiscountServer::start_with(
+        &pki,
+        &["--max-connections", "9"],
+        discount::DiscountService,
+    )
+    .await?;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(watch_on_own_connection(server.addr(), &pki).await?);
+    }
+    let real = testkit::grpc_channel(server.addr(), &pki).await?;
+    testkit::discount_value(real.clone(), 1, 1000).await?;
+    let (addr, attacker_pki) = (server.addr(), &pki);
+    let churn = async {
+        for _ in 0..40 {
+            if let Ok(watch) = watch_on_own_connection(addr, attacker_pki).await {
+                held.push(watch);
+            }
+        }
+    };
+    let calls = async {
+        let mut failed = Vec::new();
+        for _ in 0..40 {
+            if let Err(error) = testkit::discount_value(real.clone(), 1, 1000).await {
+                failed.push(error.to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        failed
+    };
+    let ((), failed) = tokio::time::timeout(HANG * 3, async { tokio::join!(churn, calls) }).await?;
+    eprintln!(
+        "40 reconnecting Watches at the limit: {} of 40 real calls failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    Ok(())
+}
