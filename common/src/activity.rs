@@ -1,6 +1,6 @@
 //! Whether a connection has requests in flight, so that a server at its
-//! connection limit can close an idle connection for a newcomer, as nginx
-//! does, and close connections idle for too long.
+//! connection limit can close an idle (or the stalest) connection for a
+//! newcomer, as nginx does, and close connections idle for too long.
 //!
 //! A client that opens connections and sends nothing on them (answering
 //! pings, so keepalive does not find it) would otherwise hold every slot
@@ -16,81 +16,79 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connections::{ConnectionTracker, Registration};
 
-/// One connection's requests in flight. While it has none it is registered
-/// in the tracker of idle connections, where
-/// [`ConnectionTracker::close_oldest`] can pick it, cancelling `evict`.
+/// One connection's requests in flight, and its place in the tracker where
+/// [`ConnectionTracker::close_oldest`] can pick it, cancelling `evict`:
+/// the tracker of idle connections while it has none ([`Activity::new`],
+/// the catalog), or one ranking every connection by its last request
+/// ([`Activity::ranked`], discount).
 ///
 /// Kept cheap per request: a request changes a counter, and the idle
-/// registration only when the connection goes from idle to busy or back;
-/// nothing wakes the connection's task. The idle timer instead wakes once
-/// per timeout period and looks.
+/// registration only when the connection goes from idle to busy or back
+/// (a ranked one moves once per request); nothing wakes the connection's
+/// task. The idle timer instead wakes once per timeout period and looks.
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicUsize,
     /// When the connection last became idle, as time since `epoch`.
     idle_since: AtomicU64,
     epoch: Instant,
-    idle_registration: Mutex<Option<Registration>>,
-    idle: ConnectionTracker,
-    /// Where the connection ranks by when its last request began, if the
-    /// server ranks them ([`Activity::ranked`]).
-    last_request: Option<(ConnectionTracker, Mutex<Registration>)>,
+    /// Where a newcomer at the limit may pick the connection.
+    placement: Placement,
+    registration: Mutex<Option<Registration>>,
     evict: CancellationToken,
+}
+
+/// Which tracker holds a connection, and when.
+#[derive(Debug)]
+enum Placement {
+    /// In this tracker while it has no request in flight (the catalog).
+    WhileIdle(ConnectionTracker),
+    /// Always in this tracker, moved to the back each time a request
+    /// begins (discount).
+    ByLastRequest(ConnectionTracker),
 }
 
 impl Activity {
     /// A connection that has not started a request yet: idle, in `idle`.
     /// `evict` is cancelled when the tracker picks it.
     pub fn new(idle: ConnectionTracker, evict: CancellationToken) -> Arc<Self> {
-        Self::build(idle, None, evict)
+        Self::build(Placement::WhileIdle(idle), evict)
     }
 
-    /// [`Activity::new`], and the connection is also in `by_last_request`,
-    /// ordered by when its last request began (its start counting as one).
-    /// There a server whose every connection is busy can still pick the
-    /// one that has started nothing for longest: a connection held by a
-    /// single call that never ends (a stream left open, a message that
-    /// never comes) rather than one doing real work, which starts calls
-    /// all the time.
-    pub fn ranked(
-        idle: ConnectionTracker,
-        by_last_request: ConnectionTracker,
-        evict: CancellationToken,
-    ) -> Arc<Self> {
-        Self::build(idle, Some(by_last_request), evict)
+    /// A connection in `by_last_request`, idle or not, ordered by when its
+    /// last request began (its start counting as one). There a server at
+    /// its limit picks the one that has started nothing for longest: a
+    /// connection held by a single call that never ends (a stream left
+    /// open, a message that never comes) rather than a real client, which
+    /// starts calls all the time and is idle only between them.
+    pub fn ranked(by_last_request: ConnectionTracker, evict: CancellationToken) -> Arc<Self> {
+        Self::build(Placement::ByLastRequest(by_last_request), evict)
     }
 
-    fn build(
-        idle: ConnectionTracker,
-        by_last_request: Option<ConnectionTracker>,
-        evict: CancellationToken,
-    ) -> Arc<Self> {
-        let registration = idle.register_as(&evict);
-        let last_request = by_last_request.map(|tracker| {
-            let ranking = tracker.register_as(&evict);
-            (tracker, Mutex::new(ranking))
-        });
+    fn build(placement: Placement, evict: CancellationToken) -> Arc<Self> {
+        let (Placement::WhileIdle(tracker) | Placement::ByLastRequest(tracker)) = &placement;
+        let registration = tracker.register_as(&evict);
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             epoch: Instant::now(),
-            idle_registration: Mutex::new(Some(registration)),
-            idle,
-            last_request,
+            registration: Mutex::new(Some(registration)),
+            placement,
             evict,
         })
     }
 
     /// A request starts; it ends when the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> Busy {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+        let first = self.in_flight.fetch_add(1, Ordering::AcqRel) == 0;
+        match &self.placement {
             // No longer idle: leaves the idle tracker.
-            *self.registration() = None;
-        }
-        if let Some((tracker, ranking)) = &self.last_request {
+            Placement::WhileIdle(_) if first => *self.registration() = None,
+            Placement::WhileIdle(_) => {}
             // Moves to the back: registered now, the old place left.
-            let now = tracker.register_as(&self.evict);
-            *ranking.lock().unwrap_or_else(PoisonError::into_inner) = now;
+            Placement::ByLastRequest(tracker) => {
+                *self.registration() = Some(tracker.register_as(&self.evict));
+            }
         }
         Busy(Arc::clone(self))
     }
@@ -99,16 +97,18 @@ impl Activity {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.idle_since.store(since, Ordering::Release);
-            let mut registration = self.registration();
-            // A request that began meanwhile keeps it busy.
-            if self.in_flight.load(Ordering::Acquire) == 0 {
-                *registration = Some(self.idle.register_as(&self.evict));
+            if let Placement::WhileIdle(idle) = &self.placement {
+                let mut registration = self.registration();
+                // A request that began meanwhile keeps it busy.
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    *registration = Some(idle.register_as(&self.evict));
+                }
             }
         }
     }
 
     fn registration(&self) -> MutexGuard<'_, Option<Registration>> {
-        self.idle_registration
+        self.registration
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -171,11 +171,11 @@ mod tests {
 
     #[tokio::test]
     async fn ranked_by_last_request_the_one_that_started_nothing_for_longest_is_picked() {
-        let (idle, ranking) = (ConnectionTracker::new(), ConnectionTracker::new());
+        let ranking = ConnectionTracker::new();
         let tokens: Vec<_> = (0..3).map(|_| CancellationToken::new()).collect();
         let connections: Vec<_> = tokens
             .iter()
-            .map(|token| Activity::ranked(idle.clone(), ranking.clone(), token.clone()))
+            .map(|token| Activity::ranked(ranking.clone(), token.clone()))
             .collect();
         // All three busy: the first with one call that stays open, the
         // others starting calls since.
@@ -183,7 +183,6 @@ mod tests {
         let _second = connections[1].begin();
         let _third = connections[2].begin();
         drop(connections[1].begin());
-        assert!(!idle.close_oldest(), "none is idle");
         assert!(ranking.close_oldest());
         assert!(tokens[0].is_cancelled(), "the stalest was not picked");
         assert!(!tokens[1].is_cancelled() && !tokens[2].is_cancelled());

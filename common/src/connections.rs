@@ -190,18 +190,13 @@ impl Registration {
         }
     }
 
-    /// [`Registration::wrap`], and the connection is also in `idle` while
-    /// it has no request in flight, and in `by_last_request` ranked by when
-    /// its last request began ([`Activity::ranked`]); closing it there
-    /// closes it. The requests are counted by whoever holds its
-    /// [`Activity`] (which [`TrackedInfo`] hands to tonic).
-    pub fn wrap_watched<T>(
-        self,
-        io: T,
-        idle: &ConnectionTracker,
-        by_last_request: &ConnectionTracker,
-    ) -> Tracked<T> {
-        let activity = Activity::ranked(idle.clone(), by_last_request.clone(), self.token.clone());
+    /// [`Registration::wrap`], and the connection is also in
+    /// `by_last_request`, ranked by when its last request began
+    /// ([`Activity::ranked`]); closing it there closes it. The requests
+    /// are counted by whoever holds its [`Activity`] (which
+    /// [`TrackedInfo`] hands to tonic).
+    pub fn wrap_watched<T>(self, io: T, by_last_request: &ConnectionTracker) -> Tracked<T> {
+        let activity = Activity::ranked(by_last_request.clone(), self.token.clone());
         Tracked {
             activity: Some(activity),
             ..self.wrap(io)

@@ -267,9 +267,6 @@ where
     let (ready, incoming) = mpsc::channel(READY_QUEUE);
     let slots = Arc::new(Semaphore::new(max_connections));
     let handshaking = ConnectionTracker::new();
-    // Connections past their handshake with no call in flight, as their
-    // activity tracks them; not where room is made (see above).
-    let idle = ConnectionTracker::new();
     // Connections past their handshake by when their last call began.
     let by_last_call = ConnectionTracker::new();
     let quiet = Arc::new(Quiet::default());
@@ -310,7 +307,7 @@ where
             let handshake = handshaking.register();
             let evicted = handshake.closed();
             let upgraded = upgrade(tcp, peer);
-            let (ready, idle, by_last_call) = (ready.clone(), idle.clone(), by_last_call.clone());
+            let (ready, by_last_call) = (ready.clone(), by_last_call.clone());
             // None only for a lifetime too long to represent: no end.
             let end_of_life = tokio::time::Instant::now().checked_add(lifetime);
             tokio::spawn(async move {
@@ -322,7 +319,7 @@ where
                 // newcomer waits for this slot, so give it up.
                 let evicted = handshake.leave();
                 if let Some(stream) = stream.filter(|_| !evicted) {
-                    let mut tracked = registration.wrap_watched(stream, &idle, &by_last_call);
+                    let mut tracked = registration.wrap_watched(stream, &by_last_call);
                     if let Some(end_of_life) = end_of_life {
                         tracked = tracked.closing_at(end_of_life);
                     }

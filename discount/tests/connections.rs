@@ -155,6 +155,22 @@ async fn watch_on_own_connection(
     Ok(health.watch(request).await?.into_inner())
 }
 
+/// How `watch` ended (its status, or `Ok(None)` for a clean end), reading
+/// past its updates; an error if it had not ended within [`HANG`].
+async fn watch_end(
+    watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) -> SetupResult<Result<Option<tonic_health::pb::HealthCheckResponse>, tonic::Status>> {
+    let end = async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                ended => return ended,
+            }
+        }
+    };
+    Ok(tokio::time::timeout(HANG, end).await?)
+}
+
 #[tokio::test]
 async fn connections_each_holding_one_call_open_cannot_keep_a_real_client_out() -> SetupResult<()> {
     // 32 clients with a valid certificate, each holding one health Watch
@@ -181,15 +197,7 @@ async fn connections_each_holding_one_call_open_cannot_keep_a_real_client_out() 
     assert!(waited < Duration::from_secs(1), "waited {waited:?}");
     // The connection picked was the one whose last call began longest ago:
     // the first Watch's.
-    let first = tokio::time::timeout(HANG, async {
-        loop {
-            match watches[0].message().await {
-                Ok(Some(_)) => continue,
-                ended => return ended,
-            }
-        }
-    })
-    .await?;
+    let first = watch_end(&mut watches[0]).await?;
     assert!(first.is_err(), "the first Watch ended cleanly: {first:?}");
     Ok(())
 }
@@ -213,15 +221,7 @@ async fn a_stream_left_open_does_not_keep_a_connection_past_its_age() -> SetupRe
     .await?;
     let started = Instant::now();
     let mut watch = watch_on_own_connection(server.addr(), &pki).await?;
-    let ended = tokio::time::timeout(HANG, async {
-        loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                ended => return ended,
-            }
-        }
-    })
-    .await?;
+    let ended = watch_end(&mut watch).await?;
     let lived = started.elapsed();
     eprintln!("a Watch on a connection aged 300 ms (+200 ms): ended after {lived:?}: {ended:?}");
     assert!(ended.is_err(), "ended cleanly: {ended:?}");
