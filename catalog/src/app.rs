@@ -3,11 +3,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::discount::DiscountClient;
+use crate::discount::{DiscountClient, Resolve, SystemResolver};
 use crate::error::StartupError;
 use crate::routes::AppState;
 use crate::server;
@@ -25,14 +26,27 @@ pub struct Application {
 
 impl Application {
     /// Reads and checks the TLS material, prepares the client of discount,
-    /// and binds the port, as `config` says.
+    /// and binds the port, as `config` says. Discount's names are resolved
+    /// by the system's resolver.
     ///
     /// # Errors
     /// A [`StartupError`] naming the file or flag to fix.
     pub fn build(config: &Config) -> Result<Self, StartupError> {
+        Self::build_with_resolver(config, Arc::new(SystemResolver))
+    }
+
+    /// [`Application::build`], with discount's names resolved by
+    /// `resolver` (tests hand in answers of their own).
+    ///
+    /// # Errors
+    /// A [`StartupError`] naming the file or flag to fix.
+    pub fn build_with_resolver(
+        config: &Config,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Self, StartupError> {
         common::crypto::install_default_provider();
         let open_files = common::limits::raise_open_files_limit();
-        let client = DiscountClient::connect_lazy(&config.discount())?;
+        let client = DiscountClient::start(&config.discount(), resolver)?;
         let listener = common::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
         // The bound address, not the configured one: with port 0 only this
         // says where the service really is.
@@ -79,8 +93,23 @@ impl Application {
             // A failed reload is logged by the reloader and changes nothing.
             let _ = reloader.reload();
         }));
+        if config
+            .discount_host
+            .iter()
+            .any(|t| t.ip().is_some() && t.port().is_none())
+        {
+            tracing::warn!(
+                discount = %config.discount_host,
+                "--discount-host is an IP address without a port, as Kubernetes sets DISCOUNT_SERVICE_HOST to a Service's cluster IP: \
+                 all calls then go over one connection to whichever replica that address forwards it to, rebalanced only when discount \
+                 retires the connection (its --max-connection-age). To spread calls over every replica, name a headless Service \
+                 (clusterIP: None) with its port, e.g. --discount-host discount-headless:11443, and set enableServiceLinks: false"
+            );
+        }
         tracing::info!(
-            discount = %discount.addr,
+            discount = %discount.targets,
+            resolve_interval = ?discount.resolve_interval,
+            health_interval = ?discount.health_interval,
             server_name = %discount.server_name,
             dial_per_request = discount.dial_per_request,
             ca = %common::pem::display_path(&config.discount_ca),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::pem::PemSource;
 
-use crate::discount::{DiscountAddr, DiscountSettings};
+use crate::discount::{DEFAULT_PORT, DiscountSettings, Targets};
 use crate::server::ServeOptions;
 use crate::tls::Security;
 
@@ -27,16 +27,37 @@ pub struct Config {
     #[arg(long, env = "CATALOG_LISTEN_ADDR", default_value_t = IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
     pub listen_addr: IpAddr,
 
-    /// Where discount listens, as `host:port` (the seed's variable). The
-    /// port defaults to 443 when left out, as in grpc-go.
+    /// Where discount listens, as `host:port` (the seed's variable), or
+    /// several separated by commas. Every address a name resolves to is a
+    /// replica, and names are resolved again every
+    /// `--discount-resolve-interval`.
     #[arg(long, env = "DISCOUNT_SERVICE_HOST", default_value = "localhost:11443")]
-    pub discount_host: DiscountAddr,
+    pub discount_host: Targets,
 
-    /// The name discount's certificate must be issued to. Defaults to the
-    /// host part of `--discount-host`; set it when dialling an address the
-    /// certificate does not name (a load balancer, a bare IP).
+    /// The port of a `--discount-host` target that names none. Kubernetes
+    /// sets this variable next to `DISCOUNT_SERVICE_HOST` for a Service
+    /// named `discount`; without it, 443, as in grpc-go.
+    #[arg(long, env = "DISCOUNT_SERVICE_PORT")]
+    pub discount_port: Option<u16>,
+
+    /// The name discount's certificate must be issued to, whatever address
+    /// is dialled. Defaults to the host part of the first `--discount-host`
+    /// target; set it when dialling addresses the certificate does not
+    /// name (a load balancer, a bare IP).
     #[arg(long, env = "DISCOUNT_SERVER_NAME")]
     pub discount_server_name: Option<String>,
+
+    /// How often the names of `--discount-host` are resolved again, to
+    /// find replicas added and removed (also soon after a replica could not
+    /// be reached).
+    #[arg(long, env = "CATALOG_DISCOUNT_RESOLVE_INTERVAL", default_value = "5s", value_parser = common::flags::positive_duration)]
+    pub discount_resolve_interval: Duration,
+
+    /// How often each discount replica's health is checked (and the
+    /// HTTP/2 keepalive ping period). A replica that is not serving, or
+    /// does not answer within this, leaves the rotation.
+    #[arg(long, env = "CATALOG_DISCOUNT_HEALTH_INTERVAL", default_value = "1s", value_parser = common::flags::positive_duration)]
+    pub discount_health_interval: Duration,
 
     /// PEM file with the CA certificate(s) that signed discount's
     /// certificate. Only these are trusted: not the system's roots.
@@ -74,15 +95,16 @@ pub struct Config {
     #[arg(long, env = "CATALOG_DISCOUNT_CONNECT_TIMEOUT", default_value = "1s", value_parser = common::flags::positive_duration)]
     pub discount_connect_timeout: Duration,
 
-    /// After discount could not be reached (connection refused, TLS
-    /// handshake failed), how long to wait before trying again; the wait
-    /// doubles while failures go on, up to `--discount-backoff-max`.
-    /// Meanwhile listings are answered at once without discounts.
+    /// After a discount replica could not be reached (connection refused,
+    /// TLS handshake failed, health check unanswered), how long it is left
+    /// out of rotation before it is tried again; the wait doubles while
+    /// failures go on, up to `--discount-backoff-max`. With no replica in
+    /// rotation, listings are answered at once without discounts.
     #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MIN", default_value = "1s", value_parser = common::flags::positive_duration)]
     pub discount_backoff_min: Duration,
 
-    /// The longest wait between attempts to reach discount: also the
-    /// longest the catalog may take to notice that discount is back.
+    /// The longest wait between attempts to reach a replica: also the
+    /// longest the catalog may take to notice that it is back.
     #[arg(long, env = "CATALOG_DISCOUNT_BACKOFF_MAX", default_value = "10s", value_parser = common::flags::positive_duration)]
     pub discount_backoff_max: Duration,
 
@@ -137,12 +159,16 @@ impl Config {
 
     /// How to reach discount.
     pub fn discount(&self) -> DiscountSettings {
+        let targets = self
+            .discount_host
+            .clone()
+            .port_or(self.discount_port.unwrap_or(DEFAULT_PORT));
         DiscountSettings {
             server_name: self
                 .discount_server_name
                 .clone()
-                .unwrap_or_else(|| self.discount_host.host().to_owned()),
-            addr: self.discount_host.clone(),
+                .unwrap_or_else(|| targets.first().host().to_owned()),
+            targets,
             security: if self.discount_plaintext {
                 Security::Plaintext
             } else {
@@ -163,6 +189,8 @@ impl Config {
             dial_per_request: self.dial_per_request,
             backoff_min: self.discount_backoff_min,
             backoff_max: self.discount_backoff_max,
+            resolve_interval: self.discount_resolve_interval,
+            health_interval: self.discount_health_interval,
         }
     }
 
@@ -205,7 +233,7 @@ mod tests {
         let config = Config::try_parse_from(["catalog"]).ok();
         let discount = config.as_ref().map(Config::discount);
         assert_eq!(
-            discount.as_ref().map(|d| d.addr.to_string()).as_deref(),
+            discount.as_ref().map(|d| d.targets.to_string()).as_deref(),
             Some("localhost:11443")
         );
         assert_eq!(
@@ -213,5 +241,24 @@ mod tests {
             Some("localhost")
         );
         assert_eq!(config.map(|c| c.port), Some(11080));
+    }
+
+    #[test]
+    fn a_target_without_a_port_takes_the_kubernetes_port_variable_or_443() {
+        let targets = |args: &[&str]| {
+            Config::try_parse_from(["catalog"].iter().chain(args))
+                .map(|c| c.discount().targets.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(targets(&["--discount-host", "10.96.0.7"]), "10.96.0.7:443");
+        assert_eq!(
+            targets(&[
+                "--discount-host",
+                "10.96.0.7,b:1",
+                "--discount-port",
+                "11443"
+            ]),
+            "10.96.0.7:11443,b:1"
+        );
     }
 }

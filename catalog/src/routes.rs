@@ -153,9 +153,11 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: 200 when discount's health service reports SERVING
-/// within the call deadline; 503 with a short reason otherwise (the detail
-/// is logged), and from the moment the catalog starts shutting down.
+/// `GET /readyz`: 200 while at least one discount replica is serving
+/// (its health check says SERVING, or it has no health service and
+/// answers) and not ejected; 503 otherwise, and from the moment the
+/// catalog starts shutting down. The body lists each replica and its
+/// state; causes are in the log. A change of readiness is logged once.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     if state.shutting_down.load(Ordering::Relaxed) {
         return (
@@ -163,31 +165,25 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
             "not ready: shutting down\n".to_owned(),
         );
     }
-    let checked = state.discount.check_health().await;
+    let (ready, replicas) = state.discount.readiness();
     let mut not_ready = state
         .not_ready
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    match checked {
-        Ok(()) => {
-            if not_ready.take().is_some() {
-                tracing::info!("ready again: discount answers its health check");
-            }
-            (StatusCode::OK, "ready\n".to_owned())
+    if ready {
+        if not_ready.take().is_some() {
+            tracing::info!("ready again: a discount replica is serving");
         }
-        Err(error) => {
-            // The caller gets the kind of failure; the details (addresses,
-            // certificates) go to the log, once per change, not per probe.
-            let reason = error.reason();
-            if not_ready.as_deref() != Some(reason.as_str()) {
-                tracing::warn!(cause = %error, "not ready: {reason}");
-                *not_ready = Some(reason.clone());
-            }
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {reason}\n"),
-            )
+        (StatusCode::OK, format!("ready: {replicas}"))
+    } else {
+        if not_ready.is_none() {
+            tracing::warn!(replicas = %replicas.trim_end(), "not ready: no discount replica is serving");
+            *not_ready = Some(replicas.clone());
         }
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {replicas}"),
+        )
     }
 }
 
@@ -207,13 +203,13 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    use crate::discount::{DiscountAddr, DiscountClient, DiscountSettings};
+    use crate::discount::{DiscountClient, DiscountSettings, SystemResolver};
     use crate::tls::Security;
 
     /// The router with a client of a discount that is never dialled here.
     fn app() -> Router {
         let settings = DiscountSettings {
-            addr: "127.0.0.1:9".parse::<DiscountAddr>().unwrap(),
+            targets: "127.0.0.1:9".parse().unwrap(),
             server_name: "localhost".to_owned(),
             security: Security::Plaintext,
             deadline: Duration::from_secs(1),
@@ -221,8 +217,10 @@ mod tests {
             dial_per_request: false,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(1),
+            resolve_interval: Duration::from_secs(5),
+            health_interval: Duration::from_secs(1),
         };
-        let client = DiscountClient::connect_lazy(&settings).unwrap();
+        let client = DiscountClient::start(&settings, std::sync::Arc::new(SystemResolver)).unwrap();
         router(AppState::new(client), Duration::from_secs(5))
     }
 

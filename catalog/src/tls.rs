@@ -2,7 +2,7 @@
 //! identity it presents, and how one generation of that material is read,
 //! checked and put on the connection.
 //!
-//! [`Security::secure`] runs at start and again on every reload (SIGHUP):
+//! [`Security::client_tls`] runs at start and again on every reload (SIGHUP):
 //! it reads the files once, checks those bytes with the certificate doctor,
 //! and builds the TLS settings of the endpoint from the same bytes, so
 //! broken replacement files are refused and the old generation stays in
@@ -68,27 +68,27 @@ impl Security {
         }
     }
 
-    /// `endpoint` with this security: for mutual TLS, the files read once and
-    /// checked, discount's certificate verified against the CA and
-    /// `server_name`, the client identity presented, and the handshake
-    /// bounded by `handshake_timeout`.
+    /// One generation of this security, for every replica's endpoint: for
+    /// mutual TLS the files read once and checked, discount's certificate
+    /// to be verified against the CA and `server_name` (whatever address is
+    /// dialled), the client identity to present, and the handshake bounded
+    /// by `handshake_timeout`. `None` in plaintext.
     ///
     /// # Errors
-    /// A file cannot be read, the doctor found errors, or rustls or tonic
-    /// refused the material.
-    pub fn secure(
+    /// A file cannot be read, the doctor found errors, or rustls refused
+    /// the CA.
+    pub fn client_tls(
         &self,
-        endpoint: Endpoint,
         server_name: &str,
         handshake_timeout: Duration,
-    ) -> Result<Endpoint, StartupError> {
+    ) -> Result<Option<ClientTls>, StartupError> {
         let Self::MutualTls {
             ca,
             client_cert,
             client_key,
         } = self
         else {
-            return Ok(endpoint);
+            return Ok(None);
         };
         let (ca, cert, key) = (
             PemFile::read(ca)?,
@@ -113,13 +113,27 @@ impl Security {
             ca: ca.source().path.display().to_string(),
             error,
         })?;
-        let addr = endpoint.uri().to_string();
-        let tls = ClientTlsConfig::new()
+        let config = ClientTlsConfig::new()
             .domain_name(server_name.to_owned())
             .identity(Identity::from_pem(cert.bytes(), key.bytes()))
             .timeout(handshake_timeout);
-        endpoint
-            .tls_config_with_verifier(tls, verifier)
-            .map_err(|error| StartupError::Endpoint { addr, error })
+        Ok(Some(ClientTls { config, verifier }))
+    }
+}
+
+/// The TLS settings of one generation, put on each replica's endpoint.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    config: ClientTlsConfig,
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl ClientTls {
+    /// `endpoint`, secured.
+    ///
+    /// # Errors
+    /// tonic refused the settings (it checks nothing more than we did).
+    pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
+        endpoint.tls_config_with_verifier(self.config.clone(), self.verifier.clone())
     }
 }

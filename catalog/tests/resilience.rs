@@ -194,20 +194,28 @@ async fn a_refused_connection_is_reported_with_its_cause() -> SetupResult<()> {
     assert_cause_logged_not_told(&catalog, &logs, "Connection refused").await
 }
 
-/// `/readyz` answers "discount is unreachable" and no more, while the log
-/// has the cause, `detail`.
+/// `/readyz` answers that the replica is unreachable and no more, while
+/// the log has the cause, `detail`.
 async fn assert_cause_logged_not_told(
     catalog: &Catalog,
     logs: &Logs,
     detail: &str,
 ) -> SetupResult<()> {
-    let answer = catalog.readiness().await?;
+    let answer = catalog
+        .readiness_becomes(StatusCode::SERVICE_UNAVAILABLE)
+        .await?;
+    let (heading, replica) = answer.body.split_once('\n').unwrap_or_default();
     assert_eq!(
-        (answer.status, answer.body.as_str()),
+        (answer.status, heading),
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: discount is unreachable\n"
+            "not ready: 0 of 1 discount replicas serving"
         )
+    );
+    assert!(
+        replica.contains(" unreachable, ejected, next probe in "),
+        "{}",
+        answer.body
     );
     assert!(
         !answer.body.contains(detail),
@@ -272,8 +280,9 @@ async fn dial_per_request_opens_a_connection_for_every_request_like_the_seed() -
     let good =
         tokio::time::timeout(Duration::from_secs(60), discounted_answers(&catalog, 10, 1)).await?;
     assert_eq!(good, 10);
-    // One per request, carrying that request's ApplyDiscounts call.
-    assert_eq!(proxy.connections(), 10);
+    // One per request, carrying that request's ApplyDiscounts call, and
+    // the replica's own, for its health checks.
+    assert_eq!(proxy.connections(), 11);
     Ok(())
 }
 
@@ -281,17 +290,24 @@ async fn dial_per_request_opens_a_connection_for_every_request_like_the_seed() -
 async fn healthz_is_up_whatever_discount_does_and_readyz_follows_discount() -> SetupResult<()> {
     let (pki, discount, catalog) = system().await?;
     let addr = discount.addr();
-    let ready = catalog.get("/readyz", None).await?;
+    let ready = catalog.readiness_becomes(StatusCode::OK).await?;
     assert_eq!(
-        (ready.status, ready.body.as_str()),
-        (StatusCode::OK, "ready\n")
+        (ready.status, ready.body),
+        (
+            StatusCode::OK,
+            format!("ready: 1 of 1 discount replicas serving\n{addr} serving\n")
+        )
     );
 
     discount.stop().await?;
-    let not_ready = catalog.get("/readyz", None).await?;
+    let not_ready = catalog
+        .readiness_becomes(StatusCode::SERVICE_UNAVAILABLE)
+        .await?;
     assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
-        not_ready.body == "not ready: discount is unreachable\n",
+        not_ready.body.starts_with(&format!(
+            "not ready: 0 of 1 discount replicas serving\n{addr} unreachable, ejected"
+        )),
         "{}",
         not_ready.body
     );
@@ -302,14 +318,8 @@ async fn healthz_is_up_whatever_discount_does_and_readyz_follows_discount() -> S
     );
 
     let _restarted = DiscountServer::start_in(pki.dir(), addr.port(), &[], DiscountService).await?;
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..100 {
-        status = catalog.get("/readyz", None).await?.status;
-        if status == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Back within the ejection (about a second the first time).
+    let status = catalog.readiness_becomes(StatusCode::OK).await?.status;
     assert_eq!(status, StatusCode::OK);
     Ok(())
 }
@@ -325,22 +335,28 @@ async fn readyz_turns_503_as_soon_as_discount_starts_shutting_down() -> SetupRes
         HEALTHY_DEADLINE,
     )
     .await?;
-    assert_eq!(catalog.get("/readyz", None).await?.status, StatusCode::OK);
+    let ready = catalog.readiness_becomes(StatusCode::OK).await?;
+    assert_eq!(ready.status, StatusCode::OK);
 
     discount.begin_stop();
-    let mut answer = catalog.get("/readyz", None).await?;
-    for _ in 0..100 {
-        if answer.status != StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        answer = catalog.get("/readyz", None).await?;
-    }
+    let stopping = Instant::now();
+    let answer = catalog
+        .readiness_becomes(StatusCode::SERVICE_UNAVAILABLE)
+        .await?;
+    // Within about one health check period.
+    assert!(
+        stopping.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        stopping.elapsed()
+    );
     assert_eq!(
-        (answer.status, answer.body.as_str()),
+        (answer.status, answer.body),
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: discount reports its health as NOT_SERVING\n"
+            format!(
+                "not ready: 0 of 1 discount replicas serving\n{} not serving (NOT_SERVING)\n",
+                discount.addr()
+            )
         )
     );
     // Still draining, so calls are still answered meanwhile.
@@ -592,7 +608,8 @@ async fn on_shutdown_readyz_turns_503_first_and_requests_are_served_for_the_dela
         &["--shutdown-delay", "1s"],
     )
     .await?;
-    assert_eq!(catalog.readiness().await?.status, StatusCode::OK);
+    let ready = catalog.readiness_becomes(StatusCode::OK).await?;
+    assert_eq!(ready.status, StatusCode::OK);
 
     catalog.begin_stop();
     let mut answer = catalog.readiness().await?;
@@ -647,8 +664,8 @@ async fn a_hung_discount_is_logged_once_not_once_a_request() -> SetupResult<()> 
 }
 
 #[tokio::test]
-async fn when_a_backoff_wait_ends_one_request_dials_not_every_request_in_flight() -> SetupResult<()>
-{
+async fn when_an_ejection_ends_one_health_check_probes_not_every_request_in_flight()
+-> SetupResult<()> {
     // discount is down: every dial reaches the counting proxy, which finds
     // nothing behind it and hangs up.
     let pki = Pki::generate()?;
@@ -670,10 +687,10 @@ async fn when_a_backoff_wait_ends_one_request_dials_not_every_request_in_flight(
         catalog.priced("1").await?,
         (PLAIN.to_owned(), unavailable())
     );
-    let before = proxy.connections();
 
-    // The wait is over; 100 listings arrive at once.
+    // The first wait is over; 100 listings arrive at once.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = proxy.connections();
     let answers: Vec<_> = futures_util::stream::iter(0..100)
         .map(|_| catalog.priced("1"))
         .buffer_unordered(100)

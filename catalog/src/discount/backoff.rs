@@ -1,16 +1,13 @@
-//! Waiting between attempts to reach a discount that cannot be reached.
+//! How long a replica that keeps failing stays ejected.
 //!
-//! When connecting or the TLS handshake fails (discount down, or keys
+//! When connecting or the TLS handshake fails (a replica down, or keys
 //! rotated in the wrong order), trying again on every request costs
 //! discount a handshake per request, about 2,000 a second under load, and
-//! fills both logs with the same line. Instead the client waits: about
-//! `min` after the first failure, doubling while failures go on, at most
-//! `max`, each wait jittered down by up to half so that many catalogs do
-//! not retry in step. While it waits, listings are answered at once without
-//! discounts. When a wait ends, one caller probes (makes the next attempt)
-//! and the others keep answering at once until it reports: otherwise every
-//! request in flight at that moment would dial, 200 handshakes in a burst
-//! under load. Pure logic, on times handed in, so it is tested without
+//! fills both logs with the same line. Instead the replica is left alone:
+//! about `min` after the first failure, doubling while failures go on, at
+//! most `max`, each wait jittered down by up to half so that many catalogs
+//! do not retry in step. When a wait ends, one health check probes it (see
+//! `replica.rs`). Pure logic, on times handed in, so it is tested without
 //! sleeping.
 
 use std::hash::{BuildHasher, RandomState};
@@ -31,19 +28,6 @@ struct State {
     failures: u32,
     /// No attempt before this.
     until: Option<Instant>,
-    /// What the last failure was, for the answer while waiting.
-    cause: String,
-    /// When the caller now probing started, if one is.
-    probe: Option<Instant>,
-}
-
-/// Waiting before the next attempt: how long still, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Waiting {
-    /// Until the next attempt.
-    pub remaining: Duration,
-    /// What the last attempt failed with.
-    pub cause: String,
 }
 
 impl Backoff {
@@ -56,35 +40,14 @@ impl Backoff {
         }
     }
 
-    /// `Some` while an attempt must wait, at `now`; `None` when the caller
-    /// may go ahead. After a wait, the first caller to ask becomes the probe
-    /// and goes ahead alone; a probe that reports nothing for `min` (its
-    /// call failed another way) lets the next caller probe.
-    pub(crate) fn waiting(&self, now: Instant) -> Option<Waiting> {
+    /// Records a failure at `now`; returns how long the next attempt
+    /// waits, or `None` if another caller already started this wait (calls
+    /// in flight together fail together; that is one failure).
+    pub(crate) fn failed(&self, now: Instant) -> Option<Duration> {
         let mut state = self.lock();
-        let until = state.until?;
-        let probing = state
-            .probe
-            .is_some_and(|started| now.duration_since(started) < self.min);
-        if now < until || probing {
-            return Some(Waiting {
-                remaining: until.saturating_duration_since(now),
-                cause: state.cause.clone(),
-            });
-        }
-        state.probe = Some(now);
-        None
-    }
-
-    /// Records a failure at `now` with `cause`; returns how long the next
-    /// attempt waits, or `None` if another caller already started this wait
-    /// (calls in flight together fail together; that is one failure).
-    pub(crate) fn failed(&self, now: Instant, cause: &str) -> Option<Duration> {
-        let mut state = self.lock();
-        if state.until.is_some_and(|until| now < until) && state.probe.is_none() {
+        if state.until.is_some_and(|until| now < until) {
             return None;
         }
-        state.probe = None;
         let doubled = self
             .min
             .saturating_mul(2_u32.saturating_pow(state.failures.min(31)));
@@ -92,7 +55,6 @@ impl Backoff {
         let wait = step - jitter(step / 2);
         state.failures = state.failures.saturating_add(1);
         state.until = Some(now + wait);
-        state.cause = cause.to_owned();
         Some(wait)
     }
 
@@ -133,70 +95,21 @@ mod tests {
         let mut now = Instant::now();
         for step in [1, 2, 4, 8, 8, 8] {
             let step = step * SECOND;
-            let wait = backoff.failed(now, "refused").unwrap();
+            let wait = backoff.failed(now).unwrap();
             assert!(wait <= step && wait >= step / 2, "{wait:?} for {step:?}");
             now += wait;
         }
     }
 
     #[test]
-    fn while_waiting_attempts_are_held_back_with_the_cause() {
-        let backoff = Backoff::new(SECOND, 8 * SECOND);
-        let now = Instant::now();
-        assert_eq!(backoff.waiting(now), None);
-        let wait = backoff.failed(now, "UnknownIssuer").unwrap();
-        let waiting = backoff.waiting(now).unwrap();
-        assert_eq!(
-            (waiting.remaining, waiting.cause.as_str()),
-            (wait, "UnknownIssuer")
-        );
-        assert_eq!(backoff.waiting(now + wait), None, "the wait is over");
-    }
-
-    #[test]
     fn failures_during_a_wait_are_one_failure() {
         let backoff = Backoff::new(SECOND, 8 * SECOND);
         let now = Instant::now();
-        let first = backoff.failed(now, "refused").unwrap();
-        assert_eq!(backoff.failed(now, "refused"), None);
+        let first = backoff.failed(now).unwrap();
+        assert_eq!(backoff.failed(now), None);
         // The next real failure waits longer than the first did at most.
-        let second = backoff.failed(now + first, "refused").unwrap();
+        let second = backoff.failed(now + first).unwrap();
         assert!(second >= SECOND, "{second:?}");
-    }
-
-    #[test]
-    fn when_a_wait_ends_one_caller_probes_and_the_others_keep_waiting() {
-        let backoff = Backoff::new(SECOND, 8 * SECOND);
-        let start = Instant::now();
-        let wait = backoff.failed(start, "refused").unwrap();
-        let over = start + wait;
-        assert_eq!(backoff.waiting(over), None, "the first caller probes");
-        for _ in 0..200 {
-            assert!(
-                backoff.waiting(over).is_some(),
-                "a second caller dialled too"
-            );
-        }
-        // The probe fails: a longer wait, then one probe again.
-        let next = backoff.failed(over, "refused").unwrap();
-        assert!(next >= SECOND, "{next:?}");
-        assert!(backoff.waiting(over).is_some());
-        assert_eq!(backoff.waiting(over + next), None);
-        assert!(backoff.waiting(over + next).is_some());
-    }
-
-    #[test]
-    fn a_probe_that_never_reports_lets_another_caller_probe() {
-        let backoff = Backoff::new(SECOND, 8 * SECOND);
-        let start = Instant::now();
-        let over = start + backoff.failed(start, "refused").unwrap();
-        assert_eq!(backoff.waiting(over), None);
-        assert!(backoff.waiting(over + SECOND / 2).is_some());
-        assert_eq!(
-            backoff.waiting(over + SECOND),
-            None,
-            "a new probe after min"
-        );
     }
 
     #[test]
@@ -204,10 +117,10 @@ mod tests {
         let backoff = Backoff::new(SECOND, 8 * SECOND);
         let mut now = Instant::now();
         for _ in 0..4 {
-            now += backoff.failed(now, "refused").unwrap();
+            now += backoff.failed(now).unwrap();
         }
         assert!(backoff.succeeded(), "a recovery is reported");
         assert!(!backoff.succeeded(), "only once");
-        assert!(backoff.failed(now, "refused").unwrap() <= SECOND);
+        assert!(backoff.failed(now).unwrap() <= SECOND);
     }
 }

@@ -1,11 +1,15 @@
 //! The gRPC client of the discount service.
 //!
-//! One [`Channel`] is made at start and shared by every request: HTTP/2
-//! multiplexes the calls over one TLS connection, which tonic re-establishes
-//! by itself after discount restarts. It connects lazily, so the catalog
-//! starts (and serves undiscounted lists) while discount is down. The
-//! seed's model, a new connection per HTTP request, is kept behind
-//! `--dial-per-request` for benchmarks.
+//! Discount may run as several replicas: `--discount-host` names them, as
+//! a list, as a name that resolves to several addresses, or both
+//! ([`target`], [`resolve`]). The client keeps one HTTP/2 connection per
+//! replica, a health check on each, and sends each call to the less busy of
+//! two replicas in rotation ([`pool`], [`replica`]). A call that failed
+//! without reaching discount's handler is sent once more to another
+//! replica, within the same deadline and a retry budget. It connects
+//! lazily, so the catalog starts (and serves undiscounted lists) while
+//! discount is down. The seed's model, a new connection per HTTP request,
+//! is kept behind `--dial-per-request` for benchmarks.
 //!
 //! Every failure degrades to "no discount for this product": the catalog
 //! never drops a product or fails a listing because discount misbehaved. The
@@ -13,250 +17,239 @@
 //! message for a refused connection or a TLS failure is a bare
 //! "transport error".
 //!
-//! - [`target`]: where discount is (`--discount-host`).
 //! - [`outcome`]: judging the answers, the listing's status, call errors.
-//! - The TLS of the connection is [`crate::tls`].
+//! - The TLS of the connections is [`crate::tls`].
 
 mod backoff;
 mod outcome;
+mod pool;
+mod replica;
+mod resolve;
 mod target;
 
-pub use backoff::Waiting;
 pub use outcome::{CallError, DiscountStatus, Priced};
-pub use target::DiscountAddr;
+pub use resolve::{Resolve, Resolving, SystemResolver};
+pub use target::{DEFAULT_PORT, DiscountAddr, Targets};
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::reload::Reloadable;
 use ecommerce_proto::pb::discount_client::DiscountClient as GrpcClient;
 use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, DiscountsRequest, Product};
 use futures_util::future::join_all;
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+use tonic::transport::Channel;
+use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::error::StartupError;
 use crate::tls::Security;
-use backoff::Backoff;
 use common::quiet::Quiet;
 use outcome::check_answer;
+use pool::Pool;
+use replica::{Dialer, Replica};
+use resolve::Discovery;
 
 /// How to reach discount.
 #[derive(Debug, Clone)]
 pub struct DiscountSettings {
-    /// `host:port` to dial.
-    pub addr: DiscountAddr,
-    /// The name discount's certificate must carry; usually `addr`'s host.
+    /// The replicas, or names that resolve to them.
+    pub targets: Targets,
+    /// The name discount's certificate must carry, whatever address is
+    /// dialled; usually the first target's host.
     pub server_name: String,
-    /// How the connection is secured.
+    /// How the connections are secured.
     pub security: Security,
-    /// The longest one call may take, connecting included.
+    /// The longest one call may take, connecting and a failover included.
     pub deadline: Duration,
     /// The longest a TCP connect, and separately a TLS handshake, may take.
     pub connect_timeout: Duration,
     /// Open a new connection for every HTTP request, as the seed did,
-    /// instead of sharing one.
+    /// instead of one per replica.
     pub dial_per_request: bool,
-    /// After discount could not be reached, the first wait before trying
-    /// again; it doubles while failures go on...
+    /// A replica that could not be reached is ejected for this long the
+    /// first time; it doubles while the replica keeps failing...
     pub backoff_min: Duration,
     /// ...up to this.
     pub backoff_max: Duration,
+    /// How often names are resolved again.
+    pub resolve_interval: Duration,
+    /// How often each replica's health is checked; also the HTTP/2
+    /// keepalive period.
+    pub health_interval: Duration,
 }
 
-/// A cheap-to-clone handle on the connection to discount.
+/// The share of calls that may be sent a second time, on top of
+/// [`RETRY_RESERVE`] a second: a failover, never a doubling of the load in
+/// an outage.
+const RETRY_SHARE: f32 = 0.2;
+/// Retries a second allowed whatever the traffic, so that a quiet catalog
+/// fails over too.
+const RETRY_RESERVE: u32 = 10;
+/// How long a call counts towards the retry budget.
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
+
+/// A cheap-to-clone handle on the connections to discount.
 ///
 /// The TLS material can be re-read with [`DiscountClient::reload`]: new
-/// requests then use a new channel built from it, while requests in flight
-/// finish on the old one, which closes when the last of them is done.
+/// calls then use new connections built from it, while calls in flight
+/// finish on the old ones, which close when the last of them is done.
 #[derive(Debug, Clone)]
 pub struct DiscountClient {
-    connection: Arc<Reloadable<Connection>>,
+    pool: Arc<Pool>,
     deadline: Duration,
-    backoff: Arc<Backoff>,
+    budget: Arc<TpsBudget>,
+    counts: Arc<Counts>,
     quiet: Arc<Quiet>,
 }
 
-/// One generation of the connection set-up: what to dial and how, the
-/// shared channel (`None` when dialling per request), and whether the peer
-/// has `ApplyDiscounts` (assumed until it answers UNIMPLEMENTED).
-#[derive(Debug, Clone)]
-struct Connection {
-    endpoint: Endpoint,
-    shared: Option<Channel>,
-    batch: Arc<AtomicBool>,
+/// What the client sent, for tests and, later, metrics.
+#[derive(Debug, Default)]
+struct Counts {
+    attempts: AtomicU64,
+    retries: AtomicU64,
 }
 
-impl Connection {
-    /// The channel for one HTTP request: the shared one, or a new one that
-    /// is closed when the request is done.
-    fn channel(&self) -> Channel {
-        self.shared
-            .clone()
-            .unwrap_or_else(|| self.endpoint.connect_lazy())
-    }
+/// The calls a client has sent so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallCounts {
+    /// Calls sent, first attempts and retries.
+    pub attempts: u64,
+    /// Of those, calls sent again on another replica.
+    pub retries: u64,
 }
 
-impl Connection {
-    /// One generation of the connection: the endpoint secured with the TLS
-    /// material as it is now ([`Security::secure`] reads and checks it).
-    /// Runs at start and on every reload.
+/// One replica's state, as `/readyz` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaState {
+    /// Where it is.
+    pub addr: SocketAddr,
+    /// Serving and not ejected.
+    pub serving: bool,
+    /// In words.
+    pub state: String,
+}
+
+impl Dialer {
+    /// One generation of the connection set-up: the TLS material as it is
+    /// now ([`Security::client_tls`] reads and checks it). Runs at start
+    /// and on every reload.
     fn new(settings: &DiscountSettings) -> Result<Self, StartupError> {
-        let uri = format!("{}://{}", settings.security.scheme(), settings.addr);
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|error| StartupError::Endpoint {
-                addr: settings.addr.to_string(),
-                error,
-            })?
-            .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true)
-            // A call past its deadline is cancelled (RST_STREAM) while
-            // discount's answer may already be on the wire. h2 remembers
-            // only the last 50 streams it cancelled, answers a frame for
-            // an older one with a reset of its own and counts it, and at
-            // 1,024 such resets in the connection's life tears the
-            // connection down itself (GOAWAY ENHANCE_YOUR_CALM), failing
-            // every call on it: a `/products` flood with expiring
-            // deadlines did that. So remember more, and drop the lifetime
-            // cap, which never counts down and guards against a peer we
-            // authenticated.
-            .http2_max_concurrent_reset_streams(CANCELLED_STREAMS_REMEMBERED)
-            .http2_max_local_error_reset_streams(None);
-        let endpoint =
-            settings
-                .security
-                .secure(endpoint, &settings.server_name, settings.connect_timeout)?;
         Ok(Self {
-            shared: (!settings.dial_per_request).then(|| endpoint.connect_lazy()),
-            endpoint,
-            batch: Arc::new(AtomicBool::new(true)),
+            scheme: settings.security.scheme(),
+            tls: settings
+                .security
+                .client_tls(&settings.server_name, settings.connect_timeout)?,
+            connect_timeout: settings.connect_timeout,
+            health_interval: settings.health_interval,
+            backoff: (settings.backoff_min, settings.backoff_max),
+            dial_per_request: settings.dial_per_request,
         })
     }
 }
 
-/// How many cancelled calls the connection remembers (for a second), so
-/// that answers crossing the cancel are dropped quietly: four times
-/// discount's default stream limit a connection.
-const CANCELLED_STREAMS_REMEMBERED: usize = 1024;
-
-/// The service name discount reports its health under.
-const HEALTH_SERVICE: &str = "ecommerce.Discount";
-
 impl DiscountClient {
-    /// Prepares the channel without connecting.
+    /// Prepares the client and starts finding replicas through `resolver`;
+    /// connects to each lazily.
     ///
     /// # Errors
-    /// A TLS file is unusable, or tonic refuses the address.
-    pub fn connect_lazy(settings: &DiscountSettings) -> Result<Self, StartupError> {
+    /// A TLS file is unusable.
+    pub fn start(
+        settings: &DiscountSettings,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Self, StartupError> {
         let reload_settings = settings.clone();
-        let connection = Reloadable::new("catalog TLS identity and discount CA", move || {
-            Connection::new(&reload_settings)
+        let dialer = Reloadable::new("catalog TLS identity and discount CA", move || {
+            Dialer::new(&reload_settings)
         })?;
+        let discovery = Discovery::new(settings.targets.clone(), resolver);
         Ok(Self {
-            connection: Arc::new(connection),
+            pool: Pool::start(dialer, discovery, settings.resolve_interval),
             deadline: settings.deadline,
-            backoff: Arc::new(Backoff::new(settings.backoff_min, settings.backoff_max)),
+            budget: Arc::new(TpsBudget::new(RETRY_WINDOW, RETRY_RESERVE, RETRY_SHARE)),
+            counts: Arc::new(Counts::default()),
             quiet: Arc::new(Quiet::default()),
         })
     }
 
-    /// Re-reads the TLS files; new requests use them, requests in flight
-    /// finish on the old ones. If the files are broken, nothing changes.
+    /// Re-reads the TLS files; new calls use them, calls in flight finish
+    /// on the old ones. If the files are broken, nothing changes.
     ///
     /// # Errors
     /// Why the new files could not be used.
     pub fn reload(&self) -> Result<(), String> {
-        self.connection.reload()?;
-        // New material may be what fixes it: try at once.
-        self.backoff.succeeded();
-        Ok(())
+        self.pool.reload()
     }
 
-    /// The channel for one HTTP request: the shared one, or a new one that
-    /// is closed when the request is done.
-    fn channel(&self) -> Channel {
-        self.connection.current().channel()
+    /// Whether a replica is serving, and a short text listing each one
+    /// with its state: the answer of `/readyz`.
+    pub fn readiness(&self) -> (bool, String) {
+        self.pool.readiness()
     }
 
-    /// Asks discount's standard health service whether `ecommerce.Discount`
-    /// is SERVING, within the call deadline.
-    ///
-    /// # Errors
-    /// A [`CallError`] when discount cannot be reached in time, or a
-    /// [`CallError::NotServing`] with the status it reported.
-    pub async fn check_health(&self) -> Result<(), CallError> {
-        if let Some(waiting) = self.backoff.waiting(Instant::now()) {
-            return Err(CallError::BackingOff(waiting));
-        }
-        let message = HealthCheckRequest {
-            service: HEALTH_SERVICE.to_owned(),
-        };
-        let health = HealthClient::new(self.channel());
-        let answer = self
-            .within_deadline(message, |request| {
-                let mut health = health.clone();
-                async move { health.check(request).await }
+    /// Each replica known now and its state.
+    pub fn replicas(&self) -> Vec<ReplicaState> {
+        self.pool
+            .reports()
+            .into_iter()
+            .map(|report| ReplicaState {
+                addr: report.addr,
+                serving: report.serving,
+                state: report.state,
             })
-            .await;
-        outcome::note_reachability(&self.backoff, answer.as_ref().err());
-        let answer = answer?;
-        match ServingStatus::try_from(answer.status) {
-            Ok(ServingStatus::Serving) => Ok(()),
-            Ok(other) => Err(CallError::NotServing(other.as_str_name())),
-            Err(_) => Err(CallError::NotServing("an unknown status")),
+            .collect()
+    }
+
+    /// The calls sent so far.
+    pub fn counts(&self) -> CallCounts {
+        CallCounts {
+            attempts: self.counts.attempts.load(Ordering::Relaxed),
+            retries: self.counts.retries.load(Ordering::Relaxed),
         }
     }
 
-    /// Sends `message` through `call` under the call deadline. The deadline
-    /// travels to discount as `grpc-timeout`, and is enforced here as well,
-    /// so a discount that accepts the connection and then says nothing costs
-    /// at most the deadline.
-    ///
-    /// A call that discount never processed (sent after its GOAWAY, or
-    /// refused with REFUSED_STREAM) is sent once more, on a new connection,
-    /// within what is left of the deadline: that is what a discount
-    /// retiring a connection (`--max-connection-age`, graceful shutdown)
-    /// looks like to the calls racing it. Both methods are pure reads, so a
-    /// second attempt is harmless even where the first was in fact served.
+    /// Sends `message` through `call` to `replica`, with what is left until
+    /// `deadline`. The deadline travels to discount as `grpc-timeout`, and
+    /// is enforced here as well, so a replica that accepts the connection
+    /// and then says nothing costs at most the deadline. The outcome is
+    /// noted on the replica.
     async fn within_deadline<M, T, F>(
         &self,
+        replica: &Arc<Replica>,
+        deadline: Instant,
         message: M,
-        mut call: impl FnMut(tonic::Request<M>) -> F,
+        call: impl FnOnce(Channel, tonic::Request<M>) -> F,
     ) -> Result<T, CallError>
     where
-        M: Clone,
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let deadline = Instant::now() + self.deadline;
-        let mut attempt = |message: M| {
-            let mut request = tonic::Request::new(message);
-            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-            call(request)
-        };
-        let attempts = async {
-            match attempt(message.clone()).await {
-                Err(status) if CallError::never_processed(&status) => {
-                    tracing::debug!(%status, "discount did not process the call; sending it again");
-                    attempt(message).await
-                }
-                answer => answer,
-            }
-        };
-        tokio::time::timeout_at(deadline.into(), attempts)
+        let pending = replica.begin();
+        self.counts.attempts.fetch_add(1, Ordering::Relaxed);
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let answer = tokio::time::timeout_at(deadline.into(), call(replica.channel(), request))
             .await
-            .map_err(|_| CallError::Deadline(self.deadline))?
-            .map(tonic::Response::into_inner)
-            .map_err(|status| CallError::from_status(status, self.deadline))
+            .map_err(|_| CallError::Deadline(self.deadline))
+            .and_then(|answer| {
+                answer.map_err(|status| CallError::from_status(status, self.deadline))
+            })
+            .map(tonic::Response::into_inner);
+        let replica = pending.replica();
+        let may_eject = self.pool.others_in_rotation(replica);
+        if replica.record_call(answer.as_ref().err(), may_eject) {
+            self.pool.resolve_soon();
+        }
+        answer
     }
 
-    /// One `ApplyDiscount` call for `customer`'s discount on `product`.
+    /// One `ApplyDiscount` call to `replica` for `customer`'s discount on
+    /// `product`.
     async fn call(
         &self,
-        channel: Channel,
+        replica: &Arc<Replica>,
+        deadline: Instant,
         customer: &Customer,
         product: &Product,
     ) -> Result<Option<DiscountValue>, CallError> {
@@ -264,34 +257,31 @@ impl DiscountClient {
             customer: Some(customer.clone()),
             product: Some(product.clone()),
         };
-        let grpc = GrpcClient::new(channel);
         let response = self
-            .within_deadline(message, |request| {
-                let mut grpc = grpc.clone();
-                async move { grpc.apply_discount(request).await }
+            .within_deadline(replica, deadline, message, |channel, request| async move {
+                GrpcClient::new(channel).apply_discount(request).await
             })
             .await?;
         check_answer(product, response.product)
     }
 
-    /// Asks discount for `customer`'s discounts on all of `products` in one
-    /// `ApplyDiscounts` call, under one deadline. Each product gets its own
-    /// answer, checked as [`DiscountClient::call`] checks one.
+    /// Asks `replica` for `customer`'s discounts on all of `products` in
+    /// one `ApplyDiscounts` call. Each product gets its own answer, checked
+    /// as [`DiscountClient::call`] checks one.
     async fn call_batch(
         &self,
-        channel: Channel,
+        replica: &Arc<Replica>,
+        deadline: Instant,
         customer: &Customer,
         products: &[Product],
-    ) -> Result<Vec<Result<Option<DiscountValue>, CallError>>, CallError> {
+    ) -> Result<Answers, CallError> {
         let message = DiscountsRequest {
             customer: Some(customer.clone()),
             products: products.to_vec(),
         };
-        let grpc = GrpcClient::new(channel);
         let priced = self
-            .within_deadline(message, |request| {
-                let mut grpc = grpc.clone();
-                async move { grpc.apply_discounts(request).await }
+            .within_deadline(replica, deadline, message, |channel, request| async move {
+                GrpcClient::new(channel).apply_discounts(request).await
             })
             .await?
             .products;
@@ -307,60 +297,109 @@ impl DiscountClient {
             .collect())
     }
 
-    /// One `ApplyDiscount` per product, concurrently: for peers without
-    /// `ApplyDiscounts`.
+    /// One `ApplyDiscount` per product to `replica`, concurrently: for peers
+    /// without `ApplyDiscounts`. When every call failed the same way
+    /// before reaching discount, that is the whole listing's error, so
+    /// that it can be sent elsewhere.
     async fn call_each(
         &self,
-        channel: Channel,
+        replica: &Arc<Replica>,
+        deadline: Instant,
         customer: &Customer,
         products: &[Product],
-    ) -> Vec<Result<Option<DiscountValue>, CallError>> {
-        join_all(
+    ) -> Result<Answers, CallError> {
+        let answers = join_all(
             products
                 .iter()
-                .map(|product| self.call(channel.clone(), customer, product)),
+                .map(|product| self.call(replica, deadline, customer, product)),
         )
-        .await
+        .await;
+        match answers.first() {
+            Some(Err(error)) if error.retryable() && answers.iter().all(Result::is_err) => {
+                Err(error.clone())
+            }
+            _ => Ok(answers),
+        }
+    }
+
+    /// `products` priced by `replica`: one `ApplyDiscounts` call, or one
+    /// `ApplyDiscount` per product for a replica built from the seed's
+    /// proto. Such a replica answers UNIMPLEMENTED to the batch; from then
+    /// on (until the next reload) it is sent one call per product.
+    async fn price_on(
+        &self,
+        replica: &Arc<Replica>,
+        deadline: Instant,
+        customer: &Customer,
+        products: &[Product],
+    ) -> Result<Answers, CallError> {
+        if !replica.batch.load(Ordering::Relaxed) {
+            return self.call_each(replica, deadline, customer, products).await;
+        }
+        match self.call_batch(replica, deadline, customer, products).await {
+            Err(CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
+                replica.batch.store(false, Ordering::Relaxed);
+                tracing::info!(replica = %replica.addr,
+                    "discount replica has no ApplyDiscounts (a peer built from the seed's proto); calling ApplyDiscount per product from now on"
+                );
+                self.call_each(replica, deadline, customer, products).await
+            }
+            answer => answer,
+        }
     }
 
     /// Returns every product of `products`, in order, each with the discount
     /// `customer` gets on it; where discount failed, the product as it was.
     ///
-    /// One `ApplyDiscounts` call prices them all. A discount built from the
-    /// seed's proto does not have that method and answers UNIMPLEMENTED;
-    /// from then on (until the next reload) this client sends one
-    /// `ApplyDiscount` per product instead, concurrently. Failures are
-    /// logged once per distinct cause, with the products it hit, so an
-    /// outage is one line per request rather than one per product.
+    /// The listing goes to one replica. If that fails before reaching
+    /// discount's handler (refused, reset, the stream refused or sent after
+    /// a GOAWAY, UNAVAILABLE), it is sent once more, to another replica if
+    /// there is one, within what is left of the same deadline, when the
+    /// retry budget allows: both methods are pure reads, so a second
+    /// attempt is harmless even where the first was in fact served.
+    /// Failures are logged once per distinct cause, with the products it
+    /// hit, so an outage is one line per request rather than one per
+    /// product.
     pub async fn apply_to_all(&self, customer: &Customer, products: Vec<Product>) -> Priced {
-        if let Some(waiting) = self.backoff.waiting(Instant::now()) {
-            tracing::debug!(
-                customer_id = customer.id,
-                ?waiting,
-                "discount unreachable; not asking it yet"
-            );
-            return Priced {
-                products,
-                status: DiscountStatus::Unavailable,
-            };
-        }
-        let connection = self.connection.current();
-        let channel = connection.channel();
-        let answers = if connection.batch.load(Ordering::Relaxed) {
-            match self.call_batch(channel.clone(), customer, &products).await {
-                Ok(answers) => answers,
-                Err(CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
-                    connection.batch.store(false, Ordering::Relaxed);
-                    tracing::info!(
-                        "discount has no ApplyDiscounts (a peer built from the seed's proto); calling ApplyDiscount per product from now on"
-                    );
-                    self.call_each(channel, customer, &products).await
-                }
-                Err(error) => products.iter().map(|_| Err(error.clone())).collect(),
-            }
-        } else {
-            self.call_each(channel, customer, &products).await
+        let deadline = Instant::now() + self.deadline;
+        let answers = match self.price(deadline, customer, &products).await {
+            Ok(answers) => answers,
+            Err(error) => products.iter().map(|_| Err(error.clone())).collect(),
         };
-        outcome::merge(customer.id, products, answers, &self.backoff, &self.quiet)
+        outcome::merge(customer.id, products, answers, &self.quiet)
+    }
+
+    /// [`DiscountClient::apply_to_all`]'s attempts.
+    async fn price(
+        &self,
+        deadline: Instant,
+        customer: &Customer,
+        products: &[Product],
+    ) -> Result<Answers, CallError> {
+        self.pool.resolved(deadline).await;
+        let first = self.pool.pick(None).ok_or(CallError::NoReplica)?;
+        self.budget.deposit();
+        let error = match self.price_on(&first, deadline, customer, products).await {
+            Err(error) if error.retryable() => error,
+            answer => return answer,
+        };
+        // Another replica, or the same one when it is the only one (a call
+        // it never processed, say at a GOAWAY, finds a new connection).
+        let second = self
+            .pool
+            .pick(Some(first.addr))
+            .or_else(|| first.takes_calls().then_some(first));
+        let Some(second) = second else {
+            return Err(error);
+        };
+        if Instant::now() >= deadline || !self.budget.withdraw() {
+            return Err(error);
+        }
+        tracing::debug!(%error, replica = %second.addr, "discount did not process the call; sending it again");
+        self.counts.retries.fetch_add(1, Ordering::Relaxed);
+        self.price_on(&second, deadline, customer, products).await
     }
 }
+
+/// One answer per product, in order.
+type Answers = Vec<Result<Option<DiscountValue>, CallError>>;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use ecommerce_proto::pb::{DiscountValue, Product};
 
-use super::backoff::{Backoff, Waiting};
 use common::quiet::Quiet;
 
 /// How a listing went, for the `X-Discount-Status` header.
@@ -63,11 +62,9 @@ pub enum CallError {
     Status(tonic::Status),
     /// Discount answered with something the catalog cannot use.
     Invalid(&'static str),
-    /// Discount's health service reported this status instead of SERVING.
-    NotServing(&'static str),
-    /// Discount could not be reached lately, and the client is waiting
-    /// before it tries again.
-    BackingOff(Waiting),
+    /// No replica is in rotation: none known, or every one unreachable,
+    /// ejected or not serving (`/readyz` lists them).
+    NoReplica,
 }
 
 impl CallError {
@@ -90,7 +87,10 @@ impl CallError {
     /// discount refused it with REFUSED_STREAM (RFC 9113 §8.7), or the
     /// connection closed while the call still waited in hyper's queue for
     /// it ("operation was canceled: connection closed").
-    pub(crate) fn never_processed(status: &tonic::Status) -> bool {
+    pub(crate) fn never_processed(&self) -> bool {
+        let Self::Status(status) = self else {
+            return false;
+        };
         causes(status).any(|cause| {
             if let Some(h2) = cause.downcast_ref::<h2::Error>() {
                 (h2.is_go_away() && h2.is_remote())
@@ -109,12 +109,18 @@ impl CallError {
     pub fn reason(&self) -> String {
         match self {
             Self::Deadline(_) => "no answer from discount in time".to_owned(),
-            Self::BackingOff(_) => "discount is unreachable".to_owned(),
+            Self::NoReplica => "discount is unreachable".to_owned(),
             Self::Status(_) if self.is_unreachable() => "discount is unreachable".to_owned(),
             Self::Status(_) => "discount answered with an error".to_owned(),
             Self::Invalid(_) => "discount sent an unusable answer".to_owned(),
-            Self::NotServing(status) => format!("discount reports its health as {status}"),
         }
+    }
+
+    /// Whether the call failed before discount's handler had it, so it may
+    /// be sent again, to another replica: discount never processed it, or
+    /// could not be reached, or said UNAVAILABLE.
+    pub(crate) fn retryable(&self) -> bool {
+        self.never_processed() || self.is_unreachable()
     }
 
     /// Whether discount could not be reached (connection refused, TLS
@@ -123,7 +129,7 @@ impl CallError {
     /// transport error as its cause, whatever the code (a refused client
     /// certificate arrives as UNKNOWN); an answer from discount never does.
     /// A slow or failing answer is not a reason to stop asking.
-    fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         let Self::Status(status) = self else {
             return false;
         };
@@ -158,10 +164,8 @@ impl fmt::Display for CallError {
                 write!(f, "discount call failed with {:?}: {text}", status.code())
             }
             Self::Invalid(what) => write!(f, "discount sent an unusable response: {what}"),
-            Self::NotServing(status) => write!(f, "discount reports its health as {status}"),
-            Self::BackingOff(Waiting { remaining, cause }) => write!(
-                f,
-                "discount unreachable, next attempt in {remaining:.1?}; last failure: {cause}"
+            Self::NoReplica => f.write_str(
+                "no discount replica in rotation (unreachable, ejected or not serving; see /readyz)",
             ),
         }
     }
@@ -172,19 +176,17 @@ impl Error for CallError {}
 /// Puts each answer on its product, in order (a product whose call failed
 /// is listed as it was), says how the listing went, and logs each distinct
 /// cause once with the products it hit (and a cause that keeps coming at
-/// most once per interval, see [`Quiet`]). A listing that found discount
-/// unreachable starts a wait in `backoff`, logged once per wait rather than
-/// once per request; one that got any answer ends it.
+/// most once per interval, see [`Quiet`]). Replicas that could not be
+/// reached are logged where they are ejected, once per ejection.
 pub(crate) fn merge(
     customer_id: i32,
     products: Vec<Product>,
     answers: Vec<Result<Option<DiscountValue>, CallError>>,
-    backoff: &Backoff,
     quiet: &Quiet,
 ) -> Priced {
     let total = products.len();
     let mut answered = 0;
-    let mut failures: BTreeMap<String, (Vec<i32>, bool)> = BTreeMap::new();
+    let mut failures: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     let products: Vec<Product> = products
         .into_iter()
         .zip(answers)
@@ -197,50 +199,24 @@ pub(crate) fn merge(
                 }
             }
             Err(error) => {
-                let failure = failures
+                failures
                     .entry(error.to_string())
-                    .or_insert((Vec::new(), error.is_unreachable()));
-                failure.0.push(product.id);
+                    .or_default()
+                    .push(product.id);
                 product
             }
         })
         .collect();
-    if answered > 0 && backoff.succeeded() {
-        tracing::info!("discount answers again");
-    }
-    for (cause, (product_ids, unreachable)) in &failures {
+    for (cause, product_ids) in &failures {
         let failed = product_ids.len();
-        if !unreachable {
-            if let Some(unlogged) = quiet.should_log(cause, Instant::now()) {
-                tracing::warn!(customer_id, ?product_ids, failed, of = total, %cause, unlogged,
-                    "discount failed; listing these products without a discount");
-            }
-        } else if let Some(wait) = backoff.failed(Instant::now(), cause) {
-            tracing::warn!(customer_id, ?product_ids, failed, of = total, %cause, next_attempt_in = ?wait,
-                "cannot reach discount; listing without discounts until the next attempt");
+        if let Some(unlogged) = quiet.should_log(cause, Instant::now()) {
+            tracing::warn!(customer_id, ?product_ids, failed, of = total, %cause, unlogged,
+                "discount failed; listing these products without a discount");
         }
     }
     Priced {
         products,
         status: DiscountStatus::of(total - answered, total),
-    }
-}
-
-/// Feeds one health check's outcome to `backoff` (see [`merge`]).
-pub(crate) fn note_reachability(backoff: &Backoff, error: Option<&CallError>) {
-    match error {
-        Some(error) if error.is_unreachable() => {
-            let cause = error.to_string();
-            if let Some(wait) = backoff.failed(Instant::now(), &cause) {
-                tracing::warn!(%cause, next_attempt_in = ?wait, "cannot reach discount");
-            }
-        }
-        Some(_) => {}
-        None => {
-            if backoff.succeeded() {
-                tracing::info!("discount answers again");
-            }
-        }
     }
 }
 
@@ -376,22 +352,31 @@ mod tests {
     }
 
     #[test]
-    fn only_calls_discount_never_started_are_sent_again() {
-        let status = |error: h2::Error| tonic::Status::from_error(Box::new(error));
-        assert!(CallError::never_processed(&status(
-            h2::Reason::REFUSED_STREAM.into()
-        )));
+    fn only_calls_that_never_reached_discount_are_sent_again() {
+        let error = |error: Box<dyn Error + Send + Sync>| {
+            CallError::Status(tonic::Status::from_error(error))
+        };
+        let h2 = |reason: h2::Reason| error(Box::new(h2::Error::from(reason)));
+        assert!(h2(h2::Reason::REFUSED_STREAM).never_processed());
         for reason in [h2::Reason::CANCEL, h2::Reason::INTERNAL_ERROR] {
-            assert!(!CallError::never_processed(&status(reason.into())));
+            assert!(!h2(reason).never_processed());
+            assert!(!h2(reason).retryable());
         }
         let refused =
             std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
-        assert!(!CallError::never_processed(&tonic::Status::from_error(
-            Box::new(refused)
-        )));
-        assert!(!CallError::never_processed(&tonic::Status::unavailable(
-            "down"
-        )));
+        assert!(!error(Box::new(refused)).never_processed());
+        // Refused, or UNAVAILABLE: it did not get to the handler.
+        let unavailable = CallError::Status(tonic::Status::unavailable("down"));
+        assert!(unavailable.retryable());
+        // What the handler said, or the deadline: not sent again.
+        for answered in [
+            CallError::Status(tonic::Status::resource_exhausted("busy")),
+            CallError::Status(tonic::Status::invalid_argument("no")),
+            CallError::Deadline(Duration::from_millis(300)),
+            CallError::NoReplica,
+        ] {
+            assert!(!answered.retryable(), "{answered:?}");
+        }
     }
 
     #[test]
@@ -405,7 +390,5 @@ mod tests {
 
         let deadline = CallError::Deadline(Duration::from_millis(300)).to_string();
         assert_eq!(deadline, "no answer from discount within 300ms");
-        let not_serving = CallError::NotServing("NOT_SERVING").to_string();
-        assert_eq!(not_serving, "discount reports its health as NOT_SERVING");
     }
 }

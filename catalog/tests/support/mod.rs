@@ -151,6 +151,19 @@ impl Catalog {
         self.get("/readyz", None).await
     }
 
+    /// `GET /readyz` until it answers `status`, for 10 s at most (the
+    /// replicas' health is checked every second): the last answer.
+    pub async fn readiness_becomes(&self, status: StatusCode) -> SetupResult<Answer> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = self.readiness().await?;
+            if answer.status == status || tokio::time::Instant::now() >= deadline {
+                return Ok(answer);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Sends the shutdown signal, as SIGTERM would, without waiting.
     pub fn begin_stop(&mut self) {
         self.task.begin_stop();

@@ -1,0 +1,436 @@
+//! One discount replica: its connection, its load, and whether it takes
+//! calls.
+//!
+//! Each replica has one HTTP/2 connection (a tonic [`Channel`], which
+//! reconnects by itself) and a task that asks its standard health service
+//! every `--discount-health-interval`. It is *in rotation*, and gets calls,
+//! while that check says SERVING (or the replica has no health service, as
+//! a peer built from the seed's proto, and answers) and it is not ejected.
+//!
+//! It is *ejected* when it cannot be reached (connection refused or lost,
+//! TLS refused, the health check unanswered) or when calls to it keep
+//! failing ([`EJECT_AFTER`] in a row past their deadline or UNAVAILABLE).
+//! An ejection lasts `--discount-backoff-min` the first time and doubles
+//! while the replica keeps failing, up to `--discount-backoff-max`. When it
+//! ends, one health check probes the replica: SERVING puts it back, a
+//! failure ejects it for longer. So a dead replica costs one connection
+//! attempt per backoff, not one per request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::task::AbortHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::backoff::Backoff;
+use super::outcome::CallError;
+use crate::error::StartupError;
+use crate::tls::ClientTls;
+
+/// Calls in a row unanswered within their deadline before a replica that
+/// still answers its health check is ejected.
+pub(crate) const EJECT_AFTER: u32 = 3;
+
+/// The service name discount reports its health under.
+const HEALTH_SERVICE: &str = "ecommerce.Discount";
+
+/// How many cancelled calls a connection remembers (for a second), so
+/// that answers crossing the cancel are dropped quietly: four times
+/// discount's default stream limit a connection.
+const CANCELLED_STREAMS_REMEMBERED: usize = 1024;
+
+/// What every replica's endpoint is made from: one generation of the TLS
+/// material and the connection settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Dialer {
+    pub(crate) scheme: &'static str,
+    pub(crate) tls: Option<ClientTls>,
+    pub(crate) connect_timeout: Duration,
+    /// The health check period, also the HTTP/2 keepalive ping period and
+    /// its timeout.
+    pub(crate) health_interval: Duration,
+    pub(crate) backoff: (Duration, Duration),
+    pub(crate) dial_per_request: bool,
+}
+
+impl Dialer {
+    /// The endpoint of the replica at `addr`.
+    fn endpoint(&self, addr: SocketAddr) -> Result<Endpoint, StartupError> {
+        let uri = format!("{}://{addr}", self.scheme);
+        let failed = |error| StartupError::Endpoint {
+            addr: addr.to_string(),
+            error,
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(failed)?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            // A replica that stops answering (frozen, cut off by the
+            // network) is noticed within two periods even with calls in
+            // flight, whose connection is then closed and retried
+            // elsewhere. No pings on an idle connection: peers such as
+            // grpcio count those as abuse and close the connection.
+            .http2_keep_alive_interval(self.health_interval)
+            .keep_alive_timeout(self.health_interval)
+            // A call past its deadline is cancelled (RST_STREAM) while
+            // discount's answer may already be on the wire. h2 remembers
+            // only the last 50 streams it cancelled, answers a frame for
+            // an older one with a reset of its own and counts it, and at
+            // 1,024 such resets in the connection's life tears the
+            // connection down itself (GOAWAY ENHANCE_YOUR_CALM), failing
+            // every call on it: a `/products` flood with expiring
+            // deadlines did that. So remember more, and drop the lifetime
+            // cap, which never counts down and guards against a peer we
+            // authenticated.
+            .http2_max_concurrent_reset_streams(CANCELLED_STREAMS_REMEMBERED)
+            .http2_max_local_error_reset_streams(None);
+        match &self.tls {
+            Some(tls) => tls.apply(endpoint).map_err(failed),
+            None => Ok(endpoint),
+        }
+    }
+}
+
+/// One replica of discount.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    pub(crate) addr: SocketAddr,
+    endpoint: Endpoint,
+    channel: Channel,
+    dial_per_request: bool,
+    /// Calls in flight: the load that the power of two choices compares.
+    pending: AtomicUsize,
+    /// Its [`Tier`], read on every pick, so kept apart from [`State`].
+    tier: AtomicU8,
+    /// Whether it has `ApplyDiscounts` (assumed until it answers
+    /// UNIMPLEMENTED).
+    pub(crate) batch: AtomicBool,
+    state: Mutex<State>,
+    ejection: Backoff,
+    checker: OnceLock<AbortHandle>,
+}
+
+#[derive(Debug)]
+struct State {
+    health: Health,
+    /// Calls in a row unanswered within their deadline.
+    failures: u32,
+    /// Ejected until then.
+    ejected_until: Option<Instant>,
+}
+
+/// Which calls a replica gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Tier {
+    /// Unreachable or ejected: none.
+    Out = 0,
+    /// Not serving but answering (discount during its `--shutdown-delay`):
+    /// only while no replica is in rotation, which beats listing without
+    /// discounts.
+    Fallback = 1,
+    /// Healthy, or not checked yet, and not ejected: its share.
+    Rotation = 2,
+}
+
+/// What the last health check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// Not checked yet: in rotation meanwhile, so the first listings after
+    /// start do not wait for it.
+    Unknown,
+    Serving,
+    /// The peer has no health service (UNIMPLEMENTED): healthy while it
+    /// answers.
+    NoHealthService,
+    /// It answered with this status instead of SERVING.
+    NotServing(&'static str),
+    /// It could not be reached or did not answer in time.
+    Unreachable,
+}
+
+impl Health {
+    fn takes_calls(&self) -> bool {
+        matches!(self, Self::Unknown | Self::Serving | Self::NoHealthService)
+    }
+}
+
+/// A replica's state in words, for `/readyz` and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub(crate) addr: SocketAddr,
+    /// Serving and not ejected: what makes the catalog ready.
+    pub(crate) serving: bool,
+    pub(crate) state: String,
+}
+
+/// Holds a replica's place in its count of calls in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct Pending(Arc<Replica>);
+
+impl Pending {
+    pub(crate) fn replica(&self) -> &Arc<Replica> {
+        &self.0
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Replica {
+    /// A replica at `addr`, with its health checks started (one at once).
+    pub(crate) fn start(addr: SocketAddr, dialer: &Dialer) -> Result<Arc<Self>, StartupError> {
+        let endpoint = dialer.endpoint(addr)?;
+        let replica = Arc::new(Self {
+            addr,
+            channel: endpoint.connect_lazy(),
+            endpoint,
+            dial_per_request: dialer.dial_per_request,
+            pending: AtomicUsize::new(0),
+            tier: AtomicU8::new(Tier::Rotation as u8),
+            batch: AtomicBool::new(true),
+            state: Mutex::new(State {
+                health: Health::Unknown,
+                failures: 0,
+                ejected_until: None,
+            }),
+            ejection: Backoff::new(dialer.backoff.0, dialer.backoff.1),
+            checker: OnceLock::new(),
+        });
+        let checks = tokio::spawn(check_health(
+            Arc::downgrade(&replica),
+            dialer.health_interval,
+        ));
+        let _ = replica.checker.set(checks.abort_handle());
+        Ok(replica)
+    }
+
+    /// Whether it may be called at all (in rotation or a fallback).
+    pub(crate) fn takes_calls(&self) -> bool {
+        self.tier() != Tier::Out
+    }
+
+    /// Whether it is in rotation.
+    pub(crate) fn in_rotation(&self) -> bool {
+        self.tier() == Tier::Rotation
+    }
+
+    pub(crate) fn tier(&self) -> Tier {
+        match self.tier.load(Ordering::Relaxed) {
+            2 => Tier::Rotation,
+            1 => Tier::Fallback,
+            _ => Tier::Out,
+        }
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call in flight until the returned guard is dropped.
+    pub(crate) fn begin(self: &Arc<Self>) -> Pending {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Pending(self.clone())
+    }
+
+    /// The channel for one HTTP request: the replica's connection, or with
+    /// `--dial-per-request` a new one, closed when the request is done.
+    pub(crate) fn channel(&self) -> Channel {
+        if self.dial_per_request {
+            self.endpoint.connect_lazy()
+        } else {
+            self.channel.clone()
+        }
+    }
+
+    /// Notes how a call ended: `None` for an answer. Returns whether the
+    /// replica was unreachable (so names are worth resolving again).
+    /// `may_eject` is false when ejecting it for slowness would leave no
+    /// replica in rotation: a discount that is merely slow everywhere is
+    /// still asked.
+    pub(crate) fn record_call(&self, error: Option<&CallError>, may_eject: bool) -> bool {
+        let mut state = self.lock();
+        match error {
+            None => {
+                state.failures = 0;
+                false
+            }
+            // The replica retired the connection (GOAWAY at its
+            // --max-connection-age, or shutting down): nothing against it.
+            Some(error) if error.never_processed() => false,
+            Some(error) if error.is_unreachable() => {
+                self.eject(&mut state, &error.to_string());
+                true
+            }
+            Some(CallError::Deadline(_)) => {
+                state.failures = state.failures.saturating_add(1);
+                if state.failures >= EJECT_AFTER && may_eject {
+                    let cause = format!(
+                        "{} calls in a row unanswered within their deadline",
+                        state.failures
+                    );
+                    self.eject(&mut state, &cause);
+                }
+                false
+            }
+            // It answered, with an error of the call's own.
+            Some(_) => {
+                state.failures = 0;
+                false
+            }
+        }
+    }
+
+    /// Ejects the replica for the next wait of its schedule (a failure
+    /// during a wait does not lengthen it), and logs it.
+    fn eject(&self, state: &mut State, cause: &str) {
+        let now = Instant::now();
+        if state.ejected_until.is_some_and(|until| now < until) {
+            return;
+        }
+        if let Some(wait) = self.ejection.failed(now) {
+            state.ejected_until = Some(now + wait);
+            state.failures = 0;
+            tracing::warn!(replica = %self.addr, %cause, for_ = ?wait,
+                "discount replica ejected; probing it again when the wait ends");
+            self.update_rotation(state);
+        }
+    }
+
+    /// Takes the outcome of one health check.
+    fn record_check(&self, outcome: Result<ServingStatus, CallError>) {
+        let mut state = self.lock();
+        let health = match outcome {
+            Ok(ServingStatus::Serving) => Health::Serving,
+            Ok(other) => Health::NotServing(other.as_str_name()),
+            Err(CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
+                Health::NoHealthService
+            }
+            Err(error) => {
+                state.health = Health::Unreachable;
+                self.eject(&mut state, &format!("health check: {error}"));
+                self.update_rotation(&state);
+                return;
+            }
+        };
+        if health.takes_calls() {
+            state.ejected_until = None;
+            state.failures = 0;
+            self.ejection.succeeded();
+        }
+        if state.health != health {
+            match &health {
+                Health::NotServing(status) => tracing::warn!(replica = %self.addr, status,
+                    "discount replica reports it is not serving; out of rotation"),
+                Health::NoHealthService => tracing::info!(replica = %self.addr,
+                    "discount replica has no health service (a seed-built peer?); in rotation while it answers"),
+                _ => {}
+            }
+        }
+        state.health = health;
+        self.update_rotation(&state);
+    }
+
+    /// Sets the replica's [`Tier`] from `state`, logging a change of
+    /// rotation.
+    fn update_rotation(&self, state: &State) {
+        let tier = match (&state.health, state.ejected_until) {
+            (_, Some(_)) | (Health::Unreachable, None) => Tier::Out,
+            (Health::NotServing(_), None) => Tier::Fallback,
+            _ => Tier::Rotation,
+        };
+        let was = self.tier.swap(tier as u8, Ordering::Relaxed);
+        let (now_in, was_in) = (tier == Tier::Rotation, was == Tier::Rotation as u8);
+        if now_in && !was_in {
+            tracing::info!(replica = %self.addr, "discount replica back in rotation");
+        } else if was_in && !now_in && state.ejected_until.is_none() {
+            tracing::warn!(replica = %self.addr, health = ?state.health, "discount replica out of rotation");
+        }
+    }
+
+    /// When the next health check is due: at once after `interval` when
+    /// in rotation or not serving, or when the ejection ends.
+    fn next_check(&self, interval: Duration) -> Duration {
+        let state = self.lock();
+        match state.ejected_until {
+            Some(until) => until.saturating_duration_since(Instant::now()),
+            None => interval,
+        }
+    }
+
+    /// The replica's state in words.
+    pub(crate) fn report(&self) -> Report {
+        let state = self.lock();
+        let now = Instant::now();
+        let mut text = match &state.health {
+            Health::Unknown => "not checked yet".to_owned(),
+            Health::Serving => "serving".to_owned(),
+            Health::NoHealthService => "serving (no health service)".to_owned(),
+            Health::NotServing(status) => format!("not serving ({status})"),
+            Health::Unreachable => "unreachable".to_owned(),
+        };
+        if let Some(until) = state.ejected_until {
+            let left = until.saturating_duration_since(now);
+            text.push_str(&format!(
+                ", ejected, next probe in {:.1}s",
+                left.as_secs_f64()
+            ));
+        }
+        Report {
+            addr: self.addr,
+            serving: matches!(state.health, Health::Serving | Health::NoHealthService)
+                && state.ejected_until.is_none(),
+            state: text,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(checks) = self.checker.get() {
+            checks.abort();
+        }
+    }
+}
+
+/// Asks the replica's health service every `interval` (and when an
+/// ejection ends), each check bounded by `interval`, until the replica is
+/// dropped.
+async fn check_health(replica: Weak<Replica>, interval: Duration) {
+    let request = HealthCheckRequest {
+        service: HEALTH_SERVICE.to_owned(),
+    };
+    loop {
+        let Some(current) = replica.upgrade() else {
+            return;
+        };
+        let mut health = HealthClient::new(current.channel.clone());
+        // The replica is not held while waiting, so dropping it ends this.
+        drop(current);
+        let outcome = match tokio::time::timeout(interval, health.check(request.clone())).await {
+            Ok(Ok(answer)) => Ok(ServingStatus::try_from(answer.into_inner().status)
+                .unwrap_or(ServingStatus::Unknown)),
+            Ok(Err(status)) => Err(CallError::from_status(status, interval)),
+            Err(_) => Err(CallError::Deadline(interval)),
+        };
+        let Some(current) = replica.upgrade() else {
+            return;
+        };
+        current.record_check(outcome);
+        let wait = current.next_check(interval);
+        drop(current);
+        tokio::time::sleep(wait).await;
+    }
+}
