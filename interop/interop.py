@@ -13,6 +13,7 @@ check failed.
 import argparse
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -211,6 +212,29 @@ def main():
             )
             ready = http_get(theirs.port, "/readyz")
             checks.check("catalog /readyz through a grpcio health service is 200", ready[0] == 200, repr(ready))
+
+            # 4. The grpcio server as one replica among ours: the catalog
+            #    sends it ApplyDiscount per product and ours ApplyDiscounts,
+            #    and every listing is the same.
+            mixed = start_our_catalog(
+                args.bin_dir, args.keys, [python_port, discount.port],
+                ("--discount-deadline", "5s", "--discount-server-name", "localhost"), log_level="info")
+            started.append(mixed)
+            deadline = time.monotonic() + 10
+            while http_get(mixed.port, "/readyz")[2].count(" serving") < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ready = http_get(mixed.port, "/readyz")
+            checks.check(
+                "catalog with a grpcio replica and one of ours: /readyz says both are serving",
+                ready[0] == 200 and ready[2].startswith("ready: 2 of 2 discount replicas serving"),
+                repr(ready),
+            )
+            answers = [http_get(mixed.port, "/products", "1") for _ in range(40)]
+            checks.check(
+                "catalog with a grpcio replica and one of ours: 40 listings for customer 1, all the seed's output",
+                all(answer == (200, "applied", SEED_CUSTOMER_1) for answer in answers),
+                repr([a for a in answers if a != (200, "applied", SEED_CUSTOMER_1)][:3]),
+            )
         finally:
             python_server.stop(grace=None)
     except Exception as error:  # a set-up failure is a failed run, with its cause

@@ -1,17 +1,30 @@
 """Benchmarks the catalog and discount on this machine; see scripts/bench.sh.
 
-Scenarios, each at every connection count (default 16 and 64):
+Scenarios, each at every connection count (default 16 and 64); --scenarios
+picks some of them (default all):
   1. ceiling   catalog GET /products, no X-USER-ID: the HTTP-only path
   2. shared    catalog GET /products, X-USER-ID: 1, one shared channel (default)
   3. dial      the same with --dial-per-request (the seed's connection model)
   4. grpc      discount ApplyDiscount directly over mutual TLS (grpc-load)
+  5. replicas3 as shared, with three discount replicas behind one catalog
+               (--discount-host 127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3)
+  6. kill3     as replicas3, and the first replica listed is SIGKILLed halfway
+               through the measured run (not the warm-up)
 
 Services are started afresh for each run (so peak RSS is per scenario), on
 127.0.0.1 with ports the OS picks, logging at warn. HTTP load comes from wrk,
 gRPC load from our grpc-load; every answer is checked, and anything but a
-200 with the expected body counts as an error. Results go to stdout as a
-Markdown table and to target/bench/ as results.md, results.json and
-latency.svg.
+200 with the expected body counts as an error. Listings for a user whose
+X-Discount-Status is not "applied" are counted as not_applied; in kill3 such
+a listing may also carry the undiscounted body without being an error, as
+it must while the catalog learns that a replica is gone.
+
+With three replicas the discount figures are of all three together: CPU
+per request is the sum over the replicas (what the discount side costs per
+listing, comparable with shared), peak RSS is the largest of the three (one
+process, comparable with the other rows); results.json has each replica's
+own figures under "discount_replicas". Results go to stdout as a Markdown
+table and to target/bench/ as results.md, results.json and latency.svg.
 """
 
 import argparse
@@ -21,9 +34,12 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
-from services import start_catalog, start_discount
+sys.dont_write_bytecode = True  # no scripts/__pycache__ left in the work tree
+from services import start_catalog, start_discount  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,34 +49,67 @@ PLAIN_END = '"price_in_cents":32999}]'
 DISCOUNTED_END = '"value_in_cents":29699}}]'
 
 WRK_CHECK = """
--- Counts answers that are not 200 or lack the expected text.
+-- Counts answers that are not 200 or lack the expected text (bad), and,
+-- with BENCH_STATUS=1, listings whose X-Discount-Status is not "applied"
+-- (not_applied). BENCH_ALSO is a second text accepted in a listing that is
+-- not "applied" (kill3: the undiscounted list).
 local expected = os.getenv("BENCH_EXPECT") or ""
+local also = os.getenv("BENCH_ALSO")
+local check_status = os.getenv("BENCH_STATUS") == "1"
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) bad = 0 end
+function init(args) bad = 0; not_applied = 0 end
+-- wrk passes header names as they came: hyper sends them in lower case.
+local function discount_status(headers)
+  local value = headers["x-discount-status"]
+  if value then return value end
+  for name, v in pairs(headers) do
+    if string.lower(name) == "x-discount-status" then return v end
+  end
+  return nil
+end
 function response(status, headers, body)
-  if status ~= 200 or not string.find(body, expected, 1, true) then bad = bad + 1 end
+  if status ~= 200 then
+    bad = bad + 1
+    return
+  end
+  local ok = string.find(body, expected, 1, true)
+  if check_status and discount_status(headers) ~= "applied" then
+    not_applied = not_applied + 1
+    if not ok and also then ok = string.find(body, also, 1, true) end
+  end
+  if not ok then bad = bad + 1 end
 end
 function done(summary, latency, requests)
-  local total = 0
-  for _, t in ipairs(threads) do total = total + t:get("bad") end
+  local total, unapplied = 0, 0
+  for _, t in ipairs(threads) do
+    total = total + t:get("bad")
+    unapplied = unapplied + t:get("not_applied")
+  end
   io.write(string.format("BENCH_BAD %d\\n", total))
+  io.write(string.format("BENCH_NOT_APPLIED %d\\n", unapplied))
   io.write(string.format("BENCH_P %d %d %d %d %d\\n", latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency.max, summary.requests))
+  -- Not summary.errors.status (answers >= 400): response() counted those in bad.
   io.write(string.format("BENCH_ERRORS %d\\n", summary.errors.connect + summary.errors.read +
-    summary.errors.write + summary.errors.status + summary.errors.timeout))
+    summary.errors.write + summary.errors.timeout))
 end
 """
 
 
-def wrk(url, connections, seconds, expect, user_id, script, cpu):
+def wrk(url, connections, seconds, expect, user_id, script, cpu, also=None):
+    """wrk against `url`; `also` is a body text accepted besides `expect`
+    in a listing whose X-Discount-Status is not "applied"."""
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", script]
+    env = {**os.environ, "BENCH_EXPECT": expect}
     if user_id:
         command += ["-H", f"X-USER-ID: {user_id}"]
+        env["BENCH_STATUS"] = "1"
+    if also:
+        env["BENCH_ALSO"] = also
     if cpu is not None:
         command = ["taskset", "-c", cpu, *command]
-    run = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 60,
-                         env={**os.environ, "BENCH_EXPECT": expect})
+    run = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 60, env=env)
     out = run.stdout
     found = re.search(r"BENCH_P (\d+) (\d+) (\d+) (\d+) (\d+)", out)
     if not found:
@@ -69,8 +118,11 @@ def wrk(url, connections, seconds, expect, user_id, script, cpu):
     bad = int(re.search(r"BENCH_BAD (\d+)", out).group(1))
     socket_errors = int(re.search(r"BENCH_ERRORS (\d+)", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return {"requests": requests, "errors": bad + socket_errors, "rps": rps,
-            "p50_ms": p50 / 1000, "p90_ms": p90 / 1000, "p99_ms": p99 / 1000, "max_ms": worst / 1000}
+    result = {"requests": requests, "errors": bad + socket_errors, "rps": rps,
+              "p50_ms": p50 / 1000, "p90_ms": p90 / 1000, "p99_ms": p99 / 1000, "max_ms": worst / 1000}
+    if user_id:
+        result["not_applied"] = int(re.search(r"BENCH_NOT_APPLIED (\d+)", out).group(1))
+    return result
 
 
 def grpc_load(bins, keys, port, concurrency, seconds, cpu):
@@ -82,38 +134,79 @@ def grpc_load(bins, keys, port, concurrency, seconds, cpu):
     return json.loads(out)
 
 
+REPLICAS = {"replicas3": 3, "kill3": 3}  # discount processes; 1 for the others
+
+
 def run_scenario(name, connections, args, keys, script):
     services_cpu = "0" if args.pin else None
     load_cpu = "1" if args.pin else None
-    discount = start_discount(args.bin_dir, keys, cpu=services_cpu)
-    services = {"discount": discount}
+    discounts, catalog, killer = [], None, None
     try:
+        for _ in range(REPLICAS.get(name, 1)):
+            discounts.append(start_discount(args.bin_dir, keys, cpu=services_cpu))
         if name == "grpc":
-            drive = lambda seconds: grpc_load(args.bin_dir, keys, discount.port, connections, seconds, load_cpu)
+            port = discounts[0].port
+            drive = lambda seconds: grpc_load(args.bin_dir, keys, port, connections, seconds, load_cpu)
         else:
             extra = ["--max-connections", "4096"]
             if args.discount_deadline:
                 extra += ["--discount-deadline", args.discount_deadline]
             if name == "dial":
                 extra.append("--dial-per-request")
-            catalog = start_catalog(args.bin_dir, keys, discount.port, extra, cpu=services_cpu)
-            services["catalog"] = catalog
+            if len(discounts) > 1:
+                # One name for the whole list; the bench certificate is
+                # issued to DNS:localhost (and IP 127.0.0.1, ::1).
+                extra += ["--discount-server-name", "localhost"]
+            catalog = start_catalog(args.bin_dir, keys, [d.port for d in discounts], extra, cpu=services_cpu)
             url = f"http://127.0.0.1:{catalog.port}/products"
             user, expect = (None, PLAIN_END) if name == "ceiling" else ("1", DISCOUNTED_END)
-            drive = lambda seconds: wrk(url, connections, seconds, expect, user, script, load_cpu)
+            # A listing priced while a replica dies may rightly go out
+            # undiscounted (X-Discount-Status not "applied"): not an error.
+            also = PLAIN_END if name == "kill3" else None
+            drive = lambda seconds: wrk(url, connections, seconds, expect, user, script, load_cpu, also)
         if args.warmup:
             drive(args.warmup)  # connections, caches and the allocator settle
-        before = {k: s.cpu_seconds() for k, s in services.items()}
+        everyone = [*discounts, *([catalog] if catalog else [])]
+        before = [s.cpu_seconds() for s in everyone]
+        if name == "kill3":
+            victim, killed = discounts[0], {}
+
+            def kill():
+                killed["at_s"] = round(time.monotonic() - start, 2)
+                victim.kill()
+
+            killer = threading.Timer(args.duration / 2, kill)
+            start = time.monotonic()
+            killer.start()
         result = drive(args.duration)
-        after = {k: s.cpu_seconds() for k, s in services.items()}
+        if killer:
+            killer.join()
+        used = [s.cpu_seconds() - b for s, b in zip(everyone, before)]
+        requests = max(result["requests"], 1)
+        per_request = lambda seconds: round(seconds / requests * 1e6, 1)
         result["scenario"], result["connections"] = name, connections
-        result["peak_rss_mb"] = {k: round(s.peak_rss_mb(), 1) for k, s in services.items()}
-        result["cpu_us_per_request"] = {
-            k: round((after[k] - before[k]) / max(result["requests"], 1) * 1e6, 1) for k in services
-        }
+        result["peak_rss_mb"] = {"discount": round(max(d.peak_rss_mb() for d in discounts), 1)}
+        result["cpu_us_per_request"] = {"discount": per_request(sum(used[:len(discounts)]))}
+        if catalog:
+            result["peak_rss_mb"]["catalog"] = round(catalog.peak_rss_mb(), 1)
+            result["cpu_us_per_request"]["catalog"] = per_request(used[-1])
+        if len(discounts) > 1:
+            result["discount_replicas"] = [
+                {"port": d.port, "peak_rss_mb": round(d.peak_rss_mb(), 1), "cpu_us_per_request": per_request(u),
+                 "killed": d.final is not None}
+                for d, u in zip(discounts, used)
+            ]
+        if name == "kill3":
+            if victim.final is None:
+                raise RuntimeError(f"kill3: the replica on port {victim.port} was not killed during the run "
+                                   f"(exit status {victim.process.returncode})")
+            result["killed"] = {"port": victim.port, "at_s": killed["at_s"]}
         return result
     finally:
-        for service in services.values():
+        if killer:
+            killer.cancel()
+            killer.join()
+        for service in [*([catalog] if catalog else []), *discounts]:
             service.stop()
 
 
@@ -122,7 +215,19 @@ LABELS = {
     "shared": "2 catalog, X-USER-ID 1, shared channel",
     "dial": "3 catalog, X-USER-ID 1, --dial-per-request",
     "grpc": "4 discount ApplyDiscount over mTLS",
+    "replicas3": "5 catalog, X-USER-ID 1, 3 discount replicas",
+    "kill3": "6 the same, 1 of 3 replicas SIGKILLed mid-run",
 }
+SCENARIOS = tuple(LABELS)
+
+
+def errors_cell(r):
+    """Errors, and in kill3 (or wherever there are any) the listings whose
+    discount was not applied."""
+    cell = str(r["errors"])
+    if r.get("not_applied") or (r["scenario"] == "kill3" and "not_applied" in r):
+        cell += f" ({r['not_applied']} not applied)"
+    return cell
 
 
 def markdown(results, ratios, args):
@@ -137,10 +242,13 @@ def markdown(results, ratios, args):
         rss, cpu = r["peak_rss_mb"], r["cpu_us_per_request"]
         lines.append(
             f"| {LABELS[r['scenario']]} | {r['connections']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['errors']} | {rss.get('discount', 0)} / {rss.get('catalog', '-')} | "
+            f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {errors_cell(r)} | {rss.get('discount', 0)} / {rss.get('catalog', '-')} | "
             f"{cpu.get('discount', 0)} / {cpu.get('catalog', '-')} |"
         )
-    lines += ["", "| ratio (same run) | conns | value |", "|---|---:|---:|"]
+    if any(r["scenario"] in REPLICAS for r in results):
+        lines += ["", "Rows 5 and 6: discount CPU µs/req is the sum over the three replicas, peak RSS the largest of them."]
+    if ratios:
+        lines += ["", "| ratio (same run) | conns | value |", "|---|---:|---:|"]
     for r in ratios:
         lines.append(f"| {r['name']} | {r['connections']} | {r['value']:.3f} |")
     return "\n".join(lines) + "\n"
@@ -177,7 +285,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1 s per run, no warm-up: a smoke test, not a measurement")
     parser.add_argument("--pin", action="store_true", help="pin services to CPU 0 and the load generator to CPU 1")
     parser.add_argument("--out", default=str(REPO / "target" / "bench"), help="where to write the results")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated scenarios to run (default all: {','.join(SCENARIOS)})")
     args = parser.parse_args()
+    names = [n for n in args.scenarios.split(",") if n]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        parser.error(f"--scenarios: unknown {','.join(unknown) or '(none given)'}; choose from {','.join(SCENARIOS)}")
+    names = [n for n in SCENARIOS if n in names]  # table order
     args.warmup = 0 if args.quick else 1
     # A measurement runs with the catalog's default deadline, as in
     # production. The quick smoke (a debug build in CI, sharing two cores
@@ -194,7 +309,7 @@ def main():
         subprocess.run(["bash", str(REPO / "scripts" / "gen-keys.sh"), "--dir", keys], check=True, capture_output=True)
         script = f"{work}/check.lua"
         Path(script).write_text(WRK_CHECK)
-        for name in ("ceiling", "shared", "dial", "grpc"):
+        for name in names:
             for connections in counts:
                 print(f"bench: {name} at {connections} connections ...", file=sys.stderr, flush=True)
                 results.append(run_scenario(name, connections, args, keys, script))
@@ -202,10 +317,11 @@ def main():
     by = {(r["scenario"], r["connections"]): r for r in results}
     ratios = []
     for c in counts:
-        ratios.append({"name": "(2)/(1) discount path vs HTTP-only ceiling", "connections": c,
-                       "value": by[("shared", c)]["rps"] / by[("ceiling", c)]["rps"]})
-        ratios.append({"name": "(2)/(3) shared channel vs dial per request", "connections": c,
-                       "value": by[("shared", c)]["rps"] / by[("dial", c)]["rps"]})
+        for top, bottom, name in (("shared", "ceiling", "(2)/(1) discount path vs HTTP-only ceiling"),
+                                  ("shared", "dial", "(2)/(3) shared channel vs dial per request"),
+                                  ("replicas3", "shared", "(5)/(2) three discount replicas vs one")):
+            if (top, c) in by and (bottom, c) in by:
+                ratios.append({"name": name, "connections": c, "value": by[(top, c)]["rps"] / by[(bottom, c)]["rps"]})
 
     table = markdown(results, ratios, args)
     out = Path(args.out)

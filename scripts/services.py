@@ -31,6 +31,7 @@ class Service:
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
         )
         self.log = []
+        self.final = None  # (cpu seconds, peak RSS MB) once kill() has ended it
         threading.Thread(target=self._read, daemon=True).start()
         self.port = self._wait_for_port()
 
@@ -51,11 +52,15 @@ class Service:
         raise RuntimeError(f"{self.process.args} did not start:\n{''.join(self.log)}")
 
     def cpu_seconds(self):
+        if self.final:
+            return self.final[0]
         with open(f"/proc/{self.process.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
     def peak_rss_mb(self):
+        if self.final:
+            return self.final[1]
         with open(f"/proc/{self.process.pid}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
@@ -71,6 +76,14 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def kill(self):
+        """SIGKILL at once, as a crash would, and reap it. cpu_seconds() and
+        peak_rss_mb() go on answering with what it had used just before."""
+        if self.process.poll() is None:
+            self.final = (self.cpu_seconds(), self.peak_rss_mb())
+            self.process.kill()
+            self.process.wait()
 
 
 def listening_port(pid):
@@ -100,9 +113,13 @@ def start_discount(bin_dir, keys, extra=(), **options):
 
 
 def start_catalog(bin_dir, keys, discount_port, extra=(), **options):
-    """catalog pointed at a discount on 127.0.0.1:`discount_port`."""
+    """catalog pointed at a discount on 127.0.0.1:`discount_port`, or, given
+    a list of ports, at one replica on each (`--discount-host` as a comma
+    list; pass `--discount-server-name` in `extra` for the name to check)."""
+    ports = discount_port if isinstance(discount_port, (list, tuple)) else [discount_port]
+    hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
     return Service([f"{bin_dir}/catalog", "--listen-addr", "127.0.0.1", "--discount-host",
-                    f"127.0.0.1:{discount_port}", "--discount-ca", f"{keys}/ca.pem",
+                    hosts, "--discount-ca", f"{keys}/ca.pem",
                     "--client-cert", f"{keys}/client.pem", "--client-key", f"{keys}/client.key",
                     *extra, "0"],
                    **options)

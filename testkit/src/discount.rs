@@ -193,3 +193,54 @@ impl Discount for ScriptedDiscount {
         DiscountService.apply_discounts(request).await
     }
 }
+
+/// A discount as a peer built from the seed's proto would be: only the
+/// `ecommerce.Discount` service (no health service, no reflection), over
+/// mutual TLS with the keys of a [`Pki`], on `127.0.0.1:0`. Stops when
+/// dropped.
+#[derive(Debug)]
+pub struct SeedStylePeer {
+    addr: SocketAddr,
+    task: ServerTask<tonic::transport::Error>,
+}
+
+impl SeedStylePeer {
+    /// Serves `service` (say a [`ScriptedDiscount`] without `batch`).
+    ///
+    /// # Errors
+    /// The keys could not be read or the port bound.
+    pub async fn start(pki: &Pki, service: impl Discount) -> SetupResult<Self> {
+        use ecommerce_proto::pb::discount_server::DiscountServer as Service;
+        use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                std::fs::read(pki.path("cert.pem"))?,
+                std::fs::read(pki.path("private.key"))?,
+            ))
+            .client_ca_root(Certificate::from_pem(std::fs::read(pki.path("ca.pem"))?));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let router = Server::builder()
+            .tls_config(tls)?
+            .add_service(Service::new(service));
+        let task = ServerTask::spawn(|shutdown| {
+            router.serve_with_incoming_shutdown(incoming, shutdown.wait())
+        });
+        Ok(Self { addr, task })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How long it took to stop; see [`ServerTask::stop`].
+    ///
+    /// # Errors
+    /// As [`ServerTask::stop`].
+    pub async fn stop(self) -> SetupResult<()> {
+        self.task.stop().await
+    }
+}

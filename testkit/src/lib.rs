@@ -28,7 +28,7 @@ pub mod wire;
 
 use std::time::Duration;
 
-pub use discount::{DiscountServer, ScriptedDiscount};
+pub use discount::{DiscountServer, ScriptedDiscount, SeedStylePeer};
 pub use grpc::{
     customer, discount_request, discount_value, error_chain, grpc_channel, grpc_channel_with,
     product,

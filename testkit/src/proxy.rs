@@ -2,14 +2,14 @@
 //! can stall, and a peer that accepts and never answers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::SetupResult;
 
@@ -17,13 +17,15 @@ use crate::SetupResult;
 /// it: put it between catalog and discount to see how many connections the
 /// catalog opens. TLS passes through untouched. [`CountingProxy::stall`]
 /// holds every byte in both directions for a while, as a discount stopped
-/// by the scheduler (or SIGSTOP) would.
+/// by the scheduler (or SIGSTOP) would; [`CountingProxy::kill`] drops
+/// everything, as a host that died would.
 #[derive(Debug)]
 pub struct CountingProxy {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     stalled: watch::Sender<bool>,
     task: JoinHandle<()>,
+    piping: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
 impl CountingProxy {
@@ -37,11 +39,13 @@ impl CountingProxy {
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&connections);
         let (stalled, stall) = watch::channel(false);
+        let piping = Arc::new(Mutex::new(Vec::new()));
+        let pipes = Arc::clone(&piping);
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let stall = stall.clone();
-                tokio::spawn(async move {
+                let pipe = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(target).await {
                         let (from_client, to_client) = inbound.into_split();
                         let (from_server, to_server) = outbound.into_split();
@@ -51,6 +55,10 @@ impl CountingProxy {
                         );
                     }
                 });
+                pipes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(pipe.abort_handle());
             }
         });
         Ok(Self {
@@ -58,7 +66,22 @@ impl CountingProxy {
             connections,
             stalled,
             task,
+            piping,
         })
+    }
+
+    /// Closes the listening socket (new connections are refused) and every
+    /// connection through the proxy, at once.
+    pub fn kill(&self) {
+        self.task.abort();
+        for pipe in self
+            .piping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            pipe.abort();
+        }
     }
 
     /// Holds everything in both directions for `period`, then lets it
@@ -101,7 +124,7 @@ async fn forward(
 
 impl Drop for CountingProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 

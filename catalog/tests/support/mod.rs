@@ -7,10 +7,11 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::Application;
-use catalog::discount::DiscountClient;
+use catalog::discount::{DiscountClient, Resolve};
 use clap::Parser;
 use reqwest::StatusCode;
 use testkit::{DiscountServer, Pki, ServerTask, SetupResult};
@@ -80,17 +81,35 @@ impl Catalog {
         extra: &[&str],
     ) -> SetupResult<Self> {
         let app = Application::build(&config(discount, ca, deadline, extra)?)?;
+        Ok(Self::serve(app))
+    }
+
+    /// [`Catalog::start_with`], with discount's names resolved by
+    /// `resolver`.
+    pub async fn start_resolving(
+        discount: &str,
+        ca: &Path,
+        deadline: &str,
+        extra: &[&str],
+        resolver: Arc<dyn Resolve>,
+    ) -> SetupResult<Self> {
+        let config = config(discount, ca, deadline, extra)?;
+        let app = Application::build_with_resolver(&config, resolver)?;
+        Ok(Self::serve(app))
+    }
+
+    fn serve(app: Application) -> Self {
         let (addr, client) = (app.local_addr(), app.discount_client());
         let task = ServerTask::spawn(|shutdown| async move {
             app.run_until_stopped(shutdown.wait()).await;
             Ok(())
         });
-        Ok(Self {
+        Self {
             addr,
             http: reqwest::Client::new(),
             discount: client,
             task,
-        })
+        }
     }
 
     pub async fn get(&self, path: &str, user_id: Option<&[u8]>) -> SetupResult<Answer> {

@@ -1,0 +1,500 @@
+//! Several discount replicas behind one catalog: spreading calls, replicas
+//! that stop, die, hang or are added and removed behind a name, and a
+//! discount that sheds load. Real servers in-process on `127.0.0.1:0`,
+//! TLS with certificates made at run time.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use catalog::discount::{Resolve, Resolving};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN};
+use testkit::{CountingProxy, DiscountServer, Pki, ScriptedDiscount, SeedStylePeer, SetupResult};
+
+/// Health checks five times a second, so that the tests do not wait long.
+const FAST_CHECKS: [&str; 2] = ["--discount-health-interval", "200ms"];
+
+/// A discount that answers like the real one and counts its calls.
+fn counting() -> (ScriptedDiscount, Arc<AtomicUsize>) {
+    let scripted = ScriptedDiscount {
+        batch: true,
+        ..ScriptedDiscount::default()
+    };
+    let calls = scripted.calls.clone();
+    (scripted, calls)
+}
+
+/// `n` counting discounts with the flags `args`.
+async fn replicas(
+    pki: &Pki,
+    n: usize,
+    args: &[&str],
+) -> SetupResult<(Vec<DiscountServer>, Vec<Arc<AtomicUsize>>)> {
+    let (mut servers, mut calls) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let (scripted, counter) = counting();
+        servers.push(DiscountServer::start_with(pki, args, scripted).await?);
+        calls.push(counter);
+    }
+    Ok((servers, calls))
+}
+
+/// A catalog dialling every one of `addrs`, with `extra` flags.
+async fn catalog_for(
+    addrs: &[SocketAddr],
+    pki: &Pki,
+    deadline: &str,
+    extra: &[&str],
+) -> SetupResult<Catalog> {
+    let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let mut args = vec!["--discount-server-name", "localhost"];
+    args.extend_from_slice(extra);
+    Catalog::start_with(&list.join(","), &pki.path("ca.pem"), deadline, &args).await
+}
+
+fn counts(calls: &[Arc<AtomicUsize>]) -> Vec<usize> {
+    calls.iter().map(|c| c.load(Ordering::SeqCst)).collect()
+}
+
+/// How a run of listings went.
+#[derive(Debug, Default)]
+struct Tally {
+    applied: usize,
+    /// Every other answer: status, `X-Discount-Status` and whether the
+    /// body was whole.
+    other: Vec<String>,
+    /// The slowest listing.
+    slowest: Duration,
+}
+
+impl Tally {
+    fn add(&mut self, answer: SetupResult<support::Answer>, took: Duration) {
+        self.slowest = self.slowest.max(took);
+        match answer {
+            Ok(answer)
+                if answer.status == StatusCode::OK
+                    && answer.discount_status.as_deref() == Some("applied")
+                    && answer.body == CUSTOMER_1 =>
+            {
+                self.applied += 1;
+            }
+            Ok(answer) => self.other.push(format!(
+                "{} {:?} whole: {}",
+                answer.status,
+                answer.discount_status,
+                answer.body == CUSTOMER_1 || answer.body == PLAIN
+            )),
+            Err(error) => self.other.push(error.to_string()),
+        }
+    }
+}
+
+/// `count` listings for customer 1, `concurrency` at a time.
+async fn listings(catalog: &Catalog, count: usize, concurrency: usize) -> Tally {
+    let answers: Vec<_> = futures_util::stream::iter(0..count)
+        .map(|_| async {
+            let started = Instant::now();
+            let answer = catalog.get("/products", Some(b"1")).await;
+            (answer, started.elapsed())
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut tally = Tally::default();
+    for (answer, took) in answers {
+        tally.add(answer, took);
+    }
+    tally
+}
+
+/// Listings for customer 1 from `workers` clients, each sending one after
+/// the other, for `period`.
+async fn listings_for(catalog: &Catalog, workers: usize, period: Duration) -> Tally {
+    let end = Instant::now() + period;
+    let tallies = futures_util::future::join_all((0..workers).map(|_| async move {
+        let mut tally = Tally::default();
+        while Instant::now() < end {
+            let started = Instant::now();
+            let answer = catalog.get("/products", Some(b"1")).await;
+            tally.add(answer, started.elapsed());
+        }
+        tally
+    }))
+    .await;
+    let mut total = Tally::default();
+    for tally in tallies {
+        total.applied += tally.applied;
+        total.other.extend(tally.other);
+        total.slowest = total.slowest.max(tally.slowest);
+    }
+    total
+}
+
+#[tokio::test]
+async fn listings_are_spread_over_every_replica() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (servers, calls) = replicas(&pki, 3, &[]).await?;
+    let addrs: Vec<SocketAddr> = servers.iter().map(DiscountServer::addr).collect();
+    let catalog = catalog_for(&addrs, &pki, HEALTHY_DEADLINE, &[]).await?;
+    let ready = catalog.readiness_becomes(StatusCode::OK).await?;
+    assert!(
+        ready
+            .body
+            .starts_with("ready: 3 of 3 discount replicas serving\n"),
+        "{}",
+        ready.body
+    );
+
+    let tally = listings(&catalog, 300, 32).await;
+    assert_eq!((tally.applied, tally.other), (300, Vec::<String>::new()));
+    let served = counts(&calls);
+    eprintln!("300 listings at 32 in flight: calls per replica {served:?}");
+    assert_eq!(served.iter().sum::<usize>(), 300, "{served:?}");
+    for calls in &served {
+        assert!(*calls >= 60, "a replica served under 20%: {served:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_stopped_gracefully_costs_no_listing() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (mut servers, calls) = replicas(&pki, 3, &["--shutdown-delay", "1s"]).await?;
+    let addrs: Vec<SocketAddr> = servers.iter().map(DiscountServer::addr).collect();
+    let catalog = catalog_for(&addrs, &pki, HEALTHY_DEADLINE, &FAST_CHECKS).await?;
+    catalog.readiness_becomes(StatusCode::OK).await?;
+
+    let mut stopping = servers.remove(0);
+    let (tally, stopped) =
+        tokio::join!(listings_for(&catalog, 16, Duration::from_secs(3)), async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // NOT_SERVING for a second, then GOAWAY, drain and close.
+            stopping.begin_stop();
+            let at = counts(&calls)[0];
+            (stopping.stopped_within(Duration::from_secs(10)).await, at)
+        });
+    let (stopped, at_stop) = stopped;
+    stopped?;
+    let served = counts(&calls);
+    eprintln!(
+        "graceful stop: {} applied, others {:?}; calls {served:?} ({at_stop} on the first before its stop)",
+        tally.applied, tally.other
+    );
+    assert_eq!(tally.other, Vec::<String>::new());
+    assert!(tally.applied > 100, "{}", tally.applied);
+    assert!(at_stop > 0, "the stopped replica had calls before");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_killed_hard_costs_no_listing_and_gets_no_calls_once_ejected() -> SetupResult<()>
+{
+    let pki = Pki::generate()?;
+    let (servers, calls) = replicas(&pki, 3, &[]).await?;
+    let mut proxies = Vec::new();
+    for server in &servers {
+        proxies.push(CountingProxy::start(server.addr()).await?);
+    }
+    let addrs: Vec<SocketAddr> = proxies.iter().map(CountingProxy::addr).collect();
+    let catalog = catalog_for(&addrs, &pki, HEALTHY_DEADLINE, &FAST_CHECKS).await?;
+    catalog.readiness_becomes(StatusCode::OK).await?;
+
+    let (tally, ()) = tokio::join!(listings_for(&catalog, 16, Duration::from_secs(2)), async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Listener and every connection gone at once, as a dead host.
+        proxies[0].kill();
+    });
+    let sent = catalog.discount.counts();
+    eprintln!(
+        "hard kill: {} applied, others {:?}; calls {:?}; client {sent:?}",
+        tally.applied,
+        tally.other,
+        counts(&calls)
+    );
+    assert_eq!(tally.other, Vec::<String>::new(), "failover missed");
+    assert!(tally.applied > 100, "{}", tally.applied);
+    assert!(
+        sent.retries > 0,
+        "nothing was in flight at the kill: {sent:?}"
+    );
+
+    // Ejected: no call goes to it, so none needs sending again.
+    let replicas = catalog.discount.replicas();
+    let dead = replicas
+        .iter()
+        .find(|r| r.addr == addrs[0])
+        .ok_or("the dead replica is not listed")?;
+    assert!(!dead.serving && dead.state.contains("ejected"), "{dead:?}");
+    let tally = listings(&catalog, 200, 16).await;
+    assert_eq!((tally.applied, tally.other), (200, Vec::<String>::new()));
+    assert_eq!(catalog.discount.counts().retries, sent.retries);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_accepts_and_never_answers_is_ejected_and_then_costs_nothing()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (servers, _calls) = replicas(&pki, 2, &[]).await?;
+    let (hung, _) = testkit::silent_peer().await?;
+    let addrs = [hung, servers[0].addr(), servers[1].addr()];
+    let started = Instant::now();
+    let catalog = catalog_for(&addrs, &pki, "1s", &[]).await?;
+
+    // Before it is found out, a listing costs at most the deadline.
+    let before = listings(&catalog, 32, 16).await;
+    eprintln!(
+        "before ejection: {} applied, {} others, slowest {:?}",
+        before.applied,
+        before.other.len(),
+        before.slowest
+    );
+    assert!(
+        before.slowest < Duration::from_millis(1500),
+        "{:?}",
+        before.slowest
+    );
+
+    // Its health check goes unanswered: out within about one period (1 s).
+    loop {
+        let replicas = catalog.discount.replicas();
+        if replicas
+            .iter()
+            .any(|r| r.addr == hung && r.state.contains("ejected"))
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(format!("not ejected: {replicas:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ejected_after = started.elapsed();
+    eprintln!("hung replica ejected after {ejected_after:?}");
+    assert!(ejected_after < Duration::from_secs(3), "{ejected_after:?}");
+
+    let after = listings(&catalog, 200, 16).await;
+    eprintln!("after ejection: slowest {:?}", after.slowest);
+    assert_eq!((after.applied, after.other), (200, Vec::<String>::new()));
+    assert!(
+        after.slowest < Duration::from_millis(500),
+        "{:?}",
+        after.slowest
+    );
+    Ok(())
+}
+
+/// A resolver whose answers the test sets.
+#[derive(Debug, Default)]
+struct Answers(Mutex<BTreeMap<String, Vec<SocketAddr>>>);
+
+impl Answers {
+    fn set(&self, host: &str, addrs: &[SocketAddr]) {
+        if let Ok(mut table) = self.0.lock() {
+            table.insert(host.to_owned(), addrs.to_vec());
+        }
+    }
+}
+
+impl Resolve for Answers {
+    fn resolve(&self, host: &str, _port: u16) -> Resolving {
+        let answer = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|table| table.get(host).cloned());
+        Box::pin(async move { answer.ok_or_else(|| io::Error::other("no such name")) })
+    }
+}
+
+#[tokio::test]
+async fn replicas_added_and_removed_behind_a_name_gain_and_lose_calls_within_a_period()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (servers, calls) = replicas(&pki, 3, &[]).await?;
+    let [a, b, c] = [0, 1, 2].map(|i| servers[i].addr());
+    let answers = Arc::new(Answers::default());
+    answers.set("discount.test", &[a, b]);
+    let catalog = Catalog::start_resolving(
+        "discount.test:11443",
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        &[
+            "--discount-server-name",
+            "localhost",
+            "--discount-resolve-interval",
+            "200ms",
+        ],
+        answers.clone(),
+    )
+    .await?;
+    catalog.readiness_becomes(StatusCode::OK).await?;
+    let tally = listings(&catalog, 60, 8).await;
+    assert_eq!(tally.applied, 60, "{:?}", tally.other);
+    let served = counts(&calls);
+    assert!(
+        served[0] > 0 && served[1] > 0 && served[2] == 0,
+        "{served:?}"
+    );
+
+    // A third replica appears in the answers.
+    answers.set("discount.test", &[a, b, c]);
+    let added = Instant::now();
+    while counts(&calls)[2] == 0 {
+        let tally = listings(&catalog, 8, 8).await;
+        assert_eq!(tally.applied, 8, "{:?}", tally.other);
+        assert!(
+            added.elapsed() < Duration::from_secs(5),
+            "the new replica got no call"
+        );
+    }
+    let joined = added.elapsed();
+    eprintln!("new replica called after {joined:?}");
+    assert!(joined < Duration::from_millis(1000), "{joined:?}");
+
+    // The first one disappears from them.
+    answers.set("discount.test", &[b, c]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = counts(&calls);
+    let tally = listings(&catalog, 60, 8).await;
+    assert_eq!(tally.applied, 60, "{:?}", tally.other);
+    let after = counts(&calls);
+    eprintln!("after removal: {before:?} -> {after:?}");
+    assert_eq!(after[0], before[0], "the removed replica still gets calls");
+    assert!(after[1] > before[1] && after[2] > before[2], "{after:?}");
+    let listed = catalog.readiness().await?.body;
+    assert!(!listed.contains(&a.to_string()), "{listed}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_every_replica_down_listings_are_whole_and_calls_stay_within_the_budget()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let mut closed = Vec::new();
+    for _ in 0..3 {
+        closed.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await?
+                .local_addr()?,
+        );
+    }
+    let catalog = catalog_for(&closed, &pki, HEALTHY_DEADLINE, &[]).await?;
+    let tally = listings(&catalog, 100, 10).await;
+    assert_eq!(tally.applied, 0);
+    assert_eq!(tally.other.len(), 100);
+    for other in &tally.other {
+        assert_eq!(other, "200 OK Some(\"unavailable\") whole: true");
+    }
+    let ready = catalog
+        .readiness_becomes(StatusCode::SERVICE_UNAVAILABLE)
+        .await?;
+    assert!(
+        ready
+            .body
+            .starts_with("not ready: 0 of 3 discount replicas serving\n"),
+        "{}",
+        ready.body
+    );
+    // Each refusal ejects its replica: at most the first wave of listings
+    // (10 in flight) sends anything, once and once again.
+    let sent = catalog.discount.counts();
+    eprintln!("100 listings with every replica down: {sent:?}");
+    assert!(sent.attempts <= 20, "{sent:?}");
+    assert!(sent.retries * 2 <= sent.attempts, "{sent:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_overloaded_replica_sheds_at_once_and_the_catalog_lists_what_it_could_not_price()
+-> SetupResult<()> {
+    const LIMIT: usize = 4;
+    let pki = Pki::generate()?;
+    let (slow, _arrivals) = ScriptedDiscount::reporting(Duration::from_millis(500));
+    let slow = ScriptedDiscount {
+        batch: true,
+        ..slow
+    };
+    let discount = DiscountServer::start_with(&pki, &["--max-concurrent-calls", "4"], slow).await?;
+
+    // Straight to discount: LIMIT calls taken, the rest refused at once.
+    let channel = testkit::grpc_channel(discount.addr(), &pki).await?;
+    let calls = (0..LIMIT * 10).map(|_| {
+        let mut client = ecommerce_proto::pb::discount_client::DiscountClient::new(channel.clone());
+        async move {
+            let started = Instant::now();
+            let request = testkit::discount_request(1, testkit::product(1, 1000));
+            let answer = client.apply_discount(request).await;
+            (answer.err().map(|status| status.code()), started.elapsed())
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let mut shed: Vec<Duration> = answers
+        .iter()
+        .filter(|(code, _)| *code == Some(tonic::Code::ResourceExhausted))
+        .map(|(_, took)| *took)
+        .collect();
+    shed.sort();
+    let served = answers.iter().filter(|(code, _)| code.is_none()).count();
+    eprintln!("{served} served, {} shed, in {shed:?}", shed.len());
+    assert_eq!((served, shed.len()), (LIMIT, LIMIT * 9));
+    let median = shed[shed.len() / 2];
+    assert!(median < Duration::from_millis(10), "median {median:?}");
+    assert!(
+        shed.iter().all(|took| *took < Duration::from_millis(100)),
+        "a shed call waited: {shed:?}"
+    );
+
+    // Through the catalog: nothing dropped, the excess listed plain.
+    let catalog = catalog_for(&[discount.addr()], &pki, HEALTHY_DEADLINE, &[]).await?;
+    catalog.readiness_becomes(StatusCode::OK).await?;
+    let tally = listings(&catalog, LIMIT * 10, LIMIT * 10).await;
+    eprintln!("catalog: {} applied, {:?}", tally.applied, tally.other);
+    assert_eq!(tally.applied + tally.other.len(), LIMIT * 10);
+    assert!(
+        tally.applied >= 1 && tally.applied <= LIMIT,
+        "{}",
+        tally.applied
+    );
+    for other in &tally.other {
+        assert_eq!(other, "200 OK Some(\"unavailable\") whole: true");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_seed_style_peer_without_health_or_batch_is_a_replica_like_the_others() -> SetupResult<()>
+{
+    let pki = Pki::generate()?;
+    let (servers, calls) = replicas(&pki, 2, &[]).await?;
+    let seed_service = ScriptedDiscount::default();
+    let seed_calls = seed_service.calls.clone();
+    let seed = SeedStylePeer::start(&pki, seed_service).await?;
+    let addrs = [seed.addr(), servers[0].addr(), servers[1].addr()];
+    let catalog = catalog_for(&addrs, &pki, HEALTHY_DEADLINE, &[]).await?;
+    let ready = catalog.readiness_becomes(StatusCode::OK).await?;
+    // Its health service is UNIMPLEMENTED: in rotation, said so.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut listed = ready.body;
+    while !listed.contains(&format!("{} serving (no health service)", seed.addr())) {
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        listed = catalog.readiness().await?.body;
+    }
+
+    let tally = listings(&catalog, 90, 8).await;
+    assert_eq!((tally.applied, tally.other), (90, Vec::<String>::new()));
+    let (seed_calls, others) = (seed_calls.load(Ordering::SeqCst), counts(&calls));
+    eprintln!("seed-style peer: {seed_calls} calls; the others {others:?}");
+    // One UNIMPLEMENTED batch, then one ApplyDiscount per product.
+    assert!(seed_calls > 3 * 10, "{seed_calls}");
+    assert!(others.iter().all(|c| *c >= 10), "{others:?}");
+    Ok(())
+}
