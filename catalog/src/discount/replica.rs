@@ -299,7 +299,7 @@ impl Replica {
         if let Some(wait) = self.ejection.failed(now) {
             state.ejected_until = Some(now + wait);
             state.failures = 0;
-            tracing::warn!(replica = %self.addr, %cause, for_ = ?wait,
+            tracing::warn!(replica = %self.addr, %cause, ejected_for = ?wait,
                 "discount replica ejected; probing it again when the wait ends");
             self.update_rotation(state);
         }
