@@ -237,7 +237,7 @@ impl DiscountClient {
             })
             .map(tonic::Response::into_inner);
         let replica = pending.replica();
-        let may_eject = self.pool.others_in_rotation(replica);
+        let may_eject = || self.pool.others_in_rotation(replica);
         if replica.record_call(answer.as_ref().err(), may_eject) {
             self.pool.resolve_soon();
         }

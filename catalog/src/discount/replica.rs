@@ -253,10 +253,14 @@ impl Replica {
 
     /// Notes how a call ended: `None` for an answer. Returns whether the
     /// replica was unreachable (so names are worth resolving again).
-    /// `may_eject` is false when ejecting it for slowness would leave no
-    /// replica in rotation: a discount that is merely slow everywhere is
-    /// still asked.
-    pub(crate) fn record_call(&self, error: Option<&CallError>, may_eject: bool) -> bool {
+    /// `may_eject` says whether ejecting it for slowness would leave a
+    /// replica in rotation (asked only then): a discount that is merely
+    /// slow everywhere is still asked.
+    pub(crate) fn record_call(
+        &self,
+        error: Option<&CallError>,
+        may_eject: impl FnOnce() -> bool,
+    ) -> bool {
         let mut state = self.lock();
         match error {
             None => {
@@ -272,7 +276,7 @@ impl Replica {
             }
             Some(CallError::Deadline(_)) => {
                 state.failures = state.failures.saturating_add(1);
-                if state.failures >= EJECT_AFTER && may_eject {
+                if state.failures >= EJECT_AFTER && may_eject() {
                     let cause = format!(
                         "{} calls in a row unanswered within their deadline",
                         state.failures
