@@ -93,19 +93,7 @@ impl Application {
             // A failed reload is logged by the reloader and changes nothing.
             let _ = reloader.reload();
         }));
-        if config
-            .discount_host
-            .iter()
-            .any(|t| t.ip().is_some() && t.port().is_none())
-        {
-            tracing::warn!(
-                discount = %config.discount_host,
-                "--discount-host is an IP address without a port, as Kubernetes sets DISCOUNT_SERVICE_HOST to a Service's cluster IP: \
-                 all calls then go over one connection to whichever replica that address forwards it to, rebalanced only when discount \
-                 retires the connection (its --max-connection-age). To spread calls over every replica, name a headless Service \
-                 (clusterIP: None) with its port, e.g. --discount-host discount-headless:11443, and set enableServiceLinks: false"
-            );
-        }
+        warn_about_ports(&config);
         tracing::info!(
             discount = %discount.targets,
             resolve_interval = ?discount.resolve_interval,
@@ -121,5 +109,29 @@ impl Application {
         server::run(listener, AppState::new(client), options, shutdown).await;
         reload_on_sighup.abort();
         tracing::info!("catalog stopped");
+    }
+}
+
+/// Warns about `--discount-host` targets written without a port: they
+/// dial 443 unless `--discount-port` says otherwise, and a single cluster
+/// IP with the port Kubernetes injects pins every call to one pod.
+fn warn_about_ports(config: &Config) {
+    let targets: Vec<_> = config.discount_host.iter().collect();
+    let Some(portless) = targets.iter().find(|target| target.port().is_none()) else {
+        return;
+    };
+    match config.discount_port {
+        None => tracing::warn!(
+            target_without_port = %portless,
+            "a --discount-host target has no port, so port 443 (grpc-go's default) is dialled; write host:port (discount listens on 11443 by default), or set --discount-port"
+        ),
+        Some(_) if targets.len() == 1 && portless.ip().is_some() => tracing::warn!(
+            discount = %portless,
+            "--discount-host is one IP address without a port, as Kubernetes sets DISCOUNT_SERVICE_HOST to a Service's cluster IP: \
+             all calls go over one connection to whichever pod that address forwards it to, rebalanced only when discount \
+             retires the connection (its --max-connection-age). To spread calls over every replica, name a headless Service \
+             (clusterIP: None) with its port, e.g. --discount-host discount-headless:11443, and set enableServiceLinks: false"
+        ),
+        Some(_) => {}
     }
 }

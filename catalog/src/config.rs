@@ -37,14 +37,14 @@ pub struct Config {
     /// The port of a `--discount-host` target that names none. Kubernetes
     /// sets this variable next to `DISCOUNT_SERVICE_HOST` for a Service
     /// named `discount`; without it, 443, as in grpc-go.
-    #[arg(long, env = "DISCOUNT_SERVICE_PORT")]
+    #[arg(long, env = "DISCOUNT_SERVICE_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub discount_port: Option<u16>,
 
     /// The name discount's certificate must be issued to, whatever address
     /// is dialled. Defaults to the host part of the first `--discount-host`
     /// target; set it when dialling addresses the certificate does not
     /// name (a load balancer, a bare IP).
-    #[arg(long, env = "DISCOUNT_SERVER_NAME")]
+    #[arg(long, env = "DISCOUNT_SERVER_NAME", value_parser = crate::tls::server_name)]
     pub discount_server_name: Option<String>,
 
     /// How often the names of `--discount-host` are resolved again, to
@@ -219,6 +219,8 @@ mod tests {
             ["--max-connections", "0"],
             ["--discount-deadline", "500000000years"],
             ["--request-timeout", "2days"],
+            ["--discount-port", "0"],
+            ["--discount-server-name", ""],
         ] {
             let parsed = Config::try_parse_from(["catalog"].into_iter().chain(args));
             let error = parsed.err().map(|e| e.to_string()).unwrap_or_default();

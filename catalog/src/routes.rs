@@ -177,7 +177,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         (StatusCode::OK, format!("ready: {replicas}"))
     } else {
         if not_ready.is_none() {
-            tracing::warn!(replicas = %replicas.trim_end(), "not ready: no discount replica is serving");
+            let replicas_now = replicas.trim_end().replace('\n', "; ");
+            tracing::warn!(replicas = %replicas_now, "not ready: no discount replica is serving");
             *not_ready = Some(replicas.clone());
         }
         (

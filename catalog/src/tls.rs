@@ -18,6 +18,25 @@ use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::StartupError;
 
+/// Parses `--discount-server-name`: a DNS name or an IP address, as
+/// rustls will check it against discount's certificate. An empty value
+/// (say `DISCOUNT_SERVER_NAME=` left blank in a Compose file) is refused at
+/// start rather than failing every connection later.
+///
+/// # Errors
+/// The text is empty or not a name a certificate could carry.
+pub fn server_name(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(
+            "is empty; give the DNS name (or IP address) discount's certificate carries, such as localhost, or leave the flag out to use the host of --discount-host".to_owned(),
+        );
+    }
+    rustls::pki_types::ServerName::try_from(text)
+        .map(|_| text.to_owned())
+        .map_err(|_| format!("{text:?} is not a DNS name or an IP address, such as localhost or discount.internal"))
+}
+
 /// How the connection to discount is secured.
 #[derive(Debug, Clone)]
 pub enum Security {
@@ -118,6 +137,23 @@ impl Security {
             .identity(Identity::from_pem(cert.bytes(), key.bytes()))
             .timeout(handshake_timeout);
         Ok(Some(ClientTls { config, verifier }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_name;
+
+    #[test]
+    fn a_server_name_must_be_a_name_or_an_address() {
+        assert_eq!(
+            server_name(" discount.internal ").as_deref(),
+            Ok("discount.internal")
+        );
+        assert_eq!(server_name("10.0.0.5").as_deref(), Ok("10.0.0.5"));
+        for bad in ["", "  ", "not a name!"] {
+            assert!(server_name(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
 

@@ -213,7 +213,7 @@ async fn assert_cause_logged_not_told(
         )
     );
     assert!(
-        replica.contains(" unreachable, ejected, next probe in "),
+        replica.contains(" ejected (unreachable; the log says why), next probe in "),
         "{}",
         answer.body
     );
@@ -306,7 +306,7 @@ async fn healthz_is_up_whatever_discount_does_and_readyz_follows_discount() -> S
     assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         not_ready.body.starts_with(&format!(
-            "not ready: 0 of 1 discount replicas serving\n{addr} unreachable, ejected"
+            "not ready: 0 of 1 discount replicas serving\n{addr} ejected (unreachable;"
         )),
         "{}",
         not_ready.body

@@ -103,7 +103,7 @@ pub(crate) struct Replica {
     endpoint: Endpoint,
     channel: Channel,
     dial_per_request: bool,
-    /// Calls in flight: the load that the power of two choices compares.
+    /// Listings in flight: the load that the power of two choices compares.
     pending: AtomicUsize,
     /// Its [`Tier`], read on every pick, so kept apart from [`State`].
     tier: AtomicU8,
@@ -120,8 +120,13 @@ struct State {
     health: Health,
     /// Calls in a row unanswered within their deadline.
     failures: u32,
-    /// Ejected until then.
+    /// Ejected until then...
     ejected_until: Option<Instant>,
+    /// ...because of this, in a few words for `/readyz`.
+    ejected_for: &'static str,
+    /// Whether this run of failures has been logged at WARN: only its first
+    /// ejection is, the next ones (failed probes) at DEBUG.
+    down_logged: bool,
 }
 
 /// Which calls a replica gets.
@@ -169,17 +174,11 @@ pub(crate) struct Report {
     pub(crate) state: String,
 }
 
-/// Holds a replica's place in its count of calls in flight until dropped.
+/// Holds a listing's place in its replica's count until dropped.
 #[derive(Debug)]
-pub(crate) struct Pending(Arc<Replica>);
+pub(crate) struct Pending<'a>(&'a Replica);
 
-impl Pending {
-    pub(crate) fn replica(&self) -> &Arc<Replica> {
-        &self.0
-    }
-}
-
-impl Drop for Pending {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::Relaxed);
     }
@@ -201,6 +200,8 @@ impl Replica {
                 health: Health::Unknown,
                 failures: 0,
                 ejected_until: None,
+                ejected_for: "",
+                down_logged: false,
             }),
             ejection: Backoff::new(dialer.backoff.0, dialer.backoff.1),
             checker: OnceLock::new(),
@@ -235,10 +236,10 @@ impl Replica {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Counts a call in flight until the returned guard is dropped.
-    pub(crate) fn begin(self: &Arc<Self>) -> Pending {
+    /// Counts a listing in flight until the returned guard is dropped.
+    pub(crate) fn begin(&self) -> Pending<'_> {
         self.pending.fetch_add(1, Ordering::Relaxed);
-        Pending(self.clone())
+        Pending(self)
     }
 
     /// The channel for one HTTP request: the replica's connection, or with
@@ -271,7 +272,7 @@ impl Replica {
             // --max-connection-age, or shutting down): nothing against it.
             Some(error) if error.never_processed() => false,
             Some(error) if error.is_unreachable() => {
-                self.eject(&mut state, &error.to_string());
+                self.eject(&mut state, "unreachable", &error.to_string());
                 true
             }
             Some(CallError::Deadline(_)) => {
@@ -281,7 +282,7 @@ impl Replica {
                         "{} calls in a row unanswered within their deadline",
                         state.failures
                     );
-                    self.eject(&mut state, &cause);
+                    self.eject(&mut state, "calls unanswered in time", &cause);
                 }
                 false
             }
@@ -294,17 +295,27 @@ impl Replica {
     }
 
     /// Ejects the replica for the next wait of its schedule (a failure
-    /// during a wait does not lengthen it), and logs it.
-    fn eject(&self, state: &mut State, cause: &str) {
+    /// during a wait does not lengthen it), because of `why` (for
+    /// `/readyz`) and `cause` (for the log). The first ejection of a run of
+    /// failures is logged as a warning, the failed probes after it at
+    /// debug level, so a replica that stays down is not a line a second.
+    fn eject(&self, state: &mut State, why: &'static str, cause: &str) {
         let now = Instant::now();
         if state.ejected_until.is_some_and(|until| now < until) {
             return;
         }
         if let Some(wait) = self.ejection.failed(now) {
             state.ejected_until = Some(now + wait);
+            state.ejected_for = why;
             state.failures = 0;
-            tracing::warn!(replica = %self.addr, %cause, ejected_for = ?wait,
-                "discount replica ejected; probing it again when the wait ends");
+            if state.down_logged {
+                tracing::debug!(replica = %self.addr, %cause, ejected_for = ?wait,
+                    "discount replica still failing; ejected again");
+            } else {
+                state.down_logged = true;
+                tracing::warn!(replica = %self.addr, %cause, ejected_for = ?wait,
+                    "discount replica ejected; probing it again when the wait ends (failed probes are logged at debug level)");
+            }
             self.update_rotation(state);
         }
     }
@@ -320,7 +331,11 @@ impl Replica {
             }
             Err(error) => {
                 state.health = Health::Unreachable;
-                self.eject(&mut state, &format!("health check: {error}"));
+                let why = match error {
+                    CallError::Deadline(_) => "health check unanswered",
+                    _ => "unreachable",
+                };
+                self.eject(&mut state, why, &format!("health check: {error}"));
                 self.update_rotation(&state);
                 return;
             }
@@ -328,12 +343,13 @@ impl Replica {
         if health.takes_calls() {
             state.ejected_until = None;
             state.failures = 0;
+            state.down_logged = false;
             self.ejection.succeeded();
         }
         if state.health != health {
             match &health {
-                Health::NotServing(status) => tracing::warn!(replica = %self.addr, status,
-                    "discount replica reports it is not serving; out of rotation"),
+                Health::NotServing(status) => tracing::info!(replica = %self.addr, status,
+                    "discount replica reports it is not serving (shutting down?); out of rotation"),
                 Health::NoHealthService => tracing::info!(replica = %self.addr,
                     "discount replica has no health service (a seed-built peer?); in rotation while it answers"),
                 _ => {}
@@ -355,8 +371,6 @@ impl Replica {
         let (now_in, was_in) = (tier == Tier::Rotation, was == Tier::Rotation as u8);
         if now_in && !was_in {
             tracing::info!(replica = %self.addr, "discount replica back in rotation");
-        } else if was_in && !now_in && state.ejected_until.is_none() {
-            tracing::warn!(replica = %self.addr, health = ?state.health, "discount replica out of rotation");
         }
     }
 
@@ -374,20 +388,18 @@ impl Replica {
     pub(crate) fn report(&self) -> Report {
         let state = self.lock();
         let now = Instant::now();
-        let mut text = match &state.health {
-            Health::Unknown => "not checked yet".to_owned(),
-            Health::Serving => "serving".to_owned(),
-            Health::NoHealthService => "serving (no health service)".to_owned(),
-            Health::NotServing(status) => format!("not serving ({status})"),
-            Health::Unreachable => "unreachable".to_owned(),
+        let text = match (&state.health, state.ejected_until) {
+            (_, Some(until)) => format!(
+                "ejected ({}; the log says why), next probe in {:.1}s",
+                state.ejected_for,
+                until.saturating_duration_since(now).as_secs_f64()
+            ),
+            (Health::Unknown, None) => "not checked yet".to_owned(),
+            (Health::Serving, None) => "serving".to_owned(),
+            (Health::NoHealthService, None) => "serving (no health service)".to_owned(),
+            (Health::NotServing(status), None) => format!("not serving ({status})"),
+            (Health::Unreachable, None) => "unreachable".to_owned(),
         };
-        if let Some(until) = state.ejected_until {
-            let left = until.saturating_duration_since(now);
-            text.push_str(&format!(
-                ", ejected, next probe in {:.1}s",
-                left.as_secs_f64()
-            ));
-        }
         Report {
             addr: self.addr,
             serving: matches!(state.health, Health::Serving | Health::NoHealthService)

@@ -91,10 +91,9 @@ impl FromStr for DiscountAddr {
             .filter(|port| !port.contains(']'));
         let port = match port_text {
             Some("") => return Err(format!("{text:?} has an empty port; {HINT}")),
-            Some(port) => Some(
-                port.parse::<u16>()
-                    .map_err(|_| format!("{text:?} has a port outside 1-65535; {HINT}"))?,
-            ),
+            Some(port) => Some(port.parse::<u16>().map_err(|_| {
+                format!("{text:?} has a port that is not a number in 1-65535; {HINT}")
+            })?),
             None => None,
         };
         if port == Some(0) {
