@@ -498,3 +498,43 @@ async fn a_seed_style_peer_without_health_or_batch_is_a_replica_like_the_others(
     assert!(others.iter().all(|c| *c >= 10), "{others:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_replica_that_answers_not_serving_after_an_ejection_is_a_fallback_not_a_busy_loop()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (scripted, _calls) = counting();
+    let mut discount =
+        DiscountServer::start_with(&pki, &["--shutdown-delay", "10s"], scripted).await?;
+    let proxy = CountingProxy::start(discount.addr()).await?;
+    let catalog = catalog_for(&[proxy.addr()], &pki, HEALTHY_DEADLINE, &FAST_CHECKS).await?;
+    catalog.readiness_becomes(StatusCode::OK).await?;
+
+    // Frozen for a second: its health check times out and it is ejected.
+    let state = || catalog.discount.replicas().first().map(|r| r.state.clone());
+    let (_, ejected) = tokio::join!(proxy.stall(Duration::from_secs(1)), async {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !state().unwrap_or_default().starts_with("ejected") && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        state()
+    });
+    assert!(
+        ejected.unwrap_or_default().starts_with("ejected"),
+        "never ejected"
+    );
+
+    // Back, but shutting down: its probe answers NOT_SERVING. That ends
+    // the ejection; it was stuck "ejected, next probe in 0.0s", probed
+    // without a pause, and no listing reached it.
+    discount.begin_stop();
+    let until = Instant::now() + Duration::from_secs(5);
+    while state().as_deref() != Some("not serving (NOT_SERVING)") {
+        assert!(Instant::now() < until, "{:?}", state());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The only replica, not serving but answering: it still prices.
+    let tally = listings(&catalog, 20, 4).await;
+    assert_eq!((tally.applied, tally.other), (20, Vec::<String>::new()));
+    Ok(())
+}

@@ -88,6 +88,10 @@ const RETRY_SHARE: f32 = 0.2;
 /// Retries a second allowed whatever the traffic, so that a quiet catalog
 /// fails over too.
 const RETRY_RESERVE: u32 = 10;
+/// The largest answer decoded: a listing's is a few hundred bytes, and
+/// tonic's default (4 MiB) let three hostile replicas pin 4 MiB per
+/// listing in flight.
+const MAX_ANSWER_SIZE: usize = 64 * 1024;
 /// How long a call counts towards the retry budget.
 const RETRY_WINDOW: Duration = Duration::from_secs(10);
 
@@ -257,7 +261,10 @@ impl DiscountClient {
         };
         let response = self
             .within_deadline(replica, deadline, message, |channel, request| async move {
-                GrpcClient::new(channel).apply_discount(request).await
+                GrpcClient::new(channel)
+                    .max_decoding_message_size(MAX_ANSWER_SIZE)
+                    .apply_discount(request)
+                    .await
             })
             .await?;
         check_answer(product, response.product)
@@ -279,7 +286,10 @@ impl DiscountClient {
         };
         let priced = self
             .within_deadline(replica, deadline, message, |channel, request| async move {
-                GrpcClient::new(channel).apply_discounts(request).await
+                GrpcClient::new(channel)
+                    .max_decoding_message_size(MAX_ANSWER_SIZE)
+                    .apply_discounts(request)
+                    .await
             })
             .await?
             .products;

@@ -210,8 +210,15 @@ pub(crate) fn merge(
     for (cause, product_ids) in &failures {
         let failed = product_ids.len();
         if let Some(unlogged) = quiet.should_log(cause, Instant::now()) {
-            tracing::warn!(customer_id, ?product_ids, failed, of = total, %cause, unlogged,
-                "discount failed; listing these products without a discount");
+            tracing::warn!(
+                customer_id,
+                ?product_ids,
+                failed,
+                of = total,
+                ?cause,
+                unlogged,
+                "discount failed; listing these products without a discount"
+            );
         }
     }
     Priced {

@@ -9,11 +9,13 @@
 //!
 //! It is *ejected* when it cannot be reached (connection refused or lost,
 //! TLS refused, the health check unanswered) or when calls to it keep
-//! failing ([`EJECT_AFTER`] in a row past their deadline or UNAVAILABLE).
+//! failing ([`EJECT_AFTER`] in a row past their deadline, with an error
+//! status or an unusable answer) while another replica is in rotation.
 //! An ejection lasts `--discount-backoff-min` the first time and doubles
 //! while the replica keeps failing, up to `--discount-backoff-max`. When it
-//! ends, one health check probes the replica: SERVING puts it back, a
-//! failure ejects it for longer. So a dead replica costs one connection
+//! ends, one health check probes the replica: an answer ends the
+//! ejection, a failure ejects it for longer, and the schedule starts again
+//! only when a call succeeds. So a dead replica costs one connection
 //! attempt per backoff, not one per request.
 
 use std::net::SocketAddr;
@@ -32,8 +34,9 @@ use super::outcome::CallError;
 use crate::error::StartupError;
 use crate::tls::ClientTls;
 
-/// Calls in a row unanswered within their deadline before a replica that
-/// still answers its health check is ejected.
+/// Calls in a row that fail (past the deadline, an error status, an
+/// unusable answer) before a replica that still answers its health check
+/// is ejected.
 pub(crate) const EJECT_AFTER: u32 = 3;
 
 /// The service name discount reports its health under.
@@ -127,6 +130,11 @@ struct State {
     /// Whether this run of failures has been logged at WARN: only its first
     /// ejection is, the next ones (failed probes) at DEBUG.
     down_logged: bool,
+    /// Back from an ejection but no call has succeeded yet: the ejection
+    /// schedule starts again only with a successful call, so a replica
+    /// whose health check passes while its calls fail is ejected for
+    /// longer and longer, not for a second again and again.
+    probation: bool,
 }
 
 /// Which calls a replica gets.
@@ -202,6 +210,7 @@ impl Replica {
                 ejected_until: None,
                 ejected_for: "",
                 down_logged: false,
+                probation: false,
             }),
             ejection: Backoff::new(dialer.backoff.0, dialer.backoff.1),
             checker: OnceLock::new(),
@@ -266,8 +275,14 @@ impl Replica {
         match error {
             None => {
                 state.failures = 0;
+                if state.probation {
+                    state.probation = false;
+                    self.ejection.succeeded();
+                }
                 false
             }
+            // A seed-built replica without ApplyDiscounts: expected once.
+            Some(CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => false,
             // The replica retired the connection (GOAWAY at its
             // --max-connection-age, or shutting down): nothing against it.
             Some(error) if error.never_processed() => false,
@@ -275,20 +290,19 @@ impl Replica {
                 self.eject(&mut state, "unreachable", &error.to_string());
                 true
             }
-            Some(CallError::Deadline(_)) => {
+            // Past the deadline, an error status (INTERNAL,
+            // RESOURCE_EXHAUSTED...) or an unusable answer: a replica that
+            // fails fast would otherwise draw more calls than the others,
+            // having fewer in flight.
+            Some(error) => {
                 state.failures = state.failures.saturating_add(1);
                 if state.failures >= EJECT_AFTER && may_eject() {
                     let cause = format!(
-                        "{} calls in a row unanswered within their deadline",
+                        "{} calls in a row failed, the last with: {error}",
                         state.failures
                     );
-                    self.eject(&mut state, "calls unanswered in time", &cause);
+                    self.eject(&mut state, "calls failing", &cause);
                 }
-                false
-            }
-            // It answered, with an error of the call's own.
-            Some(_) => {
-                state.failures = 0;
                 false
             }
         }
@@ -309,11 +323,13 @@ impl Replica {
             state.ejected_for = why;
             state.failures = 0;
             if state.down_logged {
-                tracing::debug!(replica = %self.addr, %cause, ejected_for = ?wait,
+                tracing::debug!(replica = %self.addr, ?cause, ejected_for = ?wait,
                     "discount replica still failing; ejected again");
             } else {
                 state.down_logged = true;
-                tracing::warn!(replica = %self.addr, %cause, ejected_for = ?wait,
+                // Debug format: the cause may carry a replica's own text
+                // (grpc-message), which must not forge log lines.
+                tracing::warn!(replica = %self.addr, ?cause, ejected_for = ?wait,
                     "discount replica ejected; probing it again when the wait ends (failed probes are logged at debug level)");
             }
             self.update_rotation(state);
@@ -340,11 +356,19 @@ impl Replica {
                 return;
             }
         };
-        if health.takes_calls() {
+        // It answered: an ejection whose wait is over ends (this was its
+        // probe), whatever the status, or a replica that comes back NOT
+        // SERVING would stay ejected with a probe due at once, forever.
+        if state
+            .ejected_until
+            .is_some_and(|until| until <= Instant::now())
+        {
             state.ejected_until = None;
+            state.probation = true;
+        }
+        if health.takes_calls() {
             state.failures = 0;
             state.down_logged = false;
-            self.ejection.succeeded();
         }
         if state.health != health {
             match &health {
@@ -379,8 +403,8 @@ impl Replica {
     fn next_check(&self, interval: Duration) -> Duration {
         let state = self.lock();
         match state.ejected_until {
-            Some(until) => until.saturating_duration_since(Instant::now()),
-            None => interval,
+            Some(until) if until > Instant::now() => until - Instant::now(),
+            _ => interval,
         }
     }
 
