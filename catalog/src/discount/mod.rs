@@ -28,11 +28,11 @@ mod resolve;
 mod target;
 
 pub use outcome::{CallError, DiscountStatus, Priced};
+pub use replica::ReplicaState;
 pub use resolve::{Resolve, Resolving, SystemResolver};
 pub use target::{DEFAULT_PORT, DiscountAddr, Targets};
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -125,17 +125,6 @@ pub struct CallCounts {
     pub retries: u64,
 }
 
-/// One replica's state, as `/readyz` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicaState {
-    /// Where it is.
-    pub addr: SocketAddr,
-    /// Serving and not ejected.
-    pub serving: bool,
-    /// In words.
-    pub state: String,
-}
-
 impl Dialer {
     /// One generation of the connection set-up: the TLS material as it is
     /// now ([`Security::client_tls`] reads and checks it). Runs at start
@@ -195,15 +184,7 @@ impl DiscountClient {
 
     /// Each replica known now and its state.
     pub fn replicas(&self) -> Vec<ReplicaState> {
-        self.pool
-            .reports()
-            .into_iter()
-            .map(|report| ReplicaState {
-                addr: report.addr,
-                serving: report.serving,
-                state: report.state,
-            })
-            .collect()
+        self.pool.reports()
     }
 
     /// The calls sent so far.
@@ -224,7 +205,7 @@ impl DiscountClient {
         replica: &Arc<Replica>,
         deadline: Instant,
         message: M,
-        call: impl FnOnce(Channel, tonic::Request<M>) -> F,
+        call: impl FnOnce(GrpcClient<Channel>, tonic::Request<M>) -> F,
     ) -> Result<T, CallError>
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -232,7 +213,8 @@ impl DiscountClient {
         self.counts.attempts.fetch_add(1, Ordering::Relaxed);
         let mut request = tonic::Request::new(message);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let answer = tokio::time::timeout_at(deadline.into(), call(replica.channel(), request))
+        let client = GrpcClient::new(replica.channel()).max_decoding_message_size(MAX_ANSWER_SIZE);
+        let answer = tokio::time::timeout_at(deadline.into(), call(client, request))
             .await
             .map_err(|_| CallError::Deadline(self.deadline))
             .and_then(|answer| {
@@ -260,11 +242,8 @@ impl DiscountClient {
             product: Some(product.clone()),
         };
         let response = self
-            .within_deadline(replica, deadline, message, |channel, request| async move {
-                GrpcClient::new(channel)
-                    .max_decoding_message_size(MAX_ANSWER_SIZE)
-                    .apply_discount(request)
-                    .await
+            .within_deadline(replica, deadline, message, |mut grpc, request| async move {
+                grpc.apply_discount(request).await
             })
             .await?;
         check_answer(product, response.product)
@@ -285,11 +264,8 @@ impl DiscountClient {
             products: products.to_vec(),
         };
         let priced = self
-            .within_deadline(replica, deadline, message, |channel, request| async move {
-                GrpcClient::new(channel)
-                    .max_decoding_message_size(MAX_ANSWER_SIZE)
-                    .apply_discounts(request)
-                    .await
+            .within_deadline(replica, deadline, message, |mut grpc, request| async move {
+                grpc.apply_discounts(request).await
             })
             .await?
             .products;

@@ -21,7 +21,7 @@ use common::reload::Reloadable;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
-use super::replica::{Dialer, Replica, Report, Tier};
+use super::replica::{Dialer, Replica, ReplicaState, Tier};
 use super::resolve::Discovery;
 
 /// The least time between two resolutions that a failure asked for.
@@ -190,14 +190,10 @@ impl Pool {
     }
 
     /// Whether any replica is serving, and a short text listing each one
-    /// and its state (no addresses of certificates, no error chains: the
+    /// and its state (no certificate details, no error chains: the
     /// log has those).
     pub(crate) fn readiness(&self) -> (bool, String) {
-        let reports: Vec<Report> = self
-            .snapshot()
-            .iter()
-            .map(|replica| replica.report())
-            .collect();
+        let reports = self.reports();
         let serving = reports.iter().filter(|report| report.serving).count();
         let mut text = if reports.is_empty() {
             "no discount replica known\n".to_owned()
@@ -220,7 +216,7 @@ impl Pool {
     }
 
     /// What each replica is doing, for tests and the log.
-    pub(crate) fn reports(&self) -> Vec<Report> {
+    pub(crate) fn reports(&self) -> Vec<ReplicaState> {
         self.snapshot()
             .iter()
             .map(|replica| replica.report())

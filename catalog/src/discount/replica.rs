@@ -173,13 +173,15 @@ impl Health {
     }
 }
 
-/// A replica's state in words, for `/readyz` and the log.
+/// One replica's state, as `/readyz` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Report {
-    pub(crate) addr: SocketAddr,
+pub struct ReplicaState {
+    /// Where it is.
+    pub addr: SocketAddr,
     /// Serving and not ejected: what makes the catalog ready.
-    pub(crate) serving: bool,
-    pub(crate) state: String,
+    pub serving: bool,
+    /// In words.
+    pub state: String,
 }
 
 /// Holds a listing's place in its replica's count until dropped.
@@ -409,7 +411,7 @@ impl Replica {
     }
 
     /// The replica's state in words.
-    pub(crate) fn report(&self) -> Report {
+    pub(crate) fn report(&self) -> ReplicaState {
         let state = self.lock();
         let now = Instant::now();
         let text = match (&state.health, state.ejected_until) {
@@ -424,7 +426,7 @@ impl Replica {
             (Health::NotServing(status), None) => format!("not serving ({status})"),
             (Health::Unreachable, None) => "unreachable".to_owned(),
         };
-        Report {
+        ReplicaState {
             addr: self.addr,
             serving: matches!(state.health, Health::Serving | Health::NoHealthService)
                 && state.ejected_until.is_none(),

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::target::{DEFAULT_PORT, DiscountAddr, Targets};
+use super::target::{DEFAULT_PORT, Targets};
 
 /// The future of one resolution.
 pub type Resolving = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
@@ -70,30 +70,35 @@ impl Discovery {
     /// name that fails keeps its last answer. Also returns why, for each
     /// target that has no address at all, for `/readyz`.
     pub(crate) async fn resolve(&mut self) -> (BTreeSet<SocketAddr>, Vec<String>) {
+        let Self {
+            targets,
+            resolver,
+            known,
+            failing,
+        } = self;
         let mut addrs = BTreeSet::new();
         let mut unresolved = Vec::new();
-        let targets: Vec<DiscountAddr> = self.targets.iter().cloned().collect();
-        for target in targets {
+        for target in targets.iter() {
             if let Some(addr) = target.ip() {
                 addrs.insert(addr);
                 continue;
             }
             let name = target.to_string();
             let port = target.port().unwrap_or(DEFAULT_PORT);
-            match self.resolver.resolve(target.host(), port).await {
+            match resolver.resolve(target.host(), port).await {
                 Ok(found) if !found.is_empty() => {
-                    if self.failing.remove(&name) {
+                    if failing.remove(&name) {
                         tracing::info!(target = %name, addresses = found.len(), "discount's name resolves again");
                     }
-                    self.known.insert(name.clone(), found);
+                    known.insert(name.clone(), found);
                 }
                 outcome => {
                     let error = match outcome {
                         Err(error) => error.to_string(),
                         Ok(_) => "no address".to_owned(),
                     };
-                    let kept = self.known.get(&name).map_or(0, Vec::len);
-                    if self.failing.insert(name.clone()) {
+                    let kept = known.get(&name).map_or(0, Vec::len);
+                    if failing.insert(name.clone()) {
                         tracing::warn!(target = %name, %error, kept,
                             "cannot resolve discount's name; keeping the addresses it had (logged once until it resolves)");
                     }
@@ -102,8 +107,8 @@ impl Discovery {
                     }
                 }
             }
-            if let Some(known) = self.known.get(&name) {
-                addrs.extend(known.iter().copied());
+            if let Some(found) = known.get(&name) {
+                addrs.extend(found.iter().copied());
             }
         }
         (addrs, unresolved)
