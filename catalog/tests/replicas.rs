@@ -538,3 +538,246 @@ async fn a_replica_that_answers_not_serving_after_an_ejection_is_a_fallback_not_
     assert_eq!((tally.applied, tally.other), (20, Vec::<String>::new()));
     Ok(())
 }
+
+/// What `/readyz` says of the replica at `addr` (empty if unknown).
+fn state_of(catalog: &Catalog, addr: SocketAddr) -> String {
+    catalog
+        .discount
+        .replicas()
+        .into_iter()
+        .find(|replica| replica.addr == addr)
+        .map(|replica| replica.state)
+        .unwrap_or_default()
+}
+
+/// The wait of an ejection, from its state ("ejected (...), next probe in
+/// 0.4s").
+fn ejection_wait(state: &str) -> Option<f64> {
+    let rest = state.strip_prefix("ejected")?;
+    let (_, wait) = rest.split_once("next probe in ")?;
+    wait.strip_suffix('s')?.parse().ok()
+}
+
+/// Sends listings two at a time, for 15 s at most, until the replica at
+/// `addr` has been ejected `wanted` times; returns each ejection's wait as
+/// first seen. A new ejection is one seen after the replica was back, or
+/// one whose wait is longer than what was left of the last.
+async fn ejections(catalog: &Catalog, addr: SocketAddr, wanted: usize) -> Vec<f64> {
+    let mut waits = Vec::new();
+    let mut last: Option<f64> = None;
+    let until = Instant::now() + Duration::from_secs(15);
+    let traffic = listings_for(catalog, 2, Duration::from_secs(15));
+    tokio::pin!(traffic);
+    while waits.len() < wanted && Instant::now() < until {
+        tokio::select! {
+            _ = &mut traffic => break,
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+        let wait = ejection_wait(&state_of(catalog, addr));
+        if let Some(wait) = wait
+            && last.is_none_or(|last| wait > last + 0.05)
+        {
+            waits.push(wait);
+        }
+        last = wait;
+    }
+    waits
+}
+
+#[tokio::test]
+async fn a_replica_whose_calls_fail_fast_is_ejected_for_longer_each_time_until_a_call_succeeds()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (healthy, healthy_calls) = replicas(&pki, 1, &[]).await?;
+    // Its health check says SERVING, every call fails at once: having
+    // fewer calls in flight, it would draw more than its share.
+    let (failing, failing_calls) = counting();
+    let broken = failing.failing.clone();
+    broken.store(true, Ordering::SeqCst);
+    let failing = DiscountServer::start_with(&pki, &[], failing).await?;
+    let catalog = catalog_for(
+        &[healthy[0].addr(), failing.addr()],
+        &pki,
+        HEALTHY_DEADLINE,
+        &[
+            &FAST_CHECKS[..],
+            &[
+                "--discount-backoff-min",
+                "400ms",
+                "--discount-backoff-max",
+                "10s",
+            ],
+        ]
+        .concat(),
+    )
+    .await?;
+    catalog.readiness_becomes(StatusCode::OK).await?;
+
+    let before = failing_calls.load(Ordering::SeqCst);
+    let waits = ejections(&catalog, failing.addr(), 3).await;
+    let failed_listings = failing_calls.load(Ordering::SeqCst) - before;
+    eprintln!("ejections {waits:?}; {failed_listings} listings failed on it");
+    assert_eq!(waits.len(), 3, "{waits:?}");
+    // The first lasts at most the minimum; the probe that ends it passes
+    // (the health check is fine), but the schedule goes on doubling
+    // because no call succeeded: the third is at least twice the minimum,
+    // jittered down by half.
+    assert!(waits[0] <= 0.45, "{waits:?}");
+    assert!(waits[2] >= 0.55, "{waits:?}");
+    // Three failed listings an ejection, give or take the two in flight.
+    assert!(
+        failed_listings <= 3 * (EJECT_AFTER + 2),
+        "{failed_listings}"
+    );
+    assert!(healthy_calls[0].load(Ordering::SeqCst) > failed_listings);
+
+    // Fixed: its next probe brings it back, a call succeeds, and the
+    // schedule starts again from the minimum.
+    broken.store(false, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(10);
+    let recovered = failing_calls.load(Ordering::SeqCst);
+    while failing_calls.load(Ordering::SeqCst) == recovered {
+        assert!(
+            Instant::now() < until,
+            "{}",
+            state_of(&catalog, failing.addr())
+        );
+        let tally = listings(&catalog, 4, 2).await;
+        assert_eq!((tally.applied, tally.other), (4, Vec::<String>::new()));
+    }
+    broken.store(true, Ordering::SeqCst);
+    let waits = ejections(&catalog, failing.addr(), 1).await;
+    assert!(waits.first().is_some_and(|wait| *wait <= 0.45), "{waits:?}");
+    Ok(())
+}
+
+/// Calls in a row that fail before a replica is ejected (the catalog's
+/// `EJECT_AFTER`).
+const EJECT_AFTER: usize = 3;
+
+#[tokio::test]
+async fn a_slow_listing_on_a_seed_style_peer_is_one_failure_not_one_per_product() -> SetupResult<()>
+{
+    let pki = Pki::generate()?;
+    let (healthy, _calls) = replicas(&pki, 1, &[]).await?;
+    let slow = ScriptedDiscount {
+        delay: Duration::from_secs(3),
+        ..ScriptedDiscount::default()
+    };
+    let slow_calls = slow.calls.clone();
+    let seed = SeedStylePeer::start(&pki, slow).await?;
+    let catalog = catalog_for(&[healthy[0].addr(), seed.addr()], &pki, "300ms", &[]).await?;
+    catalog.readiness_becomes(StatusCode::OK).await?;
+
+    // Until a listing has gone to the slow peer: its three ApplyDiscount
+    // calls all miss the deadline, which is one failed listing.
+    let until = Instant::now() + Duration::from_secs(10);
+    while slow_calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < until, "the peer never got a listing");
+        catalog.get("/products", Some(b"1")).await?;
+    }
+    assert_eq!(
+        slow_calls.load(Ordering::SeqCst),
+        1 + 3,
+        "one batch, then three"
+    );
+    let state = state_of(&catalog, seed.addr());
+    assert_eq!(state, "serving (no health service)");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_restarted_with_apply_discounts_at_the_same_address_is_sent_the_batch_again()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let old = ScriptedDiscount::default();
+    let old_calls = old.calls.clone();
+    let seed = SeedStylePeer::start(&pki, old).await?;
+    let addr = seed.addr();
+    let catalog = catalog_for(&[addr], &pki, HEALTHY_DEADLINE, &FAST_CHECKS).await?;
+    assert_eq!(catalog.priced("1").await?.0, CUSTOMER_1);
+    assert_eq!(
+        old_calls.load(Ordering::SeqCst),
+        1 + 3,
+        "one batch, then three"
+    );
+
+    // Upgraded in place: the same address, now with ApplyDiscounts and a
+    // health service.
+    seed.stop().await?;
+    let (new, new_calls) = counting();
+    let _upgraded = DiscountServer::start_in(pki.dir(), addr.port(), &[], new).await?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while state_of(&catalog, addr) != "serving" {
+        assert!(Instant::now() < until, "{}", state_of(&catalog, addr));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(catalog.priced("1").await?.0, CUSTOMER_1);
+    assert_eq!(
+        new_calls.load(Ordering::SeqCst),
+        1,
+        "one ApplyDiscounts call"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reload_keeps_what_the_catalog_knows_of_each_replica() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let (mut servers, calls) = replicas(&pki, 2, &["--shutdown-delay", "10s"]).await?;
+    let addrs: Vec<SocketAddr> = servers.iter().map(DiscountServer::addr).collect();
+    let catalog = catalog_for(&addrs, &pki, HEALTHY_DEADLINE, &FAST_CHECKS).await?;
+    catalog.readiness_becomes(StatusCode::OK).await?;
+    // The second is shutting down: it says NOT_SERVING.
+    servers[1].begin_stop();
+    let until = Instant::now() + Duration::from_secs(5);
+    while state_of(&catalog, addrs[1]) != "not serving (NOT_SERVING)" {
+        assert!(Instant::now() < until, "{}", state_of(&catalog, addrs[1]));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // New connections, the same knowledge: the stopping replica is not
+    // taken back into rotation until a check says so.
+    let before = catalog.discount.replicas();
+    assert_eq!(catalog.discount.reload(), Ok(()));
+    assert_eq!(catalog.discount.replicas(), before);
+    let stopping = calls[1].load(Ordering::SeqCst);
+    let tally = listings(&catalog, 20, 4).await;
+    assert_eq!((tally.applied, tally.other), (20, Vec::<String>::new()));
+    assert_eq!(calls[1].load(Ordering::SeqCst), stopping);
+    Ok(())
+}
+
+#[tokio::test]
+async fn readyz_stays_short_when_a_name_resolves_to_many_replicas() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    // Forty addresses where nothing listens.
+    let addrs: Vec<SocketAddr> = (1..=40)
+        .map(|last| SocketAddr::from(([127, 0, 0, last], 9)))
+        .collect();
+    let answers = Arc::new(Answers::default());
+    answers.set("discount.test", &addrs);
+    let catalog = Catalog::start_resolving(
+        "discount.test:9",
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        &["--discount-server-name", "localhost"],
+        answers,
+    )
+    .await?;
+    let until = Instant::now() + Duration::from_secs(5);
+    while catalog.discount.replicas().len() < addrs.len() {
+        assert!(Instant::now() < until, "the name was never resolved");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready = catalog.readiness().await?;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let lines: Vec<&str> = ready.body.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"not ready: 0 of 40 discount replicas serving")
+    );
+    assert_eq!(lines.len(), 1 + 32 + 1, "{}", ready.body);
+    assert_eq!(lines.last(), Some(&"and 8 more"));
+    Ok(())
+}

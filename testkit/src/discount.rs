@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -145,6 +145,9 @@ pub struct ScriptedDiscount {
     pub batch: bool,
     /// How many calls it has answered, of either method.
     pub calls: Arc<AtomicUsize>,
+    /// While set, every call of either method is answered `INTERNAL` (after
+    /// `delay`); its health service, if any, still says SERVING.
+    pub failing: Arc<AtomicBool>,
 }
 
 impl ScriptedDiscount {
@@ -173,6 +176,9 @@ impl Discount for ScriptedDiscount {
             let _ = received.send(id);
         }
         tokio::time::sleep(self.delay).await;
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Status::internal("scripted failure of every call"));
+        }
         if product_id.is_some() && product_id == self.fail_product {
             return Err(Status::internal("scripted failure for this product"));
         }
@@ -190,6 +196,9 @@ impl Discount for ScriptedDiscount {
             ));
         }
         tokio::time::sleep(self.delay).await;
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Status::internal("scripted failure of every call"));
+        }
         DiscountService.apply_discounts(request).await
     }
 }

@@ -198,8 +198,7 @@ impl DiscountClient {
     /// Sends `message` through `call` to `replica`, with what is left until
     /// `deadline`. The deadline travels to discount as `grpc-timeout`, and
     /// is enforced here as well, so a replica that accepts the connection
-    /// and then says nothing costs at most the deadline. The outcome is
-    /// noted on the replica.
+    /// and then says nothing costs at most the deadline.
     async fn within_deadline<M, T, F>(
         &self,
         replica: &Arc<Replica>,
@@ -214,18 +213,13 @@ impl DiscountClient {
         let mut request = tonic::Request::new(message);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let client = GrpcClient::new(replica.channel()).max_decoding_message_size(MAX_ANSWER_SIZE);
-        let answer = tokio::time::timeout_at(deadline.into(), call(client, request))
+        tokio::time::timeout_at(deadline.into(), call(client, request))
             .await
             .map_err(|_| CallError::Deadline(self.deadline))
             .and_then(|answer| {
                 answer.map_err(|status| CallError::from_status(status, self.deadline))
             })
-            .map(tonic::Response::into_inner);
-        let may_eject = || self.pool.others_in_rotation(replica);
-        if replica.record_call(answer.as_ref().err(), may_eject) {
-            self.pool.resolve_soon();
-        }
-        answer
+            .map(tonic::Response::into_inner)
     }
 
     /// One `ApplyDiscount` call to `replica` for `customer`'s discount on
@@ -306,10 +300,10 @@ impl DiscountClient {
         }
     }
 
-    /// `products` priced by `replica`: one `ApplyDiscounts` call, or one
-    /// `ApplyDiscount` per product for a replica built from the seed's
-    /// proto. Such a replica answers UNIMPLEMENTED to the batch; from then
-    /// on (until the next reload) it is sent one call per product.
+    /// `products` priced by `replica`, the outcome noted on the replica
+    /// once for the listing, as its load is counted once: a seed-built
+    /// replica is not three times as busy, nor three times as failing,
+    /// when one listing is slow.
     async fn price_on(
         &self,
         replica: &Arc<Replica>,
@@ -317,9 +311,32 @@ impl DiscountClient {
         customer: &Customer,
         products: &[Product],
     ) -> Result<Answers, CallError> {
-        // One listing in flight, whether one call or one per product: a
-        // seed-built replica is not three times as busy.
-        let _pending = replica.begin();
+        let pending = replica.begin();
+        let answer = self.ask(replica, deadline, customer, products).await;
+        drop(pending);
+        let error = match &answer {
+            Err(error) => Some(error),
+            Ok(answers) => answers.iter().find_map(|answer| answer.as_ref().err()),
+        };
+        let may_eject = || self.pool.others_in_rotation(replica);
+        if replica.record_call(error, may_eject) {
+            self.pool.resolve_soon();
+        }
+        answer
+    }
+
+    /// One `ApplyDiscounts` call, or one `ApplyDiscount` per product for a
+    /// replica built from the seed's proto. Such a replica answers
+    /// UNIMPLEMENTED to the batch; from then on (until its health check
+    /// finds it serving again after a restart) it is sent one call per
+    /// product.
+    async fn ask(
+        &self,
+        replica: &Arc<Replica>,
+        deadline: Instant,
+        customer: &Customer,
+        products: &[Product],
+    ) -> Result<Answers, CallError> {
         if !replica.batch.load(Ordering::Relaxed) {
             return self.call_each(replica, deadline, customer, products).await;
         }

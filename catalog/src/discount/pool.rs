@@ -27,6 +27,10 @@ use super::resolve::Discovery;
 /// The least time between two resolutions that a failure asked for.
 const MIN_RESOLVE_GAP: Duration = Duration::from_millis(500);
 
+/// The most replicas `/readyz` lists one by one: its answer stays short
+/// however many addresses a name resolves to.
+const LISTED_REPLICAS: usize = 32;
+
 /// The replicas, and what finds them.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -169,23 +173,21 @@ impl Pool {
     }
 
     /// Re-reads the TLS material and, when it is usable, reconnects to
-    /// every replica with it; calls in flight finish on the old
-    /// connections.
+    /// every replica with it ([`Replica::redial`]: what is known about each
+    /// replica stays); calls in flight finish on the old connections.
     ///
     /// # Errors
     /// Why the new material could not be used; nothing changed.
     pub(crate) fn reload(&self) -> Result<(), String> {
         self.dialer.reload()?;
         let dialer = self.dialer.current();
-        let current = self.snapshot();
-        let mut next = Vec::with_capacity(current.len());
-        for replica in current.iter() {
-            next.push(Replica::start(replica.addr, &dialer).map_err(|e| e.to_string())?);
+        for replica in self.snapshot().iter() {
+            // The endpoint was built from the same settings at start, so
+            // this fails only if the material did, which reload() checked.
+            if let Err(error) = replica.redial(&dialer) {
+                tracing::error!(replica = %replica.addr, %error, "cannot reconnect to discount replica with the new TLS material; keeping the old connection");
+            }
         }
-        *self
-            .replicas
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::from(next);
         Ok(())
     }
 
@@ -200,8 +202,15 @@ impl Pool {
         } else {
             format!("{serving} of {} discount replicas serving\n", reports.len())
         };
-        for report in &reports {
+        for report in reports.iter().take(LISTED_REPLICAS) {
             text.push_str(&format!("{} {}\n", report.addr, report.state));
+        }
+        if let Some(more) = reports
+            .len()
+            .checked_sub(LISTED_REPLICAS)
+            .filter(|&n| n > 0)
+        {
+            text.push_str(&format!("and {more} more\n"));
         }
         for unresolved in self
             .unresolved

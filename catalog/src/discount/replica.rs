@@ -20,9 +20,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -103,8 +104,8 @@ impl Dialer {
 #[derive(Debug)]
 pub(crate) struct Replica {
     pub(crate) addr: SocketAddr,
-    endpoint: Endpoint,
-    channel: Channel,
+    /// Replaced on a reload; what is known about the replica is kept.
+    connection: RwLock<Connection>,
     dial_per_request: bool,
     /// Listings in flight: the load that the power of two choices compares.
     pending: AtomicUsize,
@@ -116,6 +117,17 @@ pub(crate) struct Replica {
     state: Mutex<State>,
     ejection: Backoff,
     checker: OnceLock<AbortHandle>,
+    /// Wakes the health check early: the connection was replaced.
+    check_now: Arc<Notify>,
+}
+
+/// How a replica is dialled: one generation of the TLS material.
+#[derive(Debug)]
+struct Connection {
+    /// For `--dial-per-request`.
+    endpoint: Endpoint,
+    /// The replica's HTTP/2 connection, (re)connected by tonic.
+    channel: Channel,
 }
 
 #[derive(Debug)]
@@ -200,8 +212,10 @@ impl Replica {
         let endpoint = dialer.endpoint(addr)?;
         let replica = Arc::new(Self {
             addr,
-            channel: endpoint.connect_lazy(),
-            endpoint,
+            connection: RwLock::new(Connection {
+                channel: endpoint.connect_lazy(),
+                endpoint,
+            }),
             dial_per_request: dialer.dial_per_request,
             pending: AtomicUsize::new(0),
             tier: AtomicU8::new(Tier::Rotation as u8),
@@ -216,9 +230,11 @@ impl Replica {
             }),
             ejection: Backoff::new(dialer.backoff.0, dialer.backoff.1),
             checker: OnceLock::new(),
+            check_now: Arc::new(Notify::new()),
         });
         let checks = tokio::spawn(check_health(
             Arc::downgrade(&replica),
+            replica.check_now.clone(),
             dialer.health_interval,
         ));
         let _ = replica.checker.set(checks.abort_handle());
@@ -256,14 +272,49 @@ impl Replica {
     /// The channel for one HTTP request: the replica's connection, or with
     /// `--dial-per-request` a new one, closed when the request is done.
     pub(crate) fn channel(&self) -> Channel {
+        let connection = self
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.dial_per_request {
-            self.endpoint.connect_lazy()
+            connection.endpoint.connect_lazy()
         } else {
-            self.channel.clone()
+            connection.channel.clone()
         }
     }
 
-    /// Notes how a call ended: `None` for an answer. Returns whether the
+    /// Connects anew with `dialer`'s TLS material (a reload); calls in
+    /// flight finish on the old connection. What is known about the
+    /// replica stays: its health, its ejection schedule, whether it has
+    /// `ApplyDiscounts`. Only a replica that was out (ejected, unreachable)
+    /// gets a chance at once, as if its ejection had just ended: the new
+    /// material may be what it was waiting for, and if not, its next
+    /// failure ejects it for longer. Either way its health is checked now.
+    ///
+    /// # Errors
+    /// The endpoint could not be built; nothing changed.
+    pub(crate) fn redial(&self, dialer: &Dialer) -> Result<(), StartupError> {
+        let endpoint = dialer.endpoint(self.addr)?;
+        *self
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Connection {
+            channel: endpoint.connect_lazy(),
+            endpoint,
+        };
+        let mut state = self.lock();
+        if state.ejected_until.is_some() || state.health == Health::Unreachable {
+            state.ejected_until = None;
+            state.health = Health::Unknown;
+            state.probation = true;
+            self.update_rotation(&state);
+        }
+        drop(state);
+        self.check_now.notify_one();
+        Ok(())
+    }
+
+    /// Notes how a listing sent to it ended: `None` for an answer. Returns whether the
     /// replica was unreachable (so names are worth resolving again).
     /// `may_eject` says whether ejecting it for slowness would leave a
     /// replica in rotation (asked only then): a discount that is merely
@@ -373,6 +424,11 @@ impl Replica {
             state.down_logged = false;
         }
         if state.health != health {
+            // Serving again (restarted, maybe upgraded at the same
+            // address): ask for ApplyDiscounts again.
+            if health == Health::Serving && !self.batch.swap(true, Ordering::Relaxed) {
+                tracing::debug!(replica = %self.addr, "discount replica serving again; trying ApplyDiscounts again");
+            }
             match &health {
                 Health::NotServing(status) => tracing::info!(replica = %self.addr, status,
                     "discount replica reports it is not serving (shutting down?); out of rotation"),
@@ -448,9 +504,9 @@ impl Drop for Replica {
 }
 
 /// Asks the replica's health service every `interval` (and when an
-/// ejection ends), each check bounded by `interval`, until the replica is
-/// dropped.
-async fn check_health(replica: Weak<Replica>, interval: Duration) {
+/// ejection ends, or at once when woken by `check_now`), each check
+/// bounded by `interval`, until the replica is dropped.
+async fn check_health(replica: Weak<Replica>, check_now: Arc<Notify>, interval: Duration) {
     let request = HealthCheckRequest {
         service: HEALTH_SERVICE.to_owned(),
     };
@@ -458,7 +514,14 @@ async fn check_health(replica: Weak<Replica>, interval: Duration) {
         let Some(current) = replica.upgrade() else {
             return;
         };
-        let mut health = HealthClient::new(current.channel.clone());
+        // The replica's own connection, even with --dial-per-request.
+        let channel = current
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .channel
+            .clone();
+        let mut health = HealthClient::new(channel);
         // The replica is not held while waiting, so dropping it ends this.
         drop(current);
         let outcome = match tokio::time::timeout(interval, health.check(request.clone())).await {
@@ -473,6 +536,9 @@ async fn check_health(replica: Weak<Replica>, interval: Duration) {
         current.record_check(outcome);
         let wait = current.next_check(interval);
         drop(current);
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = check_now.notified() => {}
+        }
     }
 }
