@@ -2,18 +2,24 @@
 # Makes the development TLS material in keys/ (or --dir DIR):
 #   ca.pem, ca.key          a development CA, the only root either service trusts
 #   cert.pem, private.key   discount's server identity, signed by the CA,
-#                           valid for DNS:localhost, IP:127.0.0.1 and IP:::1
-#   client.pem, client.key  catalog's client identity, signed by the CA
+#                           valid for DNS:localhost, IP:127.0.0.1 and IP:::1,
+#                           workload identity spiffe://TRUST_DOMAIN/discount
+#   client.pem, client.key  catalog's client identity, signed by the CA,
+#                           workload identity spiffe://TRUST_DOMAIN/catalog
 # All keys are ECDSA P-256. Existing files are never overwritten unless
 # --force is given. These are for development only: see keys/README.md.
 set -euo pipefail
 
 usage() {
   cat <<USAGE
-usage: scripts/gen-keys.sh [--dir DIR] [--force] [--days N]
-  --dir DIR   where to write the files (default: keys/ in the repository)
-  --force     replace existing files
-  --days N    validity of the server and client certificates (default 365)
+usage: scripts/gen-keys.sh [--dir DIR] [--force] [--days N] [--trust-domain TD]
+  --dir DIR            where to write the files (default: keys/ in the repository)
+  --force              replace existing files
+  --days N             validity of the server and client certificates (default 365)
+  --trust-domain TD    the SPIFFE trust domain of the workload identities
+                       (default ecommerce.local: the services' defaults;
+                       with another, set discount's --allow-client and the
+                       catalog's --discount-identity to match)
 USAGE
 }
 
@@ -21,15 +27,24 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir="$repo/keys"
 force=no
 days=365
+trust_domain=ecommerce.local
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir=${2:?--dir needs a directory}; shift 2 ;;
     --force) force=yes; shift ;;
     --days) days=${2:?--days needs a number}; shift 2 ;;
+    --trust-domain) trust_domain=${2:?--trust-domain needs a name such as ecommerce.local}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gen-keys: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
+
+# SPIFFE: a trust domain is lower-case letters, digits, dots, dashes and
+# underscores.
+if ! [[ "$trust_domain" =~ ^[a-z0-9._-]+$ ]]; then
+  echo "gen-keys: --trust-domain $trust_domain: use lower-case letters, digits, '.', '-' and '_' only, such as ecommerce.local" >&2
+  exit 2
+fi
 
 command -v openssl >/dev/null || {
   echo "gen-keys: openssl is not installed (Debian/Ubuntu: apt-get install openssl)" >&2
@@ -88,13 +103,14 @@ sign() {
 
 # Host names are matched against subjectAltName only (RFC 6125; rustls, and
 # Go since 1.15, never look at the CN), so the SAN must list every name and
-# address clients dial.
+# address clients dial. The URI entry is the workload identity (SPIFFE):
+# discount lets in callers by it, the catalog checks discount's.
 sign server "/O=ecommerce development/CN=localhost" \
   "extendedKeyUsage=serverAuth
-subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
+subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1,URI:spiffe://$trust_domain/discount"
 sign client "/O=ecommerce development/CN=catalog" \
   "extendedKeyUsage=clientAuth
-subjectAltName=DNS:catalog"
+subjectAltName=DNS:catalog,URI:spiffe://$trust_domain/catalog"
 
 openssl verify -CAfile "$work/ca.pem" "$work/server.pem" "$work/client.pem" >/dev/null
 
@@ -108,3 +124,4 @@ chmod 644 "$dir/ca.pem" "$dir/cert.pem" "$dir/client.pem"
 
 echo "gen-keys: wrote ${files[*]} to $dir"
 echo "gen-keys: server certificate valid for localhost, 127.0.0.1 and ::1 for $days days"
+echo "gen-keys: identities spiffe://$trust_domain/discount (cert.pem) and spiffe://$trust_domain/catalog (client.pem)"
