@@ -99,6 +99,7 @@ impl Application {
             resolve_interval = ?discount.resolve_interval,
             health_interval = ?discount.health_interval,
             server_name = %discount.server_name,
+            discount_identity = config.discount_identity.0.as_deref().unwrap_or("(not checked)"),
             dial_per_request = discount.dial_per_request,
             ca = %common::pem::display_path(&config.discount_ca),
             client_cert = %common::pem::display_path(&config.client_cert),

@@ -9,7 +9,7 @@ use common::pem::PemSource;
 
 use crate::discount::{DEFAULT_PORT, DiscountSettings, Targets};
 use crate::server::ServeOptions;
-use crate::tls::Security;
+use crate::tls::{ExpectedIdentity, Security};
 
 /// `catalog [PORT]`: the catalog HTTP API, a TLS gRPC client of discount.
 ///
@@ -46,6 +46,14 @@ pub struct Config {
     /// name (a load balancer, a bare IP).
     #[arg(long, env = "DISCOUNT_SERVER_NAME", value_parser = crate::tls::server_name)]
     pub discount_server_name: Option<String>,
+
+    /// The workload identity discount's certificate must carry, as a URI
+    /// subjectAltName, besides being valid for `--discount-server-name`: a
+    /// certificate from the same CA for another workload is refused. Empty
+    /// turns the check off, for a discount whose certificate carries no URI
+    /// (one made before identities, or by another PKI).
+    #[arg(long, env = "CATALOG_DISCOUNT_IDENTITY", default_value = "spiffe://ecommerce.local/discount", value_parser = crate::tls::expected_identity)]
+    pub discount_identity: ExpectedIdentity,
 
     /// How often the names of `--discount-host` are resolved again, to
     /// find replicas added and removed (also soon after a replica could not
@@ -182,6 +190,7 @@ impl Config {
                         &self.client_key,
                         "--client-key / CATALOG_CLIENT_KEY",
                     ),
+                    identity: self.discount_identity.clone(),
                 }
             },
             deadline: self.discount_deadline,

@@ -1,6 +1,7 @@
-//! The catalog's side of the TLS hop: whom it trusts to be discount, the
-//! identity it presents, and how one generation of that material is read,
-//! checked and put on the connection.
+//! The catalog's side of the TLS hop: whom it trusts to be discount (a
+//! certificate from the CA, for the server name, carrying discount's
+//! workload identity), the identity it presents, and how one generation of
+//! that material is read, checked and put on the connection.
 //!
 //! [`Security::client_tls`] runs at start and again on every reload (SIGHUP):
 //! it reads the files once, checks those bytes with the certificate doctor,
@@ -12,8 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::doctor::{self, Report, Role};
+use common::identity::{PeerIdentity, parse_uri};
 use common::pem::{PemFile, PemSource};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::StartupError;
@@ -37,6 +42,23 @@ pub fn server_name(text: &str) -> Result<String, String> {
         .map_err(|_| format!("{text:?} is not a DNS name or an IP address, such as localhost or discount.internal"))
 }
 
+/// The workload identity discount's certificate must carry
+/// (`--discount-identity`); `None` (an empty value) skips the check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedIdentity(pub Option<String>);
+
+/// Parses `--discount-identity`: a URI, or nothing to turn the check off.
+///
+/// # Errors
+/// The text is neither empty nor a URI.
+pub fn expected_identity(text: &str) -> Result<ExpectedIdentity, String> {
+    if text.trim().is_empty() {
+        Ok(ExpectedIdentity(None))
+    } else {
+        parse_uri(text).map(|uri| ExpectedIdentity(Some(uri)))
+    }
+}
+
 /// How the connection to discount is secured.
 #[derive(Debug, Clone)]
 pub enum Security {
@@ -50,6 +72,8 @@ pub enum Security {
         client_cert: PemSource,
         /// Its private key.
         client_key: PemSource,
+        /// The workload identity discount's certificate must carry.
+        identity: ExpectedIdentity,
     },
     /// No TLS. Only behind a service mesh that secures connections itself.
     Plaintext,
@@ -73,6 +97,7 @@ impl Security {
                 ca,
                 client_cert,
                 client_key,
+                ..
             } => {
                 let now = SystemTime::now();
                 let mut report = doctor::check_ca(ca, now);
@@ -105,6 +130,7 @@ impl Security {
             ca,
             client_cert,
             client_key,
+            identity,
         } = self
         else {
             return Ok(None);
@@ -123,7 +149,7 @@ impl Security {
             now,
         ));
         report.enforce()?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(
+        let webpki = WebPkiServerVerifier::builder_with_provider(
             Arc::new(ca.root_store()?),
             common::crypto::provider(),
         )
@@ -132,6 +158,10 @@ impl Security {
             ca: ca.source().path.display().to_string(),
             error,
         })?;
+        let verifier = Arc::new(DiscountVerifier {
+            webpki,
+            identity: identity.0.clone(),
+        });
         let config = ClientTlsConfig::new()
             .domain_name(server_name.to_owned())
             .identity(Identity::from_pem(cert.bytes(), key.bytes()))
@@ -161,7 +191,7 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     config: ClientTlsConfig,
-    verifier: Arc<WebPkiServerVerifier>,
+    verifier: Arc<DiscountVerifier>,
 }
 
 impl ClientTls {
@@ -171,5 +201,91 @@ impl ClientTls {
     /// tonic refused the settings (it checks nothing more than we did).
     pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
         endpoint.tls_config_with_verifier(self.config.clone(), self.verifier.clone())
+    }
+}
+
+/// Verifies discount's certificate as rustls' WebPKI verifier does (chain
+/// to the CA, name, dates, purpose), then that it carries the workload
+/// identity the catalog expects: a certificate from the same CA for
+/// another workload is not discount.
+#[derive(Debug)]
+pub struct DiscountVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    /// `--discount-identity`; `None` when empty.
+    identity: Option<String>,
+}
+
+/// Why discount's certificate was refused though the CA signed it.
+///
+/// rustls shows the error inside its own with `Debug`, so `Debug` says
+/// the same as `Display`: the log then reads as a sentence.
+#[derive(thiserror::Error)]
+#[error(
+    "discount's certificate carries {found}, not the identity {expected} the catalog expects (--discount-identity); issue discount's certificate with that URI subjectAltName (scripts/gen-keys.sh does), or set --discount-identity to the identity it carries, or to an empty value to skip this check"
+)]
+struct NotDiscount {
+    found: PeerIdentity,
+    expected: String,
+}
+
+impl std::fmt::Debug for NotDiscount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl ServerCertVerifier for DiscountVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let Some(expected) = &self.identity else {
+            return Ok(verified);
+        };
+        let found = PeerIdentity::of_certificate(end_entity);
+        if found.uri() == Some(expected.as_str()) {
+            Ok(verified)
+        } else {
+            let refused = NotDiscount {
+                found,
+                expected: expected.clone(),
+            };
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(refused)),
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }

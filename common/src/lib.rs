@@ -1,6 +1,6 @@
 //! What the two services share: reading PEM files with errors a person can
 //! act on, the certificate doctor, the crypto provider, binding and
-//! accepting, tracking connections and whether they are idle, reloading on SIGHUP, telemetry set-up,
+//! accepting, workload identities in certificates, tracking connections and whether they are idle, reloading on SIGHUP, telemetry set-up,
 //! and the shutdown signal with a bounded drain.
 //!
 //! Kept deliberately small: anything specific to one service, and each
@@ -12,6 +12,7 @@ pub mod connections;
 pub mod crypto;
 pub mod doctor;
 pub mod flags;
+pub mod identity;
 pub mod limits;
 pub mod listener;
 pub mod pem;

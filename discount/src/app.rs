@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ecommerce_proto::pb::discount_server::Discount;
 use tokio::net::TcpListener;
 
+use crate::authz::Allowed;
 use crate::config::Config;
 use crate::error::StartupError;
 use crate::server;
@@ -115,6 +116,7 @@ impl<S: Discount> Application<S> {
                 if config.client_auth != ClientAuth::Required {
                     tracing::warn!(client_auth = ?config.client_auth, "clients without a certificate are accepted");
                 }
+                log_allow_list(&config);
                 (transport, Some(task))
             }
             None => {
@@ -133,5 +135,27 @@ impl<S: Discount> Application<S> {
         served?;
         tracing::info!("Discount service stopped");
         Ok(())
+    }
+}
+
+/// Says at start who may call `ecommerce.Discount`, and warns when that is
+/// anyone.
+fn log_allow_list(config: &Config) {
+    let allowed: Vec<String> = config
+        .allow_clients
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if config.client_auth == ClientAuth::None {
+        tracing::warn!(
+            "the allow-list (--allow-client) is off: with --client-auth none clients present no certificate, so there is no identity to check, and anyone who reaches the port may call"
+        );
+    } else if config.allow_clients.contains(&Allowed::Any) {
+        tracing::warn!(
+            allow_clients = ?allowed,
+            "--allow-client any: every client the TLS layer accepts may call ecommerce.Discount, whatever its identity"
+        );
+    } else {
+        tracing::info!(allow_clients = ?allowed, "ecommerce.Discount is open to these client identities only");
     }
 }

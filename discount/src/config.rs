@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::pem::PemSource;
 
+use crate::authz::{Allowed, Authorize};
 use crate::server::{Http2Limits, ServerOptions};
 use crate::tls::{ClientAuth, ServerTls};
 
@@ -56,6 +57,22 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub server_names: Vec<String>,
+
+    /// Who may call `ecommerce.Discount`: a client's workload identity (the
+    /// URI subjectAltName of its certificate) must match an entry, either
+    /// exactly (`spiffe://ecommerce.local/catalog`) or under a prefix
+    /// (`spiffe://ecommerce.local/*`, the whole trust domain). `any` lets in
+    /// every client the TLS layer accepts. Repeat, or separate with commas.
+    /// Health and reflection are open to any such client. Off with
+    /// `--client-auth none`, where no client has an identity.
+    #[arg(
+        long = "allow-client",
+        env = "DISCOUNT_ALLOW_CLIENTS",
+        value_delimiter = ',',
+        default_value = "spiffe://ecommerce.local/catalog",
+        value_parser = Allowed::parse
+    )]
+    pub allow_clients: Vec<Allowed>,
 
     /// Check the TLS material (files, dates, names, key pairs, purposes),
     /// print what is wrong and how to fix it, and exit: 0 when it can be
@@ -182,6 +199,16 @@ impl Config {
         }
     }
 
+    /// The allow-list as it applies: off when there is no client identity
+    /// to check (`--client-auth none`, `--insecure-plaintext`).
+    pub fn authorize(&self) -> Authorize {
+        if self.insecure_plaintext || self.client_auth == ClientAuth::None {
+            Authorize::off()
+        } else {
+            Authorize::allowing(&self.allow_clients)
+        }
+    }
+
     /// How the server treats connections, calls and shutdown.
     pub fn server_options(&self) -> ServerOptions {
         ServerOptions {
@@ -190,6 +217,7 @@ impl Config {
             max_concurrent_calls: usize::try_from(self.max_concurrent_calls).unwrap_or(usize::MAX),
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
+            authorize: self.authorize(),
             http2: Http2Limits {
                 max_concurrent_streams: self.max_concurrent_streams,
                 max_call_duration: self.max_call_duration,

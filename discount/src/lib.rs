@@ -6,6 +6,9 @@
 //!   client verification, reloading, the handshake.
 //! - [`server`] serves the service on accepted connections, with
 //!   `grpc.health.v1.Health` and server reflection beside it.
+//! - [`authz`] is who may call what: each connection's workload identity
+//!   and the allow-list (`--allow-client`) that `ecommerce.Discount` calls
+//!   are checked against.
 //! - [`shed`] is the budget of calls in flight for the whole server, and
 //!   the RESOURCE_EXHAUSTED answer past it.
 //! - [`config`] turns the command line into typed settings.
@@ -13,6 +16,7 @@
 //!   service through [`Application`].
 
 pub mod app;
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod rule;

@@ -23,6 +23,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_health::ServingStatus;
 use tower::util::{MapRequestLayer, MapResponseLayer};
 
+use crate::authz::{Authenticated, AuthenticatedInfo, Authorize};
 use crate::error::StartupError;
 use crate::shed::CallBudget;
 use crate::tls::{self, Transport};
@@ -41,7 +42,7 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
 /// How the server treats connections, calls and shutdown.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// The time a client has to complete its TLS handshake.
     pub handshake_timeout: Duration,
@@ -57,6 +58,8 @@ pub struct ServerOptions {
     /// Then: how long calls in flight get to finish before their
     /// connections are closed.
     pub drain_timeout: Duration,
+    /// Who may call `ecommerce.Discount`.
+    pub authorize: Authorize,
     /// What one connection may ask of the server.
     pub http2: Http2Limits,
 }
@@ -170,6 +173,8 @@ pub async fn serve<S: Discount>(
         .http2_max_pending_accept_reset_streams(Some(limits.max_pending_resets))
         .layer(MapRequestLayer::new(expose_peer))
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
+        // Before the budget: a refused call takes no place in it.
+        .layer(options.authorize.clone())
         .layer(CallBudget::new(options.max_concurrent_calls))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -194,7 +199,12 @@ pub async fn serve<S: Discount>(
                         let incoming = incoming(listener, tracker, bounds, move |tcp, peer| {
                             let config = Arc::clone(&tls.borrow());
                             let quiet = Arc::clone(&quiet);
-                            async move { tls::handshake(config, tcp, peer, limit, &quiet).await }
+                            async move {
+                                let stream =
+                                    tls::handshake(config, tcp, peer, limit, &quiet).await?;
+                                let identity = tls::client_identity(&stream);
+                                Some(Authenticated::new(stream, identity))
+                            }
                         });
                         Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
                     }
@@ -335,12 +345,15 @@ where
 /// Moves what tonic was told about a call's connection ([`TrackedInfo`],
 /// from [`Tracked`]) apart: the stream's own details go where tonic's
 /// accessors (`Request::remote_addr`, the peer's certificates) look for
-/// them, and the connection's [`common::connections::Closer`] and
+/// them, the client's identity where [`Authorize`] looks for it, and the
+/// connection's [`common::connections::Closer`] and
 /// [`common::activity::Activity`] beside them, for [`CallBudget`].
 fn expose_peer(mut request: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
     let extensions = request.extensions_mut();
-    if let Some(tracked) = extensions.remove::<TrackedInfo<TlsConnectInfo<TcpConnectInfo>>>() {
-        extensions.insert(tracked.info);
+    type TlsInfo = AuthenticatedInfo<TlsConnectInfo<TcpConnectInfo>>;
+    if let Some(tracked) = extensions.remove::<TrackedInfo<TlsInfo>>() {
+        extensions.insert(tracked.info.info);
+        extensions.insert(tracked.info.identity);
         extensions.insert(tracked.closer);
         extensions.insert(tracked.activity);
     } else if let Some(tracked) = extensions.remove::<TrackedInfo<TcpConnectInfo>>() {

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::doctor::{self, Report, Role};
+use common::identity::PeerIdentity;
 use common::pem::{PemFile, PemSource};
 use common::quiet::Quiet;
 use common::reload::Reloadable;
@@ -212,6 +213,13 @@ pub enum Transport {
     Tls(watch::Receiver<Arc<ServerConfig>>),
     /// No TLS. Only behind a service mesh that secures connections itself.
     Plaintext,
+}
+
+/// The workload identity of the client of `stream`, from the certificate
+/// rustls verified in its handshake ([`PeerIdentity::Anonymous`] when it
+/// presented none).
+pub(crate) fn client_identity(stream: &TlsStream<TcpStream>) -> PeerIdentity {
+    PeerIdentity::of_chain(stream.get_ref().1.peer_certificates())
 }
 
 /// Runs one server-side TLS handshake with the configuration `config`,

@@ -34,7 +34,7 @@ pub use grpc::{
     product,
 };
 pub use logs::Logs;
-pub use pki::{ClientCert, Pki, SERVER_NAMES};
+pub use pki::{CATALOG_IDENTITY, ClientCert, DISCOUNT_IDENTITY, Pki, SERVER_NAMES};
 pub use process::Process;
 pub use proxy::{CountingProxy, silent_peer};
 pub use task::ServerTask;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 use tonic::transport::Identity;
 
@@ -15,6 +15,14 @@ use crate::SetupResult;
 
 /// The host names and addresses the test server certificate is valid for.
 pub const SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// The workload identity of discount's certificate, as
+/// `scripts/gen-keys.sh` issues it.
+pub const DISCOUNT_IDENTITY: &str = "spiffe://ecommerce.local/discount";
+
+/// The workload identity of the catalog's client certificate, and of every
+/// client certificate [`Pki::issue_client`] makes.
+pub const CATALOG_IDENTITY: &str = "spiffe://ecommerce.local/catalog";
 
 /// A throw-away public key infrastructure in a temporary directory, laid out
 /// like `keys/` after `scripts/gen-keys.sh`.
@@ -38,7 +46,8 @@ pub enum ClientCert {
 
 impl Pki {
     /// Makes a CA and, signed by it, a server identity for [`SERVER_NAMES`]
-    /// and a client identity. ECDSA P-256, like the dev keys.
+    /// with the workload identity [`DISCOUNT_IDENTITY`], and a client
+    /// identity with [`CATALOG_IDENTITY`]. ECDSA P-256, like the dev keys.
     ///
     /// # Errors
     /// Key generation or file writing failed.
@@ -61,21 +70,13 @@ impl Pki {
             ca_params,
             ca_key,
         };
-        let names = SERVER_NAMES.iter().map(|s| (*s).to_owned()).collect();
-        pki.issue(
-            "cert.pem",
-            "private.key",
-            names,
-            "localhost",
-            ExtendedKeyUsagePurpose::ServerAuth,
-            false,
-        )?;
+        pki.issue_server_as("cert.pem", "private.key", &[DISCOUNT_IDENTITY])?;
         pki.issue_client("client", ClientCert::Valid)?;
         Ok(pki)
     }
 
-    /// Issues a client certificate from this CA into `<name>.pem` and
-    /// `<name>.key`.
+    /// Issues a client certificate from this CA, with the workload identity
+    /// [`CATALOG_IDENTITY`], into `<name>.pem` and `<name>.key`.
     ///
     /// # Errors
     /// Key generation or file writing failed.
@@ -86,20 +87,74 @@ impl Pki {
         };
         let names = vec![name.to_owned()];
         let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
-        self.issue(&cert, &key, names, name, usage, kind == ClientCert::Expired)
+        let expired = kind == ClientCert::Expired;
+        self.issue(
+            &cert,
+            &key,
+            names,
+            &[CATALOG_IDENTITY],
+            name,
+            usage,
+            expired,
+        )
     }
 
+    /// Issues a valid client certificate carrying the workload identities
+    /// `identities` (as URI subjectAltNames; none, one or several) into
+    /// `<name>.pem` and `<name>.key`.
+    ///
+    /// # Errors
+    /// Key generation or file writing failed, or an identity is not ASCII.
+    pub fn issue_client_as(&self, name: &str, identities: &[&str]) -> SetupResult<()> {
+        let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+        let names = vec![name.to_owned()];
+        let usage = ExtendedKeyUsagePurpose::ClientAuth;
+        self.issue(&cert, &key, names, identities, name, usage, false)
+    }
+
+    /// Issues a server certificate for [`SERVER_NAMES`] carrying the
+    /// workload identities `identities` into `cert_file` and `key_file`
+    /// (`"cert.pem"` and `"private.key"` replace discount's).
+    ///
+    /// # Errors
+    /// As [`Pki::issue_client_as`].
+    pub fn issue_server_as(
+        &self,
+        cert_file: &str,
+        key_file: &str,
+        identities: &[&str],
+    ) -> SetupResult<()> {
+        let names = SERVER_NAMES.iter().map(|s| (*s).to_owned()).collect();
+        let usage = ExtendedKeyUsagePurpose::ServerAuth;
+        self.issue(
+            cert_file,
+            key_file,
+            names,
+            identities,
+            "localhost",
+            usage,
+            false,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn issue(
         &self,
         cert_file: &str,
         key_file: &str,
         names: Vec<String>,
+        identities: &[&str],
         common_name: &str,
         usage: ExtendedKeyUsagePurpose,
         expired: bool,
     ) -> SetupResult<()> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names)?;
+        for identity in identities {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*identity).try_into()?));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params
             .distinguished_name

@@ -1,0 +1,256 @@
+//! Who may call what: the allow-list of workload identities
+//! (`--allow-client`), over real TLS sockets on loopback with certificates
+//! made when the test runs.
+
+use discount::DiscountService;
+use ecommerce_proto::pb::DiscountsRequest;
+use ecommerce_proto::pb::discount_client::DiscountClient;
+use testkit::{
+    CATALOG_IDENTITY, DiscountServer, HANG, Logs, Pki, SetupResult, customer, discount_request,
+    product,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+const INTRUDER: &str = "spiffe://ecommerce.local/intruder";
+
+/// A channel to `server` presenting the client certificate `<name>.pem`.
+async fn as_client(server: &DiscountServer, pki: &Pki, name: &str) -> SetupResult<Channel> {
+    testkit::grpc_channel_with(
+        server.addr(),
+        &pki.path("ca.pem"),
+        Some(pki.identity(name)?),
+    )
+    .await
+}
+
+/// Both discount methods over `channel`: the code and message of each
+/// refusal, or `Ok` with the value of the first product.
+async fn both_methods(channel: &Channel) -> SetupResult<[Result<i32, (Code, String)>; 2]> {
+    let mut client = DiscountClient::new(channel.clone());
+    let single = tokio::time::timeout(
+        HANG,
+        client.apply_discount(discount_request(1, product(1, 1000))),
+    )
+    .await?
+    .map(|answer| {
+        answer
+            .into_inner()
+            .product
+            .and_then(|p| p.discount_value)
+            .map_or(-1, |v| v.value_in_cents)
+    });
+    let batch = tokio::time::timeout(
+        HANG,
+        client.apply_discounts(DiscountsRequest {
+            customer: Some(customer(1)),
+            products: vec![product(1, 1000)],
+        }),
+    )
+    .await?
+    .map(|answer| {
+        answer
+            .into_inner()
+            .products
+            .first()
+            .and_then(|p| p.discount_value)
+            .map_or(-1, |v| v.value_in_cents)
+    });
+    let refusal = |status: tonic::Status| (status.code(), status.message().to_owned());
+    Ok([single.map_err(refusal), batch.map_err(refusal)])
+}
+
+#[tokio::test]
+async fn the_catalog_identity_is_let_in_by_default() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start(&pki).await?;
+    let channel = as_client(&server, &pki, "client").await?;
+    assert_eq!(both_methods(&channel).await?, [Ok(900), Ok(900)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_identity_from_the_same_ca_is_refused_by_name_on_both_methods_and_logged()
+-> SetupResult<()> {
+    let (logs, _capturing) = Logs::capture();
+    let pki = Pki::generate()?;
+    pki.issue_client_as("intruder", &[INTRUDER])?;
+    let server = DiscountServer::start(&pki).await?;
+    let channel = as_client(&server, &pki, "intruder").await?;
+
+    for answer in both_methods(&channel).await? {
+        let (code, message) = answer.err().ok_or("the intruder was answered")?;
+        assert_eq!(code, Code::PermissionDenied);
+        assert!(message.contains(INTRUDER), "{message}");
+        assert!(message.contains("--allow-client"), "{message}");
+        // Nothing beyond the identity presented: not what the list holds.
+        assert!(!message.contains(CATALOG_IDENTITY), "{message}");
+    }
+    let line = logs
+        .line_with("call refused")
+        .await
+        .ok_or("no log line for the refusal")?;
+    assert!(line.contains(INTRUDER), "{line}");
+    assert!(line.contains("ecommerce.Discount/ApplyDiscount"), "{line}");
+    assert!(line.contains("127.0.0.1"), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_certificate_without_an_identity_is_told_it_carries_none() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client_as("nameless", &[])?;
+    pki.issue_client_as("twice", &[CATALOG_IDENTITY, INTRUDER])?;
+    let server = DiscountServer::start(&pki).await?;
+
+    let nameless = as_client(&server, &pki, "nameless").await?;
+    for answer in both_methods(&nameless).await? {
+        let (code, message) = answer.err().ok_or("a nameless client was answered")?;
+        assert_eq!(code, Code::PermissionDenied);
+        assert!(message.contains("carries no identity"), "{message}");
+    }
+    // Two URIs, one of them allowed: which workload it is, is ambiguous.
+    let twice = as_client(&server, &pki, "twice").await?;
+    let [single, _] = both_methods(&twice).await?;
+    let (code, message) = single.err().ok_or("an ambiguous client was answered")?;
+    assert_eq!(code, Code::PermissionDenied);
+    assert!(message.contains("2 URI subjectAltNames"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer_any_client_the_tls_layer_lets_in() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client_as("intruder", &[INTRUDER])?;
+    let server = DiscountServer::start(&pki).await?;
+    let channel = as_client(&server, &pki, "intruder").await?;
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "ecommerce.Discount".to_owned(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(health.status, 1, "SERVING");
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    assert!(answers.message().await?.is_some(), "no reflection answer");
+
+    // The same connection is still refused the discount methods.
+    let [single, _] = both_methods(&channel).await?;
+    assert_eq!(
+        single.err().map(|(code, _)| code),
+        Some(Code::PermissionDenied)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn entries_may_be_exact_a_prefix_several_or_any() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client_as("orders", &["spiffe://ecommerce.local/orders"])?;
+    pki.issue_client_as("billing", &["spiffe://ecommerce.local/billing"])?;
+    pki.issue_client_as("outsider", &["spiffe://partner.example/orders"])?;
+    pki.issue_client_as("nameless", &[])?;
+    let allowed = |value: Result<i32, (Code, String)>| value.is_ok();
+    // Which of client, orders, billing, outsider, nameless each setting
+    // lets in, on both methods.
+    let cases: [(&[&str], [bool; 5]); 4] = [
+        (
+            &["--allow-client", "spiffe://ecommerce.local/*"],
+            [true, true, true, false, false],
+        ),
+        (
+            // Repeated, and comma-separated as in the variable.
+            &[
+                "--allow-client",
+                "spiffe://ecommerce.local/orders",
+                "--allow-client",
+                "spiffe://partner.example/orders,spiffe://ecommerce.local/catalog",
+            ],
+            [true, true, false, true, false],
+        ),
+        (&["--allow-client", "any"], [true, true, true, true, true]),
+        (&[], [true, false, false, false, false]),
+    ];
+    for (flags, expected) in cases {
+        let server = DiscountServer::start_with(&pki, flags, DiscountService).await?;
+        let mut got = Vec::new();
+        for name in ["client", "orders", "billing", "outsider", "nameless"] {
+            let channel = as_client(&server, &pki, name).await?;
+            let [single, batch] = both_methods(&channel).await?;
+            assert_eq!(allowed(single.clone()), allowed(batch), "{flags:?} {name}");
+            got.push(allowed(single));
+        }
+        assert_eq!(got, expected, "{flags:?}");
+        server.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn anonymous_clients_under_optional_client_auth_are_refused_unless_any() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server =
+        DiscountServer::start_with(&pki, &["--client-auth", "optional"], DiscountService).await?;
+    let anonymous = testkit::grpc_channel_with(server.addr(), &pki.path("ca.pem"), None).await?;
+    let [single, batch] = both_methods(&anonymous).await?;
+    for answer in [single, batch] {
+        let (code, message) = answer.err().ok_or("an anonymous client was answered")?;
+        assert_eq!(code, Code::PermissionDenied);
+        assert!(message.contains("--allow-client any"), "{message}");
+    }
+    // The certificate holders still get in.
+    let channel = as_client(&server, &pki, "client").await?;
+    assert_eq!(both_methods(&channel).await?, [Ok(900), Ok(900)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_client_auth_none_there_is_no_identity_to_check() -> SetupResult<()> {
+    let (logs, _capturing) = Logs::capture();
+    let pki = Pki::generate()?;
+    let server =
+        DiscountServer::start_with(&pki, &["--client-auth", "none"], DiscountService).await?;
+    let anonymous = testkit::grpc_channel_with(server.addr(), &pki.path("ca.pem"), None).await?;
+    assert_eq!(both_methods(&anonymous).await?, [Ok(900), Ok(900)]);
+    assert!(
+        logs.line_with("allow-list (--allow-client) is off")
+            .await
+            .is_some(),
+        "{}",
+        logs.text()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_malformed_entry_is_refused_at_start_with_the_forms_that_work() {
+    use clap::Parser;
+    for bad in [
+        "catalog",
+        "spiffe://ecommerce.local/ca*",
+        "*",
+        "spiffe:///x",
+        "",
+    ] {
+        let parsed = discount::Config::try_parse_from(["discount", "--allow-client", bad]);
+        let error = parsed.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains("spiffe://ecommerce.local/*"),
+            "{bad:?}: {error}"
+        );
+    }
+}
