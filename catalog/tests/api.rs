@@ -195,9 +195,13 @@ fn keys_from_gen_keys_pass_the_catalogs_certificate_doctor() -> SetupResult<()> 
         String::from_utf8_lossy(&made.stderr)
     );
     let checked = check_certs(keys.path())?;
+    let client = keys.path().join("client.pem");
     assert_eq!(
         String::from_utf8_lossy(&checked.stdout),
-        "certificates OK\n"
+        format!(
+            "info: {}: carries the workload identity spiffe://ecommerce.local/catalog\ncertificates OK\n",
+            client.display()
+        )
     );
     assert!(checked.status.success());
     Ok(())

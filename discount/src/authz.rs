@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use common::doctor::{Report, Severity};
 use common::identity::{PeerIdentity, parse_uri};
+use common::pem::{PemFile, PemSource};
 use common::quiet::Quiet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::codegen::http;
@@ -74,6 +76,15 @@ impl Allowed {
             .map_err(|e| format!("{e}; {forms}"))
     }
 
+    /// Whether some identity starting with `prefix` would be admitted.
+    fn reaches_into(&self, prefix: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exactly(uri) => uri.starts_with(prefix),
+            Self::Under(under) => under.starts_with(prefix) || prefix.starts_with(under.as_str()),
+        }
+    }
+
     fn admits(&self, identity: &PeerIdentity) -> bool {
         match (self, identity.uri()) {
             (Self::Any, _) => true,
@@ -94,6 +105,74 @@ impl std::fmt::Display for Allowed {
             Self::Under(prefix) => write!(f, "{prefix}*"),
         }
     }
+}
+
+/// What the certificate doctor says of the allow-list `allowed`, given
+/// discount's certificate `cert` and the client CA `client_ca`: a warning
+/// when no entry could admit a client of discount's own trust domain, and,
+/// in the development layout (the catalog's `client.pem` beside the client
+/// CA), whether the catalog's identity is admitted.
+pub fn check_allow_list(allowed: &[Allowed], cert: &PemFile, client_ca: &PemSource) -> Report {
+    let mut report = Report::default();
+    if allowed.contains(&Allowed::Any) {
+        return report;
+    }
+    let listed = allowed
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let own = cert
+        .certificates()
+        .ok()
+        .map(|chain| PeerIdentity::of_chain(Some(&chain)));
+    if let Some(domain) = own
+        .as_ref()
+        .and_then(PeerIdentity::uri)
+        .and_then(trust_domain)
+        && !allowed.iter().any(|entry| entry.reaches_into(&domain))
+    {
+        report.add(
+            Severity::Warning,
+            cert.source(),
+            format!(
+                "--allow-client ({listed}) names no identity in discount's own trust domain {domain}: clients with certificates from this PKI are refused; allow one with --allow-client {domain}<workload>"
+            ),
+        );
+    }
+    let Some(dir) = client_ca.path.parent() else {
+        return report;
+    };
+    let sibling = PemSource::new(dir.join("client.pem"), "the catalog's client certificate");
+    let Ok(file) = PemFile::read(&sibling) else {
+        return report;
+    };
+    let identity = PeerIdentity::of_chain(file.certificates().ok().as_deref());
+    if allowed.iter().any(|entry| entry.admits(&identity)) {
+        report.add(
+            Severity::Info,
+            &sibling,
+            format!(
+                "the catalog's certificate beside --client-ca, {identity}, is on the allow-list"
+            ),
+        );
+    } else {
+        report.add(
+            Severity::Warning,
+            &sibling,
+            format!(
+                "the catalog's certificate beside --client-ca presents {identity}, which --allow-client ({listed}) does not admit: discount will refuse its calls"
+            ),
+        );
+    }
+    report
+}
+
+/// `scheme://authority/` of an identity URI: its trust domain.
+fn trust_domain(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+    Some(format!("{scheme}://{authority}/"))
 }
 
 /// The allow-list, or none when there is no identity to check

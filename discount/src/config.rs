@@ -196,6 +196,7 @@ impl Config {
             client_auth: self.client_auth,
             client_ca: PemSource::new(&self.client_ca, "--client-ca / DISCOUNT_CLIENT_CA"),
             server_names: self.server_names.clone(),
+            allow_clients: self.allow_clients.clone(),
         }
     }
 

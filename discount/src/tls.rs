@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::authz::{Allowed, check_allow_list};
 use crate::error::StartupError;
 
 /// Which clients discount accepts.
@@ -69,6 +70,9 @@ pub struct ServerTls {
     /// Names clients dial; the doctor requires `cert` to cover each. Empty:
     /// it only warns when `localhost` is not covered.
     pub server_names: Vec<String>,
+    /// The allow-list, which the doctor checks against the identities in
+    /// sight ([`crate::authz::check_allow_list`]).
+    pub allow_clients: Vec<Allowed>,
 }
 
 /// Re-reads the TLS files into the configuration new connections use.
@@ -82,6 +86,13 @@ impl ServerTls {
         let mut report = doctor::check_identity(&self.cert, &self.key, &self.role(), now);
         if self.client_auth != ClientAuth::None {
             report.extend(doctor::check_ca(&self.client_ca, now));
+            if let Ok(cert) = PemFile::read(&self.cert) {
+                report.extend(check_allow_list(
+                    &self.allow_clients,
+                    &cert,
+                    &self.client_ca,
+                ));
+            }
         }
         report
     }
@@ -105,6 +116,11 @@ impl ServerTls {
         let mut report = doctor::check_identity_files(&cert, &key, &self.role(), now);
         if let Clients::Verified { ca, .. } = &clients {
             report.extend(doctor::check_ca_file(ca, now));
+            report.extend(check_allow_list(
+                &self.allow_clients,
+                &cert,
+                &self.client_ca,
+            ));
         }
         report.enforce()?;
         build(&cert, &key, &clients)

@@ -44,8 +44,51 @@ fn keys_from_gen_keys_pass_the_doctor() -> SetupResult<()> {
 
     let checked = discount(keys.path(), &["--check-certs"])?;
     assert!(checked.status.success(), "{}", text(&checked.stdout));
-    assert_eq!(text(&checked.stdout), "certificates OK\n");
+    let cert = keys.path().join("cert.pem").display().to_string();
+    let client = keys.path().join("client.pem").display().to_string();
+    assert_eq!(
+        text(&checked.stdout),
+        format!(
+            "info: {cert}: carries the workload identity spiffe://ecommerce.local/discount\n\
+             info: {client}: the catalog's certificate beside --client-ca, spiffe://ecommerce.local/catalog, is on the allow-list\n\
+             certificates OK\n"
+        )
+    );
+    Ok(())
+}
 
+#[test]
+fn the_doctor_warns_when_the_allow_list_admits_nobody_it_can_see() -> SetupResult<()> {
+    let keys = tempfile::tempdir()?;
+    let made = Command::new("bash")
+        .arg(repo_root().join("scripts/gen-keys.sh"))
+        .args(["--trust-domain", "shop.example", "--dir"])
+        .arg(keys.path())
+        .output()?;
+    assert!(made.status.success(), "{}", text(&made.stderr));
+
+    // The default allow-list is for ecommerce.local: nothing of this PKI.
+    let checked = discount(keys.path(), &["--check-certs"])?;
+    let report = text(&checked.stdout);
+    assert!(checked.status.success(), "warnings only: {report}");
+    for expected in [
+        "carries the workload identity spiffe://shop.example/discount",
+        "names no identity in discount's own trust domain spiffe://shop.example/",
+        "presents spiffe://shop.example/catalog, which --allow-client (spiffe://ecommerce.local/catalog) does not admit",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+
+    // Allowing the trust domain settles both.
+    let checked = discount(
+        keys.path(),
+        &["--check-certs", "--allow-client", "spiffe://shop.example/*"],
+    )?;
+    assert!(
+        !text(&checked.stdout).contains("warning"),
+        "{}",
+        text(&checked.stdout)
+    );
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use crate::pem::{GEN_KEYS_HINT, PemFile, PemSource};
 
 mod x509;
 
-use x509::{check_purpose, check_validity, is_ca, subject};
+use x509::{check_identity_uri, check_purpose, check_validity, is_ca, subject};
 
 /// How to replace development keys, quoted where a certificate must be renewed.
 const REGEN_HINT: &str = "`scripts/gen-keys.sh --force` makes new development keys";
@@ -28,6 +28,8 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
+    /// What the material says (the identity a certificate carries).
+    Info,
     /// Worth knowing; the service starts.
     Warning,
     /// The material cannot work; the service does not start.
@@ -48,6 +50,7 @@ pub struct Finding {
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let level = match self.severity {
+            Severity::Info => "info",
             Severity::Warning => "warning",
             Severity::Error => "error",
         };
@@ -89,7 +92,8 @@ impl Report {
         self.findings.extend(other.findings);
     }
 
-    pub(crate) fn add(&mut self, severity: Severity, file: &PemSource, message: impl Into<String>) {
+    /// Adds a finding about `file`.
+    pub fn add(&mut self, severity: Severity, file: &PemSource, message: impl Into<String>) {
         self.findings.push(Finding {
             severity,
             file: file.path.clone(),
@@ -104,7 +108,8 @@ impl Report {
 pub struct CertificateErrors(pub Vec<Finding>);
 
 impl Report {
-    /// Logs the warnings, and turns the errors, if any, into an error.
+    /// Logs the warnings (and the rest at info level), and turns the
+    /// errors, if any, into an error.
     ///
     /// # Errors
     /// [`CertificateErrors`] with every error finding.
@@ -113,8 +118,12 @@ impl Report {
             .findings
             .into_iter()
             .partition(|f| f.severity == Severity::Error);
-        for warning in warnings {
-            tracing::warn!(file = %warning.file.display(), "{}", warning.message);
+        for finding in warnings {
+            if finding.severity == Severity::Warning {
+                tracing::warn!(file = %finding.file.display(), "{}", finding.message);
+            } else {
+                tracing::info!(file = %finding.file.display(), "{}", finding.message);
+            }
         }
         if errors.is_empty() {
             Ok(())
@@ -176,6 +185,7 @@ pub fn check_identity_files(
         Ok((_, leaf)) => {
             check_validity(&mut report, cert, &leaf, now);
             check_purpose(&mut report, cert, &leaf, role);
+            check_identity_uri(&mut report, cert, &leaf, role);
         }
         Err(error) => report.add(
             Severity::Error,
@@ -353,13 +363,25 @@ mod tests {
             .collect()
     }
 
+    /// Adds the workload identity `uri` to a certificate's names.
+    fn with_identity(uri: &'static str) -> impl FnOnce(&mut CertificateParams) {
+        move |p| {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        }
+    }
+
     #[test]
-    fn a_good_server_identity_has_no_findings() {
+    fn a_good_server_identity_has_no_findings_but_its_workload_identity() {
         let files = Files::new();
         let (cert, key) = issue(
             &files,
             "good",
-            &params(&["localhost", "127.0.0.1"], "localhost", |_| {}),
+            &params(
+                &["localhost", "127.0.0.1"],
+                "localhost",
+                with_identity("spiffe://ecommerce.local/discount"),
+            ),
         );
         let report = check_identity(
             &cert,
@@ -367,7 +389,40 @@ mod tests {
             &server(&["localhost", "127.0.0.1"]),
             mid_january_2030(),
         );
-        assert!(report.findings.is_empty(), "{:?}", report.findings);
+        assert_eq!(
+            report
+                .findings
+                .iter()
+                .map(|f| (f.severity, f.message.as_str()))
+                .collect::<Vec<_>>(),
+            [(
+                Severity::Info,
+                "carries the workload identity spiffe://ecommerce.local/discount"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_certificate_without_a_workload_identity_is_a_warning_naming_who_refuses_it() {
+        let files = Files::new();
+        let client = params(&["catalog"], "catalog", |p| {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        });
+        let (cert, key) = issue(&files, "nameless", &client);
+        let report = check_identity(&cert, &key, &Role::Client, mid_january_2030());
+        assert!(report.is_ok());
+        let warnings = messages(&report, Severity::Warning).join("\n");
+        assert!(warnings.contains("carries no identity"), "{warnings}");
+        assert!(warnings.contains("--allow-client"), "{warnings}");
+
+        let (cert, key) = issue(
+            &files,
+            "server",
+            &params(&["localhost"], "localhost", |_| {}),
+        );
+        let report = check_identity(&cert, &key, &server(&["localhost"]), mid_january_2030());
+        let warnings = messages(&report, Severity::Warning).join("\n");
+        assert!(warnings.contains("--discount-identity"), "{warnings}");
     }
 
     #[test]
@@ -470,7 +525,11 @@ mod tests {
         let (cert, key) = issue(
             &files,
             "named",
-            &params(&["discount.internal"], "discount", |_| {}),
+            &params(
+                &["discount.internal"],
+                "discount",
+                with_identity("spiffe://ecommerce.local/discount"),
+            ),
         );
         let strict = check_identity(&cert, &key, &server(&["localhost"]), mid_january_2030());
         let errors = messages(&strict, Severity::Error).join("");

@@ -1,5 +1,6 @@
 //! What the doctor reads in one X.509 certificate: its dates, whether it is
-//! a CA, what it may be used for, and which names it covers.
+//! a CA, what it may be used for, which names it covers, and the workload
+//! identity it carries.
 //!
 //! Each function adds findings to a [`Report`] in the words of the fix, so
 //! the callers in the parent module only decide which file to examine for
@@ -12,6 +13,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 use super::{EXPIRY_WARNING, Report, Role, Severity};
+use crate::identity::{DEV_TRUST_DOMAIN, PeerIdentity};
 use crate::pem::{GEN_KEYS_HINT, PemSource};
 
 pub(super) fn check_validity(
@@ -94,6 +96,41 @@ pub(super) fn check_purpose(
     }
     if let Role::Server { names, strict } = role {
         check_names(report, file, certificate, names, *strict);
+    }
+}
+
+/// Reports the workload identity the certificate carries (its URI
+/// subjectAltName), and warns when the peer will not find the one it
+/// checks by default.
+pub(super) fn check_identity_uri(
+    report: &mut Report,
+    file: &PemSource,
+    certificate: &X509Certificate<'_>,
+    role: &Role,
+) {
+    let (who, checked_by) = match role {
+        Role::Server { .. } => (
+            "discount",
+            "the catalog checks discount's by default (--discount-identity spiffe://ecommerce.local/discount) and refuses it otherwise",
+        ),
+        Role::Client => (
+            "the catalog",
+            "discount's allow-list (--allow-client) lets in only listed identities, so it refuses this client",
+        ),
+    };
+    match PeerIdentity::of(certificate) {
+        PeerIdentity::Uri(uri) => report.add(
+            Severity::Info,
+            file,
+            format!("carries the workload identity {uri}"),
+        ),
+        other => report.add(
+            Severity::Warning,
+            file,
+            format!(
+                "{other}: {checked_by}. Issue {who}'s certificate with one URI subjectAltName such as spiffe://{DEV_TRUST_DOMAIN}/<workload> ({GEN_KEYS_HINT})"
+            ),
+        ),
     }
 }
 
