@@ -12,6 +12,7 @@ check failed.
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 import urllib.error
@@ -50,6 +51,23 @@ class Checks:
         else:
             self.failed += 1
             print(f"FAIL {name}: {detail}")
+
+
+def issue_client(keys, name, identity):
+    """A client certificate from the keys' CA carrying the workload identity
+    `identity`, written to keys/NAME.pem and keys/NAME.key, with openssl as
+    scripts/gen-keys.sh makes the catalog's."""
+    key, csr, cert, ext = (f"{keys}/{name}.{suffix}" for suffix in ("key", "csr", "pem", "ext"))
+    with open(ext, "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                f"extendedKeyUsage=clientAuth\nsubjectAltName=DNS:{name},URI:{identity}\n")
+    for command in (
+        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key],
+        ["openssl", "req", "-new", "-key", key, "-subj", f"/CN={name}", "-out", csr],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", f"{keys}/ca.pem", "-CAkey", f"{keys}/ca.key",
+         "-set_serial", "0x1" + os.urandom(8).hex(), "-days", "1", "-sha256", "-extfile", ext, "-out", cert],
+    ):
+        subprocess.run(command, check=True, capture_output=True)
 
 
 def start_catalog(bin_dir, keys, discount_port):
@@ -91,11 +109,11 @@ def main():
         with open(f"{args.keys}/{name}", "rb") as f:
             return f.read()
 
-    def channel(port, with_certificate=True):
+    def channel(port, with_certificate=True, client="client"):
         credentials = grpc.ssl_channel_credentials(
             root_certificates=read("ca.pem"),
-            private_key=read("client.key") if with_certificate else None,
-            certificate_chain=read("client.pem") if with_certificate else None,
+            private_key=read(f"{client}.key") if with_certificate else None,
+            certificate_chain=read(f"{client}.pem") if with_certificate else None,
         )
         # The server certificate names localhost; we dial the IPv4 loopback.
         options = [("grpc.ssl_target_name_override", "localhost")]
@@ -186,6 +204,42 @@ def main():
                     error.code() == grpc.StatusCode.UNAVAILABLE,
                     f"{error.code()}: {error.details()}",
                 )
+
+        # A certificate from the same CA for a workload not on discount's
+        # allow-list: authenticated, not authorized.
+        intruder = "spiffe://ecommerce.local/intruder"
+        issue_client(args.keys, "intruder", intruder)
+        with channel(discount.port, client="intruder") as ch:
+            stub = ecommerce_pb2_grpc.DiscountStub(ch)
+            calls = {
+                "ApplyDiscount": lambda: stub.ApplyDiscount(
+                    ecommerce_pb2.DiscountRequest(customer=ecommerce_pb2.Customer(id=1),
+                                                  product=ecommerce_pb2.Product(id=1, price_in_cents=1000)),
+                    timeout=TIMEOUT),
+                "ApplyDiscounts": lambda: stub.ApplyDiscounts(
+                    ecommerce_pb2.DiscountsRequest(customer=ecommerce_pb2.Customer(id=1),
+                                                   products=[ecommerce_pb2.Product(id=1, price_in_cents=1000)]),
+                    timeout=TIMEOUT),
+            }
+            for method, call in calls.items():
+                name = f"grpcio client with an unlisted identity: {method} is PERMISSION_DENIED naming it"
+                try:
+                    call()
+                    checks.check(name, False, "it was served")
+                except grpc.RpcError as error:
+                    checks.check(
+                        name,
+                        error.code() == grpc.StatusCode.PERMISSION_DENIED and intruder in error.details()
+                        and "--allow-client" in error.details(),
+                        f"{error.code()}: {error.details()}",
+                    )
+            status = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service="ecommerce.Discount"), timeout=TIMEOUT).status
+            checks.check(
+                "grpcio client with an unlisted identity: the health check is answered",
+                status == health_pb2.HealthCheckResponse.SERVING,
+                health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+            )
 
         # 2. Our catalog against a grpcio discount server, compared byte for
         #    byte with our catalog against our own discount. The Python server,
