@@ -3,10 +3,11 @@
 //! TLS authenticates a client (its certificate is signed by
 //! `--client-ca`); this authorizes it. Each connection's identity is read
 //! once, from the verified client certificate, when its handshake ends
-//! ([`Authenticated`]); every call to `ecommerce.Discount` is then checked
-//! against `--allow-client` ([`Authorize`]). Health and reflection stay
-//! open to any client the TLS layer let in, so probes and operators need
-//! no place on the list.
+//! ([`Authenticated`]); every call to `ecommerce.Discount` (indeed every
+//! call but health and reflection) is then checked against
+//! `--allow-client` ([`Authorize`]). Health and reflection stay open to any
+//! client the TLS layer let in, so probes and operators need no place on
+//! the list.
 //!
 //! A refusal is `PERMISSION_DENIED` naming the identity presented and the
 //! flag that would allow it, never what the list holds, and one log line
@@ -30,8 +31,15 @@ use tonic::codegen::http;
 use tonic::transport::server::Connected;
 use tower::{Layer, Service};
 
-/// The methods that need an allowed identity.
-const GUARDED: &str = "/ecommerce.Discount/";
+/// The services any client the TLS layer let in may call. Everything else
+/// (`ecommerce.Discount`, and any path that names no known service) needs
+/// an allowed identity: deny by default, so no spelling of a path that the
+/// router might still match gets around the list.
+const OPEN: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
 
 /// One entry of `--allow-client`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +278,8 @@ where
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let path = request.uri().path();
-        if self.authorize.allowed.is_some() && path.starts_with(GUARDED) {
+        let open = OPEN.iter().any(|service| path.starts_with(service));
+        if self.authorize.allowed.is_some() && !open {
             let anonymous = PeerIdentity::Anonymous;
             let identity = request
                 .extensions()
@@ -289,7 +298,10 @@ where
                             >>()
                             .and_then(|info| info.get_ref().remote_addr())
                     });
-                let refusal = self.authorize.refuse(identity, &path[1..], peer);
+                // The path as the client sent it, bounded: it goes into
+                // the answer and the log.
+                let method: String = path.get(1..).unwrap_or(path).chars().take(128).collect();
+                let refusal = self.authorize.refuse(identity, &method, peer);
                 return Box::pin(std::future::ready(Ok(refusal)));
             }
         }

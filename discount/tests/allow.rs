@@ -254,3 +254,49 @@ fn a_malformed_entry_is_refused_at_start_with_the_forms_that_work() {
         );
     }
 }
+
+/// One unary call of `path` (any spelling) over `channel`, with an
+/// `ApplyDiscount` request as the message: the status code.
+async fn raw_call(channel: &Channel, path: &'static str) -> SetupResult<Code> {
+    use ecommerce_proto::pb::DiscountResponse;
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await?;
+    let codec = tonic_prost::ProstCodec::<_, DiscountResponse>::default();
+    let request = tonic::Request::new(discount_request(1, product(1, 1000)));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let answer = tokio::time::timeout(HANG, grpc.unary(request, path, codec)).await?;
+    Ok(answer.err().map_or(Code::Ok, |status| status.code()))
+}
+
+#[tokio::test]
+async fn every_path_but_health_and_reflection_needs_an_allowed_identity() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client_as("intruder", &[INTRUDER])?;
+    let server = DiscountServer::start(&pki).await?;
+    let intruder = as_client(&server, &pki, "intruder").await?;
+    let catalog = as_client(&server, &pki, "client").await?;
+    for path in [
+        "/ecommerce.Discount/ApplyDiscount",
+        "//ecommerce.Discount/ApplyDiscount",
+        "/ecommerce.Discount//ApplyDiscount",
+        "/ecommerce%2EDiscount/ApplyDiscount",
+        "/ECOMMERCE.DISCOUNT/APPLYDISCOUNT",
+        "/no.such.Service/Method",
+    ] {
+        assert_eq!(
+            raw_call(&intruder, path).await?,
+            Code::PermissionDenied,
+            "{path}"
+        );
+    }
+    // The allowed client reaches the router: the method, or nothing there.
+    assert_eq!(
+        raw_call(&catalog, "/ecommerce.Discount/ApplyDiscount").await?,
+        Code::Ok
+    );
+    assert_eq!(
+        raw_call(&catalog, "/no.such.Service/Method").await?,
+        Code::Unimplemented
+    );
+    Ok(())
+}
