@@ -39,6 +39,12 @@ catalog_port=${CATALOG_PORT:-11080}
 if [ ! -e keys/cert.pem ] && [ ! -e keys/ca.pem ]; then
   echo "run: no keys in keys/, making development keys"
   scripts/gen-keys.sh
+elif [ -e keys/client.pem ] && ! openssl x509 -in keys/client.pem -noout -ext subjectAltName 2>/dev/null | grep -q 'URI:spiffe://'; then
+  # Keys made before workload identities: discount would refuse the
+  # catalog, and the catalog discount, with every product undiscounted.
+  echo "run: keys/ predates workload identities (no spiffe:// URI in keys/client.pem)," >&2
+  echo "run: which discount's allow-list and the catalog now check; make new ones with: scripts/gen-keys.sh --force" >&2
+  exit 1
 fi
 
 echo "run: building ($profile)"
