@@ -300,3 +300,35 @@ async fn every_path_but_health_and_reflection_needs_an_allowed_identity() -> Set
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_flood_of_refused_calls_is_one_log_line_and_the_allowed_client_is_still_served()
+-> SetupResult<()> {
+    let (logs, _capturing) = Logs::capture();
+    let pki = Pki::generate()?;
+    pki.issue_client_as("intruder", &[INTRUDER])?;
+    // Room for two calls in flight in the whole server.
+    let server =
+        DiscountServer::start_with(&pki, &["--max-concurrent-calls", "2"], DiscountService).await?;
+    let intruder = as_client(&server, &pki, "intruder").await?;
+    let catalog = as_client(&server, &pki, "client").await?;
+    let floods = (0..200).map(|_| {
+        let channel = intruder.clone();
+        async move { raw_call(&channel, "/ecommerce.Discount/ApplyDiscount").await }
+    });
+    let (refused, allowed) = tokio::join!(futures_util::future::join_all(floods), async {
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            answers.push(both_methods(&catalog).await);
+        }
+        answers
+    });
+    for code in refused {
+        assert_eq!(code?, Code::PermissionDenied);
+    }
+    for answer in allowed {
+        assert_eq!(answer?, [Ok(900), Ok(900)]);
+    }
+    assert_eq!(logs.lines_with("call refused").len(), 1, "{}", logs.text());
+    Ok(())
+}
