@@ -125,3 +125,7 @@ chmod 644 "$dir/ca.pem" "$dir/cert.pem" "$dir/client.pem"
 echo "gen-keys: wrote ${files[*]} to $dir"
 echo "gen-keys: server certificate valid for localhost, 127.0.0.1 and ::1 for $days days"
 echo "gen-keys: identities spiffe://$trust_domain/discount (cert.pem) and spiffe://$trust_domain/catalog (client.pem)"
+if [ "$trust_domain" != ecommerce.local ]; then
+  echo "gen-keys: the services expect ecommerce.local by default; run discount with --allow-client spiffe://$trust_domain/catalog"
+  echo "gen-keys: and the catalog with --discount-identity spiffe://$trust_domain/discount"
+fi

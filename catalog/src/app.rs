@@ -82,6 +82,11 @@ impl Application {
             open_files,
         } = self;
         let (discount, options) = (config.discount(), config.serve_options());
+        if !config.discount_plaintext && config.discount_identity.0.is_none() {
+            tracing::warn!(
+                "--discount-identity is empty: any server certificate from --discount-ca valid for the name dialled is taken for discount, whatever workload it belongs to"
+            );
+        }
         if config.discount_plaintext {
             tracing::warn!(
                 "talking to discount in PLAINTEXT: no TLS, no authentication; only behind a service mesh that secures connections"

@@ -49,7 +49,9 @@ pub struct Config {
 
     /// The workload identity discount's certificate must carry, as a URI
     /// subjectAltName, besides being valid for `--discount-server-name`: a
-    /// certificate from the same CA for another workload is refused. Empty
+    /// certificate from the same CA for another workload is refused. Keys
+    /// made with `scripts/gen-keys.sh --trust-domain TD` need
+    /// `spiffe://TD/discount`. An empty value (`--discount-identity ''`)
     /// turns the check off, for a discount whose certificate carries no URI
     /// (one made before identities, or by another PKI).
     #[arg(long, env = "CATALOG_DISCOUNT_IDENTITY", default_value = "spiffe://ecommerce.local/discount", value_parser = crate::tls::expected_identity)]

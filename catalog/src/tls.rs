@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::doctor::{self, Report, Role};
-use common::identity::{PeerIdentity, parse_uri};
+use common::doctor::{self, Report, Role, Severity};
+use common::identity::{PeerIdentity, parse_uri, trust_domain};
 use common::pem::{PemFile, PemSource};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -97,7 +97,7 @@ impl Security {
                 ca,
                 client_cert,
                 client_key,
-                ..
+                identity,
             } => {
                 let now = SystemTime::now();
                 let mut report = doctor::check_ca(ca, now);
@@ -107,6 +107,9 @@ impl Security {
                     &Role::Client,
                     now,
                 ));
+                if let Ok(cert) = PemFile::read(client_cert) {
+                    report.extend(check_discount_identity(identity, ca, &cert));
+                }
                 report
             }
         }
@@ -148,6 +151,7 @@ impl Security {
             &Role::Client,
             now,
         ));
+        report.extend(check_discount_identity(identity, ca.source(), &cert));
         report.enforce()?;
         let webpki = WebPkiServerVerifier::builder_with_provider(
             Arc::new(ca.root_store()?),
@@ -187,6 +191,70 @@ mod tests {
     }
 }
 
+/// What the certificate doctor says of `--discount-identity`: the identity
+/// expected, or a warning that none is; a warning when it is outside the
+/// trust domain of the catalog's own certificate `client_cert` (keys made
+/// with another `--trust-domain`); and, in the development layout
+/// (discount's `cert.pem` beside the CA), whether that certificate carries
+/// it.
+fn check_discount_identity(
+    expected: &ExpectedIdentity,
+    ca: &PemSource,
+    client_cert: &PemFile,
+) -> Report {
+    let mut report = Report::default();
+    // Findings about the flag, not a file: named after it.
+    let flag = PemSource::new(
+        "--discount-identity",
+        "--discount-identity / CATALOG_DISCOUNT_IDENTITY",
+    );
+    let Some(expected) = &expected.0 else {
+        report.add(
+            Severity::Warning,
+            &flag,
+            "empty: any server certificate from --discount-ca valid for the name dialled is taken for discount, whatever workload it belongs to",
+        );
+        return report;
+    };
+    report.add(
+        Severity::Info,
+        &flag,
+        format!("discount's certificate must carry {expected}"),
+    );
+    let own = PeerIdentity::of_chain(client_cert.certificates().ok().as_deref());
+    if let (Some(own_domain), Some(expected_domain)) =
+        (own.uri().and_then(trust_domain), trust_domain(expected))
+        && own_domain != expected_domain
+    {
+        report.add(
+            Severity::Warning,
+            &flag,
+            format!(
+                "{expected} is outside the catalog's own trust domain {own_domain} (its certificate carries {own}); with keys from scripts/gen-keys.sh --trust-domain, set --discount-identity {own_domain}discount"
+            ),
+        );
+    }
+    let sibling = ca.path.parent().map(|dir| {
+        PemSource::new(
+            dir.join("cert.pem"),
+            "discount's certificate beside --discount-ca",
+        )
+    });
+    if let Some(file) = sibling.and_then(|source| PemFile::read(&source).ok()) {
+        let carried = PeerIdentity::of_chain(file.certificates().ok().as_deref());
+        if carried.uri() != Some(expected.as_str()) {
+            report.add(
+                Severity::Warning,
+                file.source(),
+                format!(
+                    "discount's certificate beside --discount-ca presents {carried}, not {expected}: the catalog will refuse it; set --discount-identity to what it carries"
+                ),
+            );
+        }
+    }
+    report
+}
+
 /// The TLS settings of one generation, put on each replica's endpoint.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
@@ -221,7 +289,7 @@ pub struct DiscountVerifier {
 /// the same as `Display`: the log then reads as a sentence.
 #[derive(thiserror::Error)]
 #[error(
-    "discount's certificate carries {found}, not the identity {expected} the catalog expects (--discount-identity); issue discount's certificate with that URI subjectAltName (scripts/gen-keys.sh does), or set --discount-identity to the identity it carries, or to an empty value to skip this check"
+    "discount's certificate carries {found}, not the identity {expected} the catalog expects (--discount-identity); set --discount-identity to the identity discount's certificate carries (with scripts/gen-keys.sh --trust-domain TD, spiffe://TD/discount), or issue discount's certificate with {expected} as its URI subjectAltName"
 )]
 struct NotDiscount {
     found: PeerIdentity,

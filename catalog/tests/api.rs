@@ -181,6 +181,33 @@ fn check_certs(dir: &std::path::Path) -> SetupResult<std::process::Output> {
 }
 
 #[test]
+fn keys_of_another_trust_domain_make_the_doctor_name_the_flag_to_set() -> SetupResult<()> {
+    let keys = tempfile::tempdir()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gen-keys.sh");
+    let made = std::process::Command::new("bash")
+        .arg(script)
+        .args(["--trust-domain", "shop.example", "--dir"])
+        .arg(keys.path())
+        .output()?;
+    let said = String::from_utf8_lossy(&made.stdout);
+    assert!(
+        said.contains("--discount-identity spiffe://shop.example/discount"),
+        "{said}"
+    );
+    let checked = check_certs(keys.path())?;
+    let report = String::from_utf8_lossy(&checked.stdout);
+    for expected in [
+        "outside the catalog's own trust domain spiffe://shop.example/",
+        "set --discount-identity spiffe://shop.example/discount",
+        "presents spiffe://shop.example/discount, not spiffe://ecommerce.local/discount",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+    assert!(checked.status.success(), "warnings only");
+    Ok(())
+}
+
+#[test]
 fn keys_from_gen_keys_pass_the_catalogs_certificate_doctor() -> SetupResult<()> {
     let keys = tempfile::tempdir()?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gen-keys.sh");
@@ -199,7 +226,9 @@ fn keys_from_gen_keys_pass_the_catalogs_certificate_doctor() -> SetupResult<()> 
     assert_eq!(
         String::from_utf8_lossy(&checked.stdout),
         format!(
-            "info: {}: carries the workload identity spiffe://ecommerce.local/catalog\ncertificates OK\n",
+            "info: {}: carries the workload identity spiffe://ecommerce.local/catalog\n\
+             info: --discount-identity: discount's certificate must carry spiffe://ecommerce.local/discount\n\
+             certificates OK\n",
             client.display()
         )
     );

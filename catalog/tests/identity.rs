@@ -76,6 +76,13 @@ async fn a_discount_whose_certificate_carries_another_identity_is_refused_and_sa
         .ok_or_else(|| format!("the reason was not logged:\n{}", logs.text()))?;
     assert!(line.contains(orders), "{line}");
     assert!(line.contains("--discount-identity"), "{line}");
+    let ready = catalog.readiness().await?;
+    assert_eq!(ready.status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready.body.contains("TLS handshake failed"),
+        "{}",
+        ready.body
+    );
 
     // Told to expect that identity, or to check none, it is discount.
     for expected in [orders, ""] {
@@ -162,5 +169,61 @@ async fn a_rotated_client_certificate_keeps_its_place_by_identity_and_another_is
         .await
         .ok_or_else(|| format!("the refusal was not logged:\n{}", logs.text()))?;
     assert!(line.contains(intruder), "{line}");
+    // Not ready: the one replica will not serve this catalog.
+    let ready = catalog.readiness().await?;
+    assert_eq!(ready.status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready.body.contains("refuses this catalog's identity"),
+        "{}",
+        ready.body
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_refuses_the_catalog_is_passed_over_for_one_that_does_not() -> SetupResult<()>
+{
+    let pki = Pki::generate()?;
+    // Two replicas, one of them with an allow-list that forgot the catalog.
+    let welcoming = DiscountServer::start(&pki).await?;
+    let forgetful = DiscountServer::start_with(
+        &pki,
+        &["--allow-client", "spiffe://ecommerce.local/orders"],
+        DiscountService,
+    )
+    .await?;
+    let list = format!("{},{}", welcoming.addr(), forgetful.addr());
+    let catalog = Catalog::start_with(
+        &list,
+        &pki.path("ca.pem"),
+        HEALTHY_DEADLINE,
+        // Out for long once out, so the state read below is not a probe's.
+        &[
+            "--discount-server-name",
+            "localhost",
+            "--discount-backoff-min",
+            "20s",
+            "--discount-backoff-max",
+            "20s",
+        ],
+    )
+    .await?;
+    let applied = (CUSTOMER_1.to_owned(), APPLIED.map(str::to_owned));
+    for _ in 0..30 {
+        assert_eq!(listing(&catalog).await?, applied);
+    }
+    let states: Vec<String> = catalog
+        .discount
+        .replicas()
+        .into_iter()
+        .filter(|replica| replica.addr == forgetful.addr())
+        .map(|replica| replica.state)
+        .collect();
+    assert!(
+        states
+            .iter()
+            .all(|state| state.contains("refuses this catalog's identity")),
+        "{states:?}"
+    );
     Ok(())
 }

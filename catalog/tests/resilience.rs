@@ -152,7 +152,7 @@ async fn a_catalog_that_does_not_trust_discounts_certificate_lists_without_disco
 
     // The log says it is the certificate, not the network; /readyz tells
     // any caller only the kind of failure.
-    assert_cause_logged_not_told(&catalog, &logs, "invalid peer certificate").await
+    assert_cause_logged_not_told(&catalog, &logs, TLS_FAILED, "invalid peer certificate").await
 }
 
 #[tokio::test]
@@ -180,7 +180,7 @@ async fn the_server_name_is_checked_against_discounts_certificate() -> SetupResu
         misnamed.priced("1").await?,
         (PLAIN.to_owned(), unavailable())
     );
-    assert_cause_logged_not_told(&misnamed, &logs, "not valid for name").await
+    assert_cause_logged_not_told(&misnamed, &logs, TLS_FAILED, "not valid for name").await
 }
 
 #[tokio::test]
@@ -191,14 +191,18 @@ async fn a_refused_connection_is_reported_with_its_cause() -> SetupResult<()> {
     let catalog =
         Catalog::start(&closed.to_string(), &pki.path("ca.pem"), HEALTHY_DEADLINE).await?;
     // tonic alone says "transport error"; the chain, in the log, says why.
-    assert_cause_logged_not_told(&catalog, &logs, "Connection refused").await
+    assert_cause_logged_not_told(&catalog, &logs, "unreachable", "Connection refused").await
 }
 
-/// `/readyz` answers that the replica is unreachable and no more, while
-/// the log has the cause, `detail`.
+/// What `/readyz` says of a replica whose certificate was refused.
+const TLS_FAILED: &str = "TLS handshake failed";
+
+/// `/readyz` answers that the replica is ejected and `why`, and no more,
+/// while the log has the cause, `detail`.
 async fn assert_cause_logged_not_told(
     catalog: &Catalog,
     logs: &Logs,
+    why: &str,
     detail: &str,
 ) -> SetupResult<()> {
     let answer = catalog
@@ -213,7 +217,9 @@ async fn assert_cause_logged_not_told(
         )
     );
     assert!(
-        replica.contains(" ejected (unreachable; the log says why), next probe in "),
+        replica.contains(&format!(
+            " ejected ({why}; the log says why), next probe in "
+        )),
         "{}",
         answer.body
     );

@@ -16,9 +16,12 @@ use std::time::{Duration, Instant};
 const INTERVAL: Duration = Duration::from_secs(5);
 
 /// The most distinct causes remembered: a bound on memory, whatever the
-/// causes. Past it, new causes share one record ([`OTHER`]) and so one
-/// line an interval; starting afresh instead let a client that varies
-/// its failure (256 TLS alert codes) log one line a connection.
+/// causes. When the table is full, causes not logged for an interval are
+/// forgotten (their count since is lost); if none is that old, new causes
+/// share one record ([`OTHER`]) and so one line an interval. Starting
+/// afresh instead let a client that varies its failure (256 TLS alert
+/// codes) log one line a connection; never forgetting let old causes hide
+/// every new one for good.
 const MAX_CAUSES: usize = 64;
 
 /// The record shared by causes that found the table full.
@@ -36,6 +39,9 @@ impl Quiet {
     /// stay quiet.
     pub fn should_log(&self, cause: &str, now: Instant) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if !seen.contains_key(cause) && seen.len() >= MAX_CAUSES - 1 {
+            seen.retain(|_, (last, _)| now.duration_since(*last) < INTERVAL);
+        }
         let cause = if seen.contains_key(cause) || seen.len() < MAX_CAUSES - 1 {
             cause
         } else {
@@ -93,5 +99,17 @@ mod tests {
         // however many distinct ones keep coming.
         assert_eq!(logged, MAX_CAUSES - 2);
         assert_eq!(quiet.should_log("hung", now), None, "forgotten");
+    }
+
+    #[test]
+    fn a_full_table_forgets_causes_not_logged_for_an_interval() {
+        let quiet = Quiet::default();
+        let now = Instant::now();
+        for i in 0..MAX_CAUSES {
+            let _ = quiet.should_log(&format!("old cause {i}"), now);
+        }
+        assert_eq!(quiet.should_log("new", now), None, "full: shared line");
+        // An interval later the old ones make room: a new cause is logged.
+        assert_eq!(quiet.should_log("newer", now + INTERVAL), Some(0));
     }
 }

@@ -125,6 +125,9 @@ impl<S: Discount> Application<S> {
                     open_files,
                     "Running Discount service on {addr} in PLAINTEXT: no TLS, no authentication; only behind a service mesh that secures connections"
                 );
+                tracing::warn!(
+                    "the allow-list (--allow-client) is off in plaintext: no client certificate, so no identity to check"
+                );
                 (Transport::Plaintext, None)
             }
         };

@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use common::doctor::{Report, Severity};
-use common::identity::{PeerIdentity, parse_uri};
+use common::identity::{PeerIdentity, parse_prefix, parse_uri, shown, trust_domain};
 use common::pem::{PemFile, PemSource};
 use common::quiet::Quiet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -65,16 +65,15 @@ impl Allowed {
         if text.eq_ignore_ascii_case("any") {
             return Ok(Self::Any);
         }
-        let forms = "give an identity (spiffe://ecommerce.local/catalog), every identity under a prefix (spiffe://ecommerce.local/*), or any";
+        let forms = "an entry is an identity (spiffe://ecommerce.local/catalog), every identity under a prefix (spiffe://ecommerce.local/*), or any";
         if let Some(prefix) = text.strip_suffix('*') {
             if !prefix.ends_with('/') || prefix.contains('*') {
                 return Err(format!(
                     "{text:?}: a * may only stand for everything after the last /; {forms}"
                 ));
             }
-            let domain =
-                parse_uri(prefix.trim_end_matches('/')).map_err(|e| format!("{e}; {forms}"))?;
-            return Ok(Self::Under(format!("{domain}/")));
+            let prefix = parse_prefix(prefix).map_err(|e| format!("{e}; {forms}"))?;
+            return Ok(Self::Under(prefix));
         }
         if text.contains('*') {
             return Err(format!("{text:?}: a * may only end the entry; {forms}"));
@@ -122,14 +121,26 @@ impl std::fmt::Display for Allowed {
 /// CA), whether the catalog's identity is admitted.
 pub fn check_allow_list(allowed: &[Allowed], cert: &PemFile, client_ca: &PemSource) -> Report {
     let mut report = Report::default();
-    if allowed.contains(&Allowed::Any) {
-        return report;
-    }
     let listed = allowed
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    // Findings about the flag, not a file: named after it.
+    let flag = PemSource::new("--allow-client", "--allow-client / DISCOUNT_ALLOW_CLIENTS");
+    if allowed.contains(&Allowed::Any) {
+        report.add(
+            Severity::Warning,
+            &flag,
+            "any: every client the TLS layer accepts may call ecommerce.Discount, whatever its identity",
+        );
+        return report;
+    }
+    report.add(
+        Severity::Info,
+        &flag,
+        format!("ecommerce.Discount is open to {listed}"),
+    );
     let own = cert
         .certificates()
         .ok()
@@ -176,13 +187,6 @@ pub fn check_allow_list(allowed: &[Allowed], cert: &PemFile, client_ca: &PemSour
     report
 }
 
-/// `scheme://authority/` of an identity URI: its trust domain.
-fn trust_domain(uri: &str) -> Option<String> {
-    let (scheme, rest) = uri.split_once("://")?;
-    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
-    Some(format!("{scheme}://{authority}/"))
-}
-
 /// The allow-list, or none when there is no identity to check
 /// (`--client-auth none`, plaintext).
 #[derive(Debug, Clone)]
@@ -223,22 +227,31 @@ impl Authorize {
         peer: Option<SocketAddr>,
     ) -> http::Response<tonic::body::Body> {
         let message = match identity {
-            PeerIdentity::Uri(uri) => format!(
-                "the client identity {uri} may not call {method}; to let it in, add --allow-client {uri} (DISCOUNT_ALLOW_CLIENTS) on discount"
-            ),
+            PeerIdentity::Uri(uri) => {
+                // At most a couple of hundred characters of it: the
+                // answer's size must not be the certificate's choice.
+                let uri = shown(uri);
+                format!(
+                    "the client identity {uri} may not call {method}; to let it in, add {uri} to discount's allow-list, keeping the entries already there (--allow-client, repeated, or DISCOUNT_ALLOW_CLIENTS, comma-separated; the flag replaces the default)"
+                )
+            }
             PeerIdentity::Anonymous => format!(
                 "{method} needs a client certificate with an allowed identity and none was presented; present one, or let anonymous clients in with --allow-client any on discount"
             ),
             other => format!(
-                "the client presented {other}, so it may not call {method}; issue its certificate with one URI subjectAltName such as spiffe://ecommerce.local/<workload> (scripts/gen-keys.sh does) and add that with --allow-client on discount"
+                "the client presented {other}, so it may not call {method}; issue its certificate with one URI subjectAltName such as spiffe://ecommerce.local/<workload> and add that to discount's allow-list (--allow-client)"
             ),
         };
-        let key = identity.to_string();
+        let key = match identity {
+            PeerIdentity::Uri(uri) => shown(uri),
+            other => other.to_string(),
+        };
         if let Some(unlogged) = self.quiet.should_log(&key, Instant::now()) {
+            let peer = peer.map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
             // Debug formatting: the identity comes from a certificate, and
             // must not forge log lines.
-            tracing::warn!(peer = ?peer, identity = ?key, method, unlogged,
-                "call refused: identity not on the allow-list (--allow-client)");
+            tracing::warn!(%peer, identity = ?key, method, unlogged,
+                "call refused by the allow-list (--allow-client)");
         }
         tonic::Status::permission_denied(message).into_http()
     }

@@ -62,9 +62,12 @@ pub struct Config {
     /// URI subjectAltName of its certificate) must match an entry, either
     /// exactly (`spiffe://ecommerce.local/catalog`) or under a prefix
     /// (`spiffe://ecommerce.local/*`, the whole trust domain). `any` lets in
-    /// every client the TLS layer accepts. Repeat, or separate with commas.
-    /// Health and reflection are open to any such client. Off with
-    /// `--client-auth none`, where no client has an identity.
+    /// every client the TLS layer accepts. Repeat the flag, or separate with
+    /// commas; the entries given replace the default, so list the catalog
+    /// too when adding a workload. Keys made with `scripts/gen-keys.sh
+    /// --trust-domain TD` need `spiffe://TD/catalog`. Health and reflection
+    /// are open to any client. Off with `--client-auth none`, where no client
+    /// has an identity.
     #[arg(
         long = "allow-client",
         env = "DISCOUNT_ALLOW_CLIENTS",

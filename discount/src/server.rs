@@ -181,6 +181,7 @@ pub async fn serve<S: Discount>(
         .add_service(reflection_v1alpha)
         .add_service(discount);
     let limit = options.handshake_timeout;
+    let authorize = options.authorize.clone();
     let bounds = ConnectionBounds {
         max_connections: options.max_connections,
         // tonic sends GOAWAY at the age; unary calls then end within
@@ -199,18 +200,20 @@ pub async fn serve<S: Discount>(
                         let incoming = incoming(listener, tracker, bounds, move |tcp, peer| {
                             let config = Arc::clone(&tls.borrow());
                             let quiet = Arc::clone(&quiet);
+                            let authorize = authorize.clone();
                             async move {
                                 let stream =
                                     tls::handshake(config, tcp, peer, limit, &quiet).await?;
                                 let identity = tls::client_identity(&stream);
-                                Some(Authenticated::new(stream, identity))
+                                let admitted = authorize.admits(&identity);
+                                Some((Authenticated::new(stream, identity), admitted))
                             }
                         });
                         Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
                     }
                     Transport::Plaintext => {
                         let incoming = incoming(listener, tracker, bounds, |tcp, _| {
-                            std::future::ready(Some(tcp))
+                            std::future::ready(Some((tcp, true)))
                         });
                         Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
                     }
@@ -241,12 +244,16 @@ struct ConnectionBounds {
 
 /// Accepts TCP connections, turns each into a stream with `upgrade` (the
 /// TLS handshake, or nothing) in a task of its own, and yields those that
-/// come through, tracked.
+/// come through, tracked. `upgrade` also says whether the client's
+/// identity is on the allow-list.
 ///
 /// At most `max_connections` are open at once, those still in their
 /// handshake included. At the limit, to make room, the oldest connection
-/// still in its handshake is closed, or else the one whose last call (or
-/// whose start, if none) began longest ago, idle or not. So neither
+/// still in its handshake is closed, or else the oldest whose client is
+/// not on the allow-list (it can reach health and reflection only, so
+/// churning such connections cannot push an allowed client out), or else
+/// the one whose last call (or whose start, if none) began longest ago,
+/// idle or not. So neither
 /// clients that connect and say nothing (with a valid certificate or
 /// without) nor clients that each hold one call open for ever (a health
 /// Watch, a message never finished) and reconnect when closed can keep a
@@ -267,7 +274,7 @@ fn incoming<IO, F, U>(
 ) -> ReceiverStream<io::Result<Tracked<IO>>>
 where
     IO: Send + 'static,
-    F: Future<Output = Option<IO>> + Send + 'static,
+    F: Future<Output = Option<(IO, bool)>> + Send + 'static,
     U: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
 {
     let ConnectionBounds {
@@ -277,6 +284,9 @@ where
     let (ready, incoming) = mpsc::channel(READY_QUEUE);
     let slots = Arc::new(Semaphore::new(max_connections));
     let handshaking = ConnectionTracker::new();
+    // Connections past their handshake whose client is not on the
+    // allow-list, oldest first.
+    let unlisted = ConnectionTracker::new();
     // Connections past their handshake by when their last call began.
     let by_last_call = ConnectionTracker::new();
     let quiet = Arc::new(Quiet::default());
@@ -291,6 +301,9 @@ where
             let made_room = |closed: Option<usize>| {
                 let what = match closed {
                     Some(0) => "closed the oldest unfinished TLS handshake to make room",
+                    Some(1) => {
+                        "closed the oldest connection of a client not on the allow-list to make room"
+                    }
                     Some(_) => {
                         "closed the connection whose last call began longest ago to make room"
                     }
@@ -305,7 +318,7 @@ where
             // call open (a Watch) and reconnects whenever it is closed
             // never is. By when the last call began, the one that holds a
             // call open goes first.
-            let displaceable = [&handshaking, &by_last_call];
+            let displaceable = [&handshaking, &unlisted, &by_last_call];
             let slot = tokio::select! {
                 () = ready.closed() => break,
                 slot = place_under(&slots, &displaceable, made_room) => slot,
@@ -317,7 +330,8 @@ where
             let handshake = handshaking.register();
             let evicted = handshake.closed();
             let upgraded = upgrade(tcp, peer);
-            let (ready, by_last_call) = (ready.clone(), by_last_call.clone());
+            let (ready, by_last_call, unlisted) =
+                (ready.clone(), by_last_call.clone(), unlisted.clone());
             // None only for a lifetime too long to represent: no end.
             let end_of_life = tokio::time::Instant::now().checked_add(lifetime);
             tokio::spawn(async move {
@@ -328,8 +342,9 @@ where
                 // Picked to make room just as the handshake finished: the
                 // newcomer waits for this slot, so give it up.
                 let evicted = handshake.leave();
-                if let Some(stream) = stream.filter(|_| !evicted) {
-                    let mut tracked = registration.wrap_watched(stream, &by_last_call);
+                if let Some((stream, admitted)) = stream.filter(|_| !evicted) {
+                    let ranked = if admitted { &by_last_call } else { &unlisted };
+                    let mut tracked = registration.wrap_watched(stream, ranked);
                     if let Some(end_of_life) = end_of_life {
                         tracked = tracked.closing_at(end_of_life);
                     }

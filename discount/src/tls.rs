@@ -261,7 +261,18 @@ pub(crate) async fn handshake(
         }
         Ok(Err(error)) => {
             if let Some(unlogged) = quiet.should_log(&error.to_string(), Instant::now()) {
-                tracing::warn!(%peer, %error, unlogged, "TLS handshake failed");
+                // An alert from the client means it refused discount's
+                // certificate, for a reason only its own log gives.
+                let refused_by_client = error
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|inner| matches!(inner, rustls::Error::AlertReceived(_)));
+                if refused_by_client {
+                    tracing::warn!(%peer, %error, unlogged,
+                        "TLS handshake failed: the client refused discount's certificate (its CA, the name it dialled or the workload identity it expects, such as the catalog's --discount-identity); its log says which");
+                } else {
+                    tracing::warn!(%peer, %error, unlogged, "TLS handshake failed");
+                }
             }
             None
         }

@@ -245,6 +245,11 @@ fn a_malformed_entry_is_refused_at_start_with_the_forms_that_work() {
         "*",
         "spiffe:///x",
         "",
+        // Could never match: no workload, or not as certificates spell it.
+        "spiffe://ecommerce.local/",
+        "spiffe://ecommerce.local",
+        "spiffe://Ecommerce.local/orders",
+        "SPIFFE://ecommerce.local/orders",
     ] {
         let parsed = discount::Config::try_parse_from(["discount", "--allow-client", bad]);
         let error = parsed.err().map(|e| e.to_string()).unwrap_or_default();
@@ -330,5 +335,71 @@ async fn a_flood_of_refused_calls_is_one_log_line_and_the_allowed_client_is_stil
         assert_eq!(answer?, [Ok(900), Ok(900)]);
     }
     assert_eq!(logs.lines_with("call refused").len(), 1, "{}", logs.text());
+    Ok(())
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_clients_not_on_the_list_make_room_first() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client_as("intruder", &[INTRUDER])?;
+    let server =
+        DiscountServer::start_with(&pki, &["--max-connections", "4"], DiscountService).await?;
+    // The allowed client, through a proxy that counts its connections.
+    let proxy = testkit::CountingProxy::start(server.addr()).await?;
+    let allowed = testkit::grpc_channel_with(
+        proxy.addr(),
+        &pki.path("ca.pem"),
+        Some(pki.identity("client")?),
+    )
+    .await?;
+    assert_eq!(both_methods(&allowed).await?, [Ok(900), Ok(900)]);
+
+    // Then clients not on the list take every slot, and keep coming: each
+    // newcomer's connection is newer than the allowed client's last call.
+    let mut unlisted = Vec::new();
+    for _ in 0..8 {
+        unlisted.push(as_client(&server, &pki, "intruder").await?);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The allowed client kept its connection.
+    assert_eq!(both_methods(&allowed).await?, [Ok(900), Ok(900)]);
+    assert_eq!(proxy.connections(), 1, "the allowed client was pushed out");
+    Ok(())
+}
+
+#[tokio::test]
+async fn identities_that_break_the_spiffe_rules_are_refused_and_shown_short_and_escaped()
+-> SetupResult<()> {
+    let (logs, _capturing) = Logs::capture();
+    let pki = Pki::generate()?;
+    let long = format!("spiffe://ecommerce.local/{}", "a".repeat(30_000));
+    let forged = "spiffe://ecommerce.local/x\nWARN forged line";
+    pki.issue_client_as("long", &[&long])?;
+    pki.issue_client_as("dotdot", &["spiffe://ecommerce.local/catalog/../orders"])?;
+    pki.issue_client_as("forged", &[forged])?;
+    // A prefix that would admit all three if they were taken as written.
+    let server = DiscountServer::start_with(
+        &pki,
+        &["--allow-client", "spiffe://ecommerce.local/*"],
+        DiscountService,
+    )
+    .await?;
+    for (name, why) in [
+        ("long", "longer than 2,048 bytes"),
+        ("dotdot", "none empty, '.' or '..'"),
+        ("forged", "characters other than printable ASCII"),
+    ] {
+        let channel = as_client(&server, &pki, name).await?;
+        let [single, _] = both_methods(&channel).await?;
+        let (code, message) = single.err().ok_or("answered")?;
+        assert_eq!(code, Code::PermissionDenied, "{name}");
+        assert!(message.contains(why), "{name}: {message}");
+        assert!(message.len() < 1_000, "{name}: {} bytes", message.len());
+    }
+    assert!(
+        !logs.text().contains("\nWARN forged line"),
+        "{}",
+        logs.text()
+    );
     Ok(())
 }

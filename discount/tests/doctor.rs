@@ -50,6 +50,7 @@ fn keys_from_gen_keys_pass_the_doctor() -> SetupResult<()> {
         text(&checked.stdout),
         format!(
             "info: {cert}: carries the workload identity spiffe://ecommerce.local/discount\n\
+             info: --allow-client: ecommerce.Discount is open to spiffe://ecommerce.local/catalog\n\
              info: {client}: the catalog's certificate beside --client-ca, spiffe://ecommerce.local/catalog, is on the allow-list\n\
              certificates OK\n"
         )

@@ -120,7 +120,30 @@ impl CallError {
     /// be sent again, to another replica: discount never processed it, or
     /// could not be reached, or said UNAVAILABLE.
     pub(crate) fn retryable(&self) -> bool {
-        self.never_processed() || self.is_unreachable()
+        self.never_processed() || self.is_unreachable() || self.is_refused()
+    }
+
+    /// Whether discount refused the catalog itself (PERMISSION_DENIED: its
+    /// identity is not on that replica's allow-list; UNAUTHENTICATED): the
+    /// handler never ran, and another replica may think otherwise.
+    pub(crate) fn is_refused(&self) -> bool {
+        matches!(self, Self::Status(status)
+            if matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated))
+    }
+
+    /// Whether the TLS handshake failed: a certificate refused by either
+    /// side (the CA, the name, discount's identity).
+    pub(crate) fn is_tls_failure(&self) -> bool {
+        let Self::Status(status) = self else {
+            return false;
+        };
+        causes(status).any(|cause| {
+            cause.is::<rustls::Error>()
+                || cause
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref)
+                    .is_some_and(|inner| inner.is::<rustls::Error>())
+        })
     }
 
     /// Whether discount could not be reached (connection refused, TLS

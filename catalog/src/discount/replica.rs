@@ -340,8 +340,23 @@ impl Replica {
             // --max-connection-age, or shutting down): nothing against it.
             Some(error) if error.never_processed() => false,
             Some(error) if error.is_unreachable() => {
-                self.eject(&mut state, "unreachable", &error.to_string());
+                let why = if error.is_tls_failure() {
+                    "TLS handshake failed"
+                } else {
+                    "unreachable"
+                };
+                self.eject(&mut state, why, &error.to_string());
                 true
+            }
+            // It will not serve this catalog (its allow-list): out at once,
+            // so /readyz says so, and back on probation after each wait.
+            Some(error) if error.is_refused() => {
+                self.eject(
+                    &mut state,
+                    "refuses this catalog's identity",
+                    &error.to_string(),
+                );
+                false
             }
             // Past the deadline, an error status (INTERNAL,
             // RESOURCE_EXHAUSTED...) or an unusable answer: a replica that
@@ -402,6 +417,7 @@ impl Replica {
                 state.health = Health::Unreachable;
                 let why = match error {
                     CallError::Deadline(_) => "health check unanswered",
+                    _ if error.is_tls_failure() => "TLS handshake failed",
                     _ => "unreachable",
                 };
                 self.eject(&mut state, why, &format!("health check: {error}"));
