@@ -109,6 +109,12 @@ impl ServerTls {
     /// [`StartupError::Identity`] / [`StartupError::ClientCa`] if rustls
     /// still refuses the files.
     pub fn load(&self) -> Result<Arc<ServerConfig>, StartupError> {
+        self.load_with_identity().map(|(config, _)| config)
+    }
+
+    /// [`ServerTls::load`], and the workload identity of the certificate
+    /// loaded.
+    fn load_with_identity(&self) -> Result<(Arc<ServerConfig>, PeerIdentity), StartupError> {
         let cert = PemFile::read(&self.cert)?;
         let key = PemFile::read(&self.key)?;
         let clients = Clients::read(self.client_auth, &self.client_ca)?;
@@ -123,7 +129,8 @@ impl ServerTls {
             ));
         }
         report.enforce()?;
-        build(&cert, &key, &clients)
+        let identity = PeerIdentity::of_chain(cert.certificates().ok().as_deref());
+        Ok((build(&cert, &key, &clients)?, identity))
     }
 
     /// [`ServerTls::load`] now, and again on each
@@ -131,10 +138,27 @@ impl ServerTls {
     ///
     /// # Errors
     /// As [`ServerTls::load`]: at start-up a broken file is fatal.
+    ///
+    /// A reload whose certificate carries another workload identity than
+    /// the one before is logged as a warning: clients that check
+    /// discount's identity (the catalog's `--discount-identity`) refuse it
+    /// from their next connection on.
     pub fn reloadable(&self) -> Result<TlsReloader, StartupError> {
         let settings = self.clone();
+        let last = std::sync::Mutex::new(None::<PeerIdentity>);
         Reloadable::new("discount TLS identity and client CA", move || {
-            settings.load()
+            let (config, identity) = settings.load_with_identity()?;
+            let mut last = last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(before) = last.as_ref().filter(|before| **before != identity) {
+                tracing::warn!(
+                    cert = %settings.cert.path.display(),
+                    "discount's certificate now presents {identity} (it presented {before}): clients that check discount's identity (the catalog's --discount-identity) refuse it from their next connection"
+                );
+            }
+            *last = Some(identity);
+            Ok(config)
         })
     }
 

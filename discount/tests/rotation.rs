@@ -106,3 +106,36 @@ async fn the_binary_reloads_its_certificates_on_sighup() -> SetupResult<()> {
     assert!(status.success(), "discount exited with {status} on SIGTERM");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reloaded_certificate_with_another_identity_is_a_warning() -> SetupResult<()> {
+    let (logs, _capturing) = testkit::Logs::capture();
+    let pki = Pki::generate()?;
+    pki.issue_server_as(
+        "orders.pem",
+        "orders.key",
+        &["spiffe://ecommerce.local/orders"],
+    )?;
+    let keys = tempfile::tempdir()?;
+    pki.install_into(keys.path())?;
+    let server = DiscountServer::start_in(keys.path(), 0, &[], DiscountService).await?;
+
+    // The same identity again: nothing to say.
+    assert_eq!(server.reload_tls(), Ok(()));
+    assert!(
+        logs.lines_with("now presents").is_empty(),
+        "{}",
+        logs.text()
+    );
+
+    std::fs::copy(pki.path("orders.pem"), keys.path().join("cert.pem"))?;
+    std::fs::copy(pki.path("orders.key"), keys.path().join("private.key"))?;
+    assert_eq!(server.reload_tls(), Ok(()));
+    let line = logs
+        .line_with("now presents spiffe://ecommerce.local/orders")
+        .await
+        .ok_or_else(|| logs.text())?;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("spiffe://ecommerce.local/discount"), "{line}");
+    Ok(())
+}
