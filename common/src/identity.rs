@@ -124,13 +124,14 @@ impl fmt::Display for PeerIdentity {
 /// `text` for an answer or a log line: control and other non-printable
 /// characters escaped, and cut to a couple of hundred characters.
 pub fn shown(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(SHOWN)
-        .flat_map(char::escape_default)
-        .collect();
-    if text.chars().count() > SHOWN {
-        out.push_str(&format!("... ({} bytes)", text.len()));
+    let mut out = String::new();
+    for (taken, c) in text.char_indices() {
+        // The bound is on what is written: escapes count at their length.
+        if out.len() >= SHOWN {
+            out.push_str(&format!("... ({} bytes, {taken} shown)", text.len()));
+            break;
+        }
+        out.extend(c.escape_default());
     }
     out
 }
@@ -156,10 +157,12 @@ fn check(uri: &str) -> Result<(), &'static str> {
     if !scheme.eq_ignore_ascii_case("spiffe") {
         return Ok(());
     }
-    if scheme != "spiffe"
-        || !authority
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c))
+    if scheme != "spiffe" {
+        return Err("a SPIFFE ID's scheme is written spiffe, in lower case");
+    }
+    if !authority
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c))
     {
         return Err("a SPIFFE trust domain is lower-case letters, digits, '.', '-' and '_'");
     }
@@ -280,6 +283,21 @@ mod tests {
         }
         // A prefix needs no workload.
         assert!(parse_prefix("spiffe://ecommerce.local/").is_ok());
+    }
+
+    #[test]
+    fn texts_from_certificates_are_shown_escaped_and_short_whatever_they_hold() {
+        let escapes = "\u{1b}".repeat(3_000);
+        let text = shown(&escapes);
+        assert!(text.len() < SHOWN + 40, "{} bytes", text.len());
+        assert!(!text.contains('\u{1b}'));
+        assert!(text.ends_with("(3000 bytes, 34 shown)"), "{text}");
+        let forged = shown("x\r\nINFO forged");
+        assert!(!forged.contains('\n') && !forged.contains('\r'), "{forged}");
+        assert_eq!(
+            shown("spiffe://ecommerce.local/catalog"),
+            "spiffe://ecommerce.local/catalog"
+        );
     }
 
     #[test]

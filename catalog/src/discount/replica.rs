@@ -147,6 +147,13 @@ struct State {
     /// whose health check passes while its calls fail is ejected for
     /// longer and longer, not for a second again and again.
     probation: bool,
+    /// It refused this catalog (PERMISSION_DENIED: not on its allow-list).
+    /// Its health check cannot tell (health is open to every client), so
+    /// it stays out until something that could change that happens: its
+    /// health check finds it back after being unreachable or not serving
+    /// (a restart, with new flags maybe), or the catalog reloads its
+    /// certificate.
+    refused: bool,
 }
 
 /// Which calls a replica gets.
@@ -227,6 +234,7 @@ impl Replica {
                 ejected_for: "",
                 down_logged: false,
                 probation: false,
+                refused: false,
             }),
             ejection: Backoff::new(dialer.backoff.0, dialer.backoff.1),
             checker: OnceLock::new(),
@@ -303,10 +311,11 @@ impl Replica {
             endpoint,
         };
         let mut state = self.lock();
-        if state.ejected_until.is_some() || state.health == Health::Unreachable {
+        if state.ejected_until.is_some() || state.health == Health::Unreachable || state.refused {
             state.ejected_until = None;
             state.health = Health::Unknown;
             state.probation = true;
+            state.refused = false;
             self.update_rotation(&state);
         }
         drop(state);
@@ -348,14 +357,15 @@ impl Replica {
                 self.eject(&mut state, why, &error.to_string());
                 true
             }
-            // It will not serve this catalog (its allow-list): out at once,
-            // so /readyz says so, and back on probation after each wait.
+            // It will not serve this catalog (its allow-list): out until
+            // it restarts or the catalog reloads (see State::refused).
             Some(error) if error.is_refused() => {
-                self.eject(
-                    &mut state,
-                    "refuses this catalog's identity",
-                    &error.to_string(),
-                );
+                if !state.refused {
+                    state.refused = true;
+                    tracing::warn!(replica = %self.addr, cause = ?error.to_string(),
+                        "discount replica refuses this catalog's identity; out of rotation until it restarts or the catalog reloads its certificate");
+                    self.update_rotation(&state);
+                }
                 false
             }
             // Past the deadline, an error status (INTERNAL,
@@ -441,9 +451,17 @@ impl Replica {
         }
         if state.health != health {
             // Serving again (restarted, maybe upgraded at the same
-            // address): ask for ApplyDiscounts again.
-            if health == Health::Serving && !self.batch.swap(true, Ordering::Relaxed) {
-                tracing::debug!(replica = %self.addr, "discount replica serving again; trying ApplyDiscounts again");
+            // address): ask for ApplyDiscounts again, and whether it
+            // still refuses this catalog.
+            if health == Health::Serving {
+                if !self.batch.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(replica = %self.addr, "discount replica serving again; trying ApplyDiscounts again");
+                }
+                // Back from unreachable or not serving: a restart. (Not
+                // the first check, which a refusal may have beaten.)
+                if state.health != Health::Unknown {
+                    state.refused = false;
+                }
             }
             match &health {
                 Health::NotServing(status) => tracing::info!(replica = %self.addr, status,
@@ -461,6 +479,7 @@ impl Replica {
     /// rotation.
     fn update_rotation(&self, state: &State) {
         let tier = match (&state.health, state.ejected_until) {
+            _ if state.refused => Tier::Out,
             (_, Some(_)) | (Health::Unreachable, None) => Tier::Out,
             (Health::NotServing(_), None) => Tier::Fallback,
             _ => Tier::Rotation,
@@ -487,6 +506,10 @@ impl Replica {
         let state = self.lock();
         let now = Instant::now();
         let text = match (&state.health, state.ejected_until) {
+            _ if state.refused => {
+                "refuses this catalog's identity (not on its allow-list; the log says why)"
+                    .to_owned()
+            }
             (_, Some(until)) => format!(
                 "ejected ({}; the log says why), next probe in {:.1}s",
                 state.ejected_for,
@@ -501,7 +524,8 @@ impl Replica {
         ReplicaState {
             addr: self.addr,
             serving: matches!(state.health, Health::Serving | Health::NoHealthService)
-                && state.ejected_until.is_none(),
+                && state.ejected_until.is_none()
+                && !state.refused,
             state: text,
         }
     }

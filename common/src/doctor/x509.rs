@@ -13,7 +13,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 use super::{EXPIRY_WARNING, Report, Role, Severity};
-use crate::identity::{DEV_TRUST_DOMAIN, PeerIdentity};
+use crate::identity::{DEV_TRUST_DOMAIN, PeerIdentity, shown};
 use crate::pem::{GEN_KEYS_HINT, PemSource};
 
 pub(super) fn check_validity(
@@ -197,14 +197,14 @@ fn covers(entry: &GeneralName<'_>, name: &str) -> bool {
 
 fn describe(entry: &GeneralName<'_>) -> String {
     match entry {
-        GeneralName::DNSName(name) => format!("DNS:{name}"),
+        GeneralName::DNSName(name) => format!("DNS:{}", shown(name)),
         GeneralName::IPAddress(bytes) => match <[u8; 4]>::try_from(*bytes) {
             Ok(v4) => format!("IP:{}", IpAddr::from(v4)),
             Err(_) => <[u8; 16]>::try_from(*bytes)
                 .map(|v6| format!("IP:{}", IpAddr::from(v6)))
                 .unwrap_or_else(|_| "IP:?".to_owned()),
         },
-        GeneralName::URI(uri) => format!("URI:{uri}"),
+        GeneralName::URI(uri) => format!("URI:{}", shown(uri)),
         other => format!("{other:?}"),
     }
 }
@@ -218,7 +218,12 @@ pub(super) fn is_ca(certificate: &X509Certificate<'_>) -> bool {
 }
 
 pub(super) fn subject(certificate: &X509Certificate<'_>) -> String {
-    format!("the certificate for \"{}\"", certificate.subject())
+    // Escaped: a subject can hold any character, and this text goes to
+    // the terminal and the log.
+    format!(
+        "the certificate for \"{}\"",
+        shown(&certificate.subject().to_string())
+    )
 }
 
 #[cfg(test)]
