@@ -141,7 +141,7 @@ impl ServerTls {
     ///
     /// A reload whose certificate carries another workload identity than
     /// the one before is logged as a warning: clients that check
-    /// discount's identity (the catalog's `--discount-identity`) refuse it
+    /// discount's identity (the catalog's `--discount-identity`) judge it
     /// from their next connection on.
     pub fn reloadable(&self) -> Result<TlsReloader, StartupError> {
         let settings = self.clone();
@@ -154,7 +154,7 @@ impl ServerTls {
             if let Some(before) = last.as_ref().filter(|before| **before != identity) {
                 tracing::warn!(
                     cert = %settings.cert.path.display(),
-                    "discount's certificate now presents {identity} (it presented {before}): clients that check discount's identity (the catalog's --discount-identity) refuse it from their next connection"
+                    "discount's certificate now presents {identity} (it presented {before}): from their next connection, clients that check discount's identity (the catalog's --discount-identity) accept it only if that is the identity they expect"
                 );
             }
             *last = Some(identity);
