@@ -8,8 +8,10 @@
 #   scripts/run.sh --smoke    start, check one discounted request and /readyz,
 #                             stop both with SIGTERM and check they exit 0
 #
-# Ports come from DISCOUNT_PORT (11443) and CATALOG_PORT (11080); logs from
-# RUST_LOG. Logs of both services go to this terminal, prefixed.
+# Ports come from DISCOUNT_PORT (11443) and CATALOG_PORT (11080); each
+# serves Prometheus metrics on 127.0.0.1, on DISCOUNT_METRICS_PORT and
+# CATALOG_METRICS_PORT (the service's port + 1 unless set). Logs come from
+# RUST_LOG; both services' go to this terminal, prefixed.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,6 +37,8 @@ done
 
 discount_port=${DISCOUNT_PORT:-11443}
 catalog_port=${CATALOG_PORT:-11080}
+discount_metrics_port=${DISCOUNT_METRICS_PORT:-$((discount_port + 1))}
+catalog_metrics_port=${CATALOG_METRICS_PORT:-$((catalog_port + 1))}
 
 if [ ! -e keys/cert.pem ] && [ ! -e keys/ca.pem ]; then
   echo "run: no keys in keys/, making development keys"
@@ -100,9 +104,12 @@ port_free() {
 
 port_free discount "$discount_port" DISCOUNT_PORT
 port_free catalog "$catalog_port" CATALOG_PORT
-start discount "$discount_port"
+port_free "discount's metrics" "$discount_metrics_port" DISCOUNT_METRICS_PORT
+port_free "catalog's metrics" "$catalog_metrics_port" CATALOG_METRICS_PORT
+DISCOUNT_METRICS_ADDR="127.0.0.1:$discount_metrics_port" start discount "$discount_port"
 wait_for discount "${pids[0]}" "$discount_port"
-DISCOUNT_SERVICE_HOST="localhost:$discount_port" start catalog "$catalog_port"
+DISCOUNT_SERVICE_HOST="localhost:$discount_port" CATALOG_METRICS_ADDR="127.0.0.1:$catalog_metrics_port" \
+  start catalog "$catalog_port"
 wait_for catalog "${pids[1]}" "$catalog_port"
 
 # The request to try, as one line to copy. The smoke run executes this very
@@ -120,6 +127,15 @@ if [ "$smoke" = yes ]; then
     echo "run: smoke test FAILED: /readyz answered $ready, expected 200" >&2
     exit 1
   fi
+  # The listing just made is counted on both sides.
+  for check in "$catalog_metrics_port catalog_listings_total{discount_status=\"applied\"} 1" \
+               "$discount_metrics_port discount_grpc_calls_total{code=\"OK\",method=\"ecommerce.Discount/ApplyDiscounts\"} 1"; do
+    port=${check%% *} line=${check#* }
+    if ! curl -sS "http://127.0.0.1:$port/metrics" | grep -qxF "$line"; then
+      echo "run: smoke test FAILED: http://127.0.0.1:$port/metrics has no line: $line" >&2
+      exit 1
+    fi
+  done
   # Both must stop cleanly on SIGTERM, as under systemd or Kubernetes.
   for i in 1 0; do
     kill -TERM "${pids[$i]}"
@@ -131,13 +147,14 @@ if [ "$smoke" = yes ]; then
     fi
   done
   pids=()
-  echo "run: smoke test passed: the printed line ($request) got the discounted list over TLS gRPC, /readyz is 200, both stopped cleanly on SIGTERM"
+  echo "run: smoke test passed: the printed line ($request) got the discounted list over TLS gRPC, /readyz is 200, both services counted it in /metrics, both stopped cleanly on SIGTERM"
   exit 0
 fi
 
 cat <<MSG
 
 run: discount is on port $discount_port (TLS gRPC), catalog on port $catalog_port (HTTP).
+run: metrics: http://127.0.0.1:$catalog_metrics_port/metrics (catalog), http://127.0.0.1:$discount_metrics_port/metrics (discount)
 run: try it in another terminal:
 
     $request

@@ -6,10 +6,12 @@ from /proc (the socket the process listens on), which works whatever
 RUST_LOG hides. The service's log is kept, and shown if it fails to start.
 """
 
+import http.client
 import os
 import subprocess
 import threading
 import time
+import urllib.request
 
 TIMEOUT = 10  # seconds; anything slower is a hang
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -22,6 +24,10 @@ class Service:
     """
 
     def __init__(self, command, log_level="warn", cpu=None):
+        # With --metrics-addr the process listens twice; the metrics port is
+        # the one that answers GET /metrics.
+        self.metrics_port = None
+        expected = 2 if "--metrics-addr" in command else 1
         if cpu is not None:
             command = ["taskset", "-c", cpu, *command]
         env = {"RUST_LOG": log_level, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -33,20 +39,30 @@ class Service:
         self.log = []
         self.final = None  # (cpu seconds, peak RSS MB) once kill() has ended it
         threading.Thread(target=self._read, daemon=True).start()
-        self.port = self._wait_for_port()
+        try:
+            self.port = self._wait_for_ports(expected)
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
 
     def _read(self):
         for line in self.process.stderr:
             self.log.append(line)
 
-    def _wait_for_port(self):
+    def _wait_for_ports(self, expected):
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break
-            port = listening_port(self.process.pid)
-            if port:
-                return port
+            ports = listening_ports(self.process.pid)
+            if len(ports) == 1 and expected == 1:
+                return ports[0]
+            if len(ports) == 2 and expected == 2:
+                metrics = [port for port in ports if serves_metrics(port)]
+                if len(metrics) == 1:
+                    self.metrics_port = metrics[0]
+                    return next(port for port in ports if port != metrics[0])
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.process.args} did not start:\n{''.join(self.log)}")
@@ -86,8 +102,8 @@ class Service:
             self.process.wait()
 
 
-def listening_port(pid):
-    """The TCP port process `pid` listens on, from /proc, or None."""
+def listening_ports(pid):
+    """The TCP ports process `pid` listens on, from /proc."""
     inodes = set()
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -95,14 +111,24 @@ def listening_port(pid):
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
     except OSError:
-        return None
+        return []
+    ports = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for row in f.readlines()[1:]:
                 cols = row.split()
                 if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
-                    return int(cols[1].rsplit(":", 1)[1], 16)
-    return None
+                    ports.append(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def serves_metrics(port):
+    """Whether 127.0.0.1:`port` answers GET /metrics (the admin listener)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            return answer.status == 200
+    except (OSError, ValueError, http.client.HTTPException):  # a TLS port, a 404
+        return False
 
 
 def start_discount(bin_dir, keys, extra=(), **options):

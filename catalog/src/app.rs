@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::discount::{DiscountClient, Resolve, SystemResolver};
 use crate::error::StartupError;
+use crate::metrics::CatalogMetrics;
 use crate::routes::AppState;
 use crate::server;
 
@@ -22,6 +23,9 @@ pub struct Application {
     client: DiscountClient,
     config: Config,
     open_files: Option<u64>,
+    metrics: CatalogMetrics,
+    /// The metrics listener, when `--metrics-addr` is set.
+    admin: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Application {
@@ -46,23 +50,51 @@ impl Application {
     ) -> Result<Self, StartupError> {
         common::crypto::install_default_provider();
         let open_files = common::limits::raise_open_files_limit();
-        let client = DiscountClient::start(&config.discount(), resolver)?;
+        let metrics = CatalogMetrics::new();
+        let client = DiscountClient::start(&config.discount(), resolver, metrics.discount.clone())?;
         let listener = common::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
         // The bound address, not the configured one: with port 0 only this
         // says where the service really is.
         let addr = listener.local_addr().map_err(StartupError::Bind)?;
+        let admin = match config.metrics_addr {
+            Some(wanted) => {
+                let admin = common::listener::bind(wanted).map_err(StartupError::MetricsBind)?;
+                let bound = admin.local_addr().map_err(StartupError::MetricsBind)?;
+                Some((admin, bound))
+            }
+            None => None,
+        };
+        let discount = client.clone();
+        let replicas = metrics.discount.clone();
+        metrics.common.on_scrape(move || {
+            let known = discount.replicas();
+            let serving = known.iter().filter(|replica| replica.serving).count();
+            replicas.replicas(serving, known.len());
+        });
         Ok(Self {
             listener,
             addr,
             client,
             config: config.clone(),
             open_files,
+            metrics,
+            admin,
         })
     }
 
     /// Where the catalog listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `GET /metrics` is served, when `--metrics-addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The catalog's metrics.
+    pub fn metrics(&self) -> CatalogMetrics {
+        self.metrics.clone()
     }
 
     /// The client of discount, whose TLS material
@@ -80,6 +112,8 @@ impl Application {
             client,
             config,
             open_files,
+            metrics,
+            admin,
         } = self;
         let (discount, options) = (config.discount(), config.serve_options());
         if !config.discount_plaintext && config.discount_identity.0.is_none() {
@@ -93,11 +127,15 @@ impl Application {
             );
         }
         // Installed before the start-up line: see common::shutdown_signal.
-        let reloader = client.clone();
+        let (reloader, reloads) = (client.clone(), metrics.clone());
         let reload_on_sighup = tokio::spawn(common::reload::on_sighup(move || {
             // A failed reload is logged by the reloader and changes nothing.
-            let _ = reloader.reload();
+            reloads.reloaded(reloader.reload().is_ok());
         }));
+        let metrics_addr = admin.as_ref().map(|(_, addr)| *addr);
+        let admin = admin.map(|(listener, _)| {
+            tokio::spawn(common::metrics::serve(listener, metrics.common.clone()))
+        });
         warn_about_ports(&config);
         tracing::info!(
             discount = %discount.targets,
@@ -110,10 +148,14 @@ impl Application {
             client_cert = %common::pem::display_path(&config.client_cert),
             max_connections = options.max_connections,
             open_files,
+            metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |addr| format!("http://{addr}/metrics")),
             "Server running on {addr}"
         );
-        server::run(listener, AppState::new(client), options, shutdown).await;
+        server::run(listener, AppState::new(client, metrics), options, shutdown).await;
         reload_on_sighup.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         tracing::info!("catalog stopped");
     }
 }

@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, env = "CATALOG_CLIENT_KEY", default_value = "keys/client.key")]
     pub client_key: PathBuf,
 
+    /// Serve Prometheus metrics at `GET /metrics` on this address
+    /// (`HOST:PORT`), in plaintext HTTP and apart from the API port, so a
+    /// scraper needs no certificate and takes no API connection slot. Keep
+    /// it off public networks. Unset: no metrics listener.
+    #[arg(long, env = "CATALOG_METRICS_ADDR", value_parser = common::flags::listen_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Check the TLS material (files, dates, key pair, purpose), print what
     /// is wrong and how to fix it, and exit: 0 when it can be used, 1
     /// otherwise. Nothing is served.

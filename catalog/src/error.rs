@@ -74,4 +74,7 @@ pub enum StartupError {
     /// The listening socket could not be bound.
     #[error("{0}; pick another port (the first argument) or stop whatever holds it")]
     Bind(io::Error),
+    /// The metrics listener could not be bound.
+    #[error("metrics listener: {0}; pick another --metrics-addr or stop whatever holds it")]
+    MetricsBind(io::Error),
 }

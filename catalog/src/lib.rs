@@ -10,6 +10,7 @@
 //! - [`discount`] is the gRPC client of the discount service.
 //! - [`tls`] is the catalog's side of the TLS hop: trust, identity, checks.
 //! - [`server`] serves HTTP connections, with limits and a bounded drain.
+//! - [`metrics`] counts requests, listings and calls for Prometheus.
 //! - [`config`] turns the command line into typed settings.
 //! - [`app`] puts them together; `main.rs` and the tests both start the
 //!   service through [`Application`].
@@ -20,6 +21,7 @@ pub mod customer;
 pub mod discount;
 pub mod error;
 pub mod json;
+pub mod metrics;
 pub mod products;
 pub mod routes;
 pub mod server;

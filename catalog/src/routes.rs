@@ -17,6 +17,7 @@ use crate::customer;
 use crate::discount::DiscountClient;
 use crate::error::CatalogError;
 use crate::json;
+use crate::metrics::{CatalogMetrics, track_requests};
 use crate::products;
 
 /// Says whether the listing has discount's answers: `applied`, `partial`
@@ -31,15 +32,17 @@ pub struct AppState {
     shutting_down: Arc<AtomicBool>,
     /// Why `/readyz` last said no, to log each change once.
     not_ready: Arc<Mutex<Option<String>>>,
+    pub(crate) metrics: CatalogMetrics,
 }
 
 impl AppState {
-    /// State around the client of discount.
-    pub fn new(discount: DiscountClient) -> Self {
+    /// State around the client of discount, counting in `metrics`.
+    pub fn new(discount: DiscountClient, metrics: CatalogMetrics) -> Self {
         Self {
             discount,
             shutting_down: Arc::new(AtomicBool::new(false)),
             not_ready: Arc::new(Mutex::new(None)),
+            metrics,
         }
     }
 
@@ -58,7 +61,8 @@ impl AppState {
 /// rejects never reach the router; `server.rs` logs those.) The seed answered every unknown path
 /// with `It is working.` because Go's `ServeMux` treats the `/` pattern as
 /// a catch-all; here unknown paths get 404 and other methods 405. A request
-/// still unanswered after `request_timeout` gets 503.
+/// still unanswered after `request_timeout` gets 503. Every answer, the
+/// 503 included, is counted by route in the metrics.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let api = Router::new()
         .route("/", get(root))
@@ -76,6 +80,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.http.clone(),
+            track_requests,
         ))
         .with_state(state)
 }
@@ -119,10 +127,12 @@ async fn list_products(
     let products = products::all();
     let customer = customer::customer_id(&headers)?.and_then(customer::find);
     let Some(customer) = customer else {
+        state.metrics.listing(None);
         return Ok(json_response(&products, None));
     };
     tracing::debug!(customer_id = customer.id, "pricing products for customer");
     let priced = state.discount.apply_to_all(&customer, products).await;
+    state.metrics.listing(Some(priced.status));
     Ok(json_response(
         &priced.products,
         Some(priced.status.as_str()),
@@ -221,8 +231,14 @@ mod tests {
             resolve_interval: Duration::from_secs(5),
             health_interval: Duration::from_secs(1),
         };
-        let client = DiscountClient::start(&settings, std::sync::Arc::new(SystemResolver)).unwrap();
-        router(AppState::new(client), Duration::from_secs(5))
+        let metrics = CatalogMetrics::new();
+        let client = DiscountClient::start(
+            &settings,
+            std::sync::Arc::new(SystemResolver),
+            metrics.discount.clone(),
+        )
+        .unwrap();
+        router(AppState::new(client, metrics), Duration::from_secs(5))
     }
 
     struct Answer {

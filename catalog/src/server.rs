@@ -14,6 +14,7 @@ use common::quiet::Quiet;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -96,6 +97,7 @@ pub async fn run(
 ) {
     let connections = ConnectionTracker::new();
     let app = router(state.clone(), options.request_timeout);
+    let open = state.metrics.connections.clone();
     let delay = options.shutdown_delay;
     let (drain, draining) = watch::channel(false);
     let shutdown = async move {
@@ -114,7 +116,7 @@ pub async fn run(
     let tracker = connections.clone();
     let finished =
         common::shutdown::with_drain_limit(shutdown, options.drain_timeout, move |signal| {
-            serve(listener, app, options, tracker, draining, signal)
+            serve(listener, app, options, tracker, open, draining, signal)
         })
         .await;
     if finished.is_none() {
@@ -135,6 +137,7 @@ async fn serve(
     app: axum::Router,
     options: ServeOptions,
     connections: ConnectionTracker,
+    open: IntGauge,
     draining: watch::Receiver<bool>,
     signal: impl Future<Output = ()> + Unpin,
 ) {
@@ -190,7 +193,7 @@ async fn serve(
         let Some(slot) = slot else {
             break; // never closed
         };
-        let registration = connections.register().holding(slot);
+        let registration = connections.register().holding(slot).counted(&open);
         let connection = Connection {
             http: Arc::clone(&http),
             app: app.clone(),

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use common::doctor::{self, Report, Role, Severity};
 use common::identity::{PeerIdentity, parse_uri, trust_domain};
+use common::metrics::Certificates;
 use common::pem::{PemFile, PemSource};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -119,7 +120,8 @@ impl Security {
     /// mutual TLS the files read once and checked, discount's certificate
     /// to be verified against the CA and `server_name` (whatever address is
     /// dialled), the client identity to present, and the handshake bounded
-    /// by `handshake_timeout`. `None` in plaintext.
+    /// by `handshake_timeout`. `None` in plaintext. The files' expiry is
+    /// noted in `expiry` once they are accepted.
     ///
     /// # Errors
     /// A file cannot be read, the doctor found errors, or rustls refused
@@ -128,6 +130,7 @@ impl Security {
         &self,
         server_name: &str,
         handshake_timeout: Duration,
+        expiry: &Certificates,
     ) -> Result<Option<ClientTls>, StartupError> {
         let Self::MutualTls {
             ca,
@@ -166,6 +169,8 @@ impl Security {
             webpki,
             identity: identity.0.clone(),
         });
+        expiry.record("server-ca", &ca);
+        expiry.record("client", &cert);
         let config = ClientTlsConfig::new()
             .domain_name(server_name.to_owned())
             .identity(Identity::from_pem(cert.bytes(), key.bytes()))

@@ -31,6 +31,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::activity::Activity;
 use crate::backlog::Backlog;
+use crate::metrics::Open;
 
 /// The set of open connections of one server, oldest first.
 #[derive(Debug, Clone, Default)]
@@ -74,6 +75,7 @@ impl ConnectionTracker {
                 registry: Arc::clone(&self.registry),
             },
             _slot: None,
+            _counted: None,
         }
     }
 
@@ -152,6 +154,8 @@ pub struct Registration {
     _guard: Guard,
     /// Held for its `Drop`: frees the place under the limit.
     _slot: Option<OwnedSemaphorePermit>,
+    /// Held for its `Drop`: leaves the gauge of open connections.
+    _counted: Option<Open>,
 }
 
 impl Registration {
@@ -160,6 +164,14 @@ impl Registration {
     #[must_use]
     pub fn holding(mut self, slot: OwnedSemaphorePermit) -> Self {
         self._slot = Some(slot);
+        self
+    }
+
+    /// Also counts the connection in `open` (a gauge of open connections)
+    /// for as long as it lives.
+    #[must_use]
+    pub fn counted(mut self, open: &prometheus::IntGauge) -> Self {
+        self._counted = Some(Open::count(open));
         self
     }
 

@@ -25,6 +25,22 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// An address to listen on, written `HOST:PORT`: an IP address
+/// (`127.0.0.1:9464`, `[::]:9464`) or a name resolved now
+/// (`localhost:9464`), its first address taken.
+///
+/// # Errors
+/// The text has no port, or the name does not resolve; the message shows
+/// the expected form.
+pub fn listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let form = "write HOST:PORT, like 127.0.0.1:9464, [::]:9464 or localhost:9464";
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text:?}: {e}; {form}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address; {form}"))
+}
+
 /// [`duration`], and not zero: for timeouts, intervals and limits, where
 /// zero would not mean "off" but a service that refuses every request
 /// (a header timeout of 0 resets every connection).

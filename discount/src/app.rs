@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::authz::Allowed;
 use crate::config::Config;
 use crate::error::StartupError;
+use crate::metrics::DiscountMetrics;
 use crate::server;
 use crate::service::DiscountService;
 use crate::tls::{ClientAuth, TlsReloader, Transport};
@@ -25,6 +26,9 @@ pub struct Application<S = DiscountService> {
     service: S,
     config: Config,
     open_files: Option<u64>,
+    metrics: DiscountMetrics,
+    /// The metrics listener, when `--metrics-addr` is set.
+    admin: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Application {
@@ -47,15 +51,28 @@ impl<S: Discount> Application<S> {
     pub fn build_with(config: &Config, service: S) -> Result<Self, StartupError> {
         common::crypto::install_default_provider();
         let open_files = common::limits::raise_open_files_limit();
+        let metrics = DiscountMetrics::new();
         let tls = if config.insecure_plaintext {
             None
         } else {
-            Some(Arc::new(config.server_tls().reloadable()?))
+            Some(Arc::new(
+                config
+                    .server_tls()
+                    .reloadable(metrics.common.certificates())?,
+            ))
         };
         let listener = common::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
         // The bound address, not the configured one: with port 0 only this
         // says where the service really is.
         let addr = listener.local_addr().map_err(StartupError::Bind)?;
+        let admin = match config.metrics_addr {
+            Some(wanted) => {
+                let admin = common::listener::bind(wanted).map_err(StartupError::MetricsBind)?;
+                let bound = admin.local_addr().map_err(StartupError::MetricsBind)?;
+                Some((admin, bound))
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             addr,
@@ -63,12 +80,24 @@ impl<S: Discount> Application<S> {
             service,
             config: config.clone(),
             open_files,
+            metrics,
+            admin,
         })
     }
 
     /// Where the service listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `GET /metrics` is served, when `--metrics-addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// Discount's metrics.
+    pub fn metrics(&self) -> DiscountMetrics {
+        self.metrics.clone()
     }
 
     /// The handle that re-reads the TLS files (what SIGHUP does); `None` in
@@ -93,16 +122,25 @@ impl<S: Discount> Application<S> {
             service,
             config,
             open_files,
+            metrics,
+            admin,
         } = self;
-        let options = config.server_options();
+        let options = config.server_options(metrics.clone());
+        let metrics_addr = admin.as_ref().map_or_else(
+            || "off".to_owned(),
+            |(_, addr)| format!("http://{addr}/metrics"),
+        );
+        let admin = admin.map(|(listener, _)| {
+            tokio::spawn(common::metrics::serve(listener, metrics.common.clone()))
+        });
         let (transport, reload_on_sighup) = match tls {
             Some(tls) => {
                 let transport = Transport::Tls(tls.subscribe());
                 // Installed before the start-up line: see common::shutdown_signal.
-                let reloader = Arc::clone(&tls);
+                let (reloader, reloads) = (Arc::clone(&tls), metrics.clone());
                 let task = tokio::spawn(common::reload::on_sighup(move || {
                     // A failed reload is logged by the reloader and changes nothing.
-                    let _ = reloader.reload();
+                    reloads.reloaded(reloader.reload().is_ok());
                 }));
                 tracing::info!(
                     cert = %common::pem::display_path(&config.cert),
@@ -111,6 +149,7 @@ impl<S: Discount> Application<S> {
                     handshake_timeout = ?options.handshake_timeout,
                     max_connections = options.max_connections,
                     open_files,
+                    metrics = %metrics_addr,
                     "Running Discount service on {addr}"
                 );
                 if config.client_auth != ClientAuth::Required {
@@ -123,6 +162,7 @@ impl<S: Discount> Application<S> {
                 tracing::warn!(
                     max_connections = options.max_connections,
                     open_files,
+                    metrics = %metrics_addr,
                     "Running Discount service on {addr} in PLAINTEXT: no TLS, no authentication; only behind a service mesh that secures connections"
                 );
                 tracing::warn!(
@@ -134,6 +174,9 @@ impl<S: Discount> Application<S> {
         let served = server::serve(listener, transport, options, service, shutdown).await;
         if let Some(task) = reload_on_sighup {
             task.abort();
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
         served?;
         tracing::info!("Discount service stopped");

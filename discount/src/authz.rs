@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::metrics::Refusals;
 use common::doctor::{Report, Severity};
 use common::identity::{PeerIdentity, parse_prefix, parse_uri, shown, trust_domain};
 use common::pem::{PemFile, PemSource};
@@ -193,6 +194,7 @@ pub fn check_allow_list(allowed: &[Allowed], cert: &PemFile, client_ca: &PemSour
 pub struct Authorize {
     allowed: Option<Arc<[Allowed]>>,
     quiet: Arc<Quiet>,
+    refusals: Option<Refusals>,
 }
 
 impl Authorize {
@@ -201,7 +203,15 @@ impl Authorize {
         Self {
             allowed: Some(allowed.into()),
             quiet: Arc::new(Quiet::default()),
+            refusals: None,
         }
+    }
+
+    /// Also counts each refusal, by identity, in `refusals`.
+    #[must_use]
+    pub(crate) fn counted(mut self, refusals: Refusals) -> Self {
+        self.refusals = Some(refusals);
+        self
     }
 
     /// Checks nothing.
@@ -209,6 +219,7 @@ impl Authorize {
         Self {
             allowed: None,
             quiet: Arc::new(Quiet::default()),
+            refusals: None,
         }
     }
 
@@ -246,6 +257,9 @@ impl Authorize {
             PeerIdentity::Uri(uri) => shown(uri),
             other => other.to_string(),
         };
+        if let Some(refusals) = &self.refusals {
+            refusals.refused(&key);
+        }
         if let Some(unlogged) = self.quiet.should_log(&key, Instant::now()) {
             let peer = peer.map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
             // Debug formatting: the identity comes from a certificate, and

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::pem::PemSource;
 
 use crate::authz::{Allowed, Authorize};
+use crate::metrics::DiscountMetrics;
 use crate::server::{Http2Limits, ServerOptions};
 use crate::tls::{ClientAuth, ServerTls};
 
@@ -76,6 +77,13 @@ pub struct Config {
         value_parser = Allowed::parse
     )]
     pub allow_clients: Vec<Allowed>,
+
+    /// Serve Prometheus metrics at `GET /metrics` on this address
+    /// (`HOST:PORT`), in plaintext HTTP and apart from the gRPC port, so a
+    /// scraper needs no client certificate and takes no gRPC connection
+    /// slot. Keep it off public networks. Unset: no metrics listener.
+    #[arg(long, env = "DISCOUNT_METRICS_ADDR", value_parser = common::flags::listen_addr)]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Check the TLS material (files, dates, names, key pairs, purposes),
     /// print what is wrong and how to fix it, and exit: 0 when it can be
@@ -214,8 +222,9 @@ impl Config {
     }
 
     /// How the server treats connections, calls and shutdown.
-    pub fn server_options(&self) -> ServerOptions {
+    pub fn server_options(&self, metrics: DiscountMetrics) -> ServerOptions {
         ServerOptions {
+            metrics,
             handshake_timeout: self.tls_handshake_timeout,
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             max_concurrent_calls: usize::try_from(self.max_concurrent_calls).unwrap_or(usize::MAX),

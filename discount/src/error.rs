@@ -62,6 +62,9 @@ pub enum StartupError {
     /// The listening socket could not be bound.
     #[error("{0}; pick another port (the first argument) or stop whatever holds it")]
     Bind(io::Error),
+    /// The metrics listener could not be bound.
+    #[error("metrics listener: {0}; pick another --metrics-addr or stop whatever holds it")]
+    MetricsBind(io::Error),
     /// The reflection service could not read the embedded descriptors.
     #[error("cannot set up gRPC server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),

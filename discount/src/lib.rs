@@ -11,6 +11,7 @@
 //!   are checked against.
 //! - [`shed`] is the budget of calls in flight for the whole server, and
 //!   the RESOURCE_EXHAUSTED answer past it.
+//! - [`metrics`] counts calls, refusals and connections for Prometheus.
 //! - [`config`] turns the command line into typed settings.
 //! - [`app`] puts them together; `main.rs` and the tests both start the
 //!   service through [`Application`].
@@ -19,6 +20,7 @@ pub mod app;
 pub mod authz;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod rule;
 pub mod server;
 pub mod service;

@@ -15,6 +15,7 @@ use common::quiet::Quiet;
 use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +26,7 @@ use tower::util::{MapRequestLayer, MapResponseLayer};
 
 use crate::authz::{Authenticated, AuthenticatedInfo, Authorize};
 use crate::error::StartupError;
+use crate::metrics::DiscountMetrics;
 use crate::shed::CallBudget;
 use crate::tls::{self, Transport};
 
@@ -62,6 +64,8 @@ pub struct ServerOptions {
     pub authorize: Authorize,
     /// What one connection may ask of the server.
     pub http2: Http2Limits,
+    /// Where calls, connections and refusals are counted.
+    pub metrics: DiscountMetrics,
 }
 
 /// The bounds on one HTTP/2 connection, so that no client can make the
@@ -117,6 +121,9 @@ pub async fn serve<S: Discount>(
     // reflection by sending part of a message.
     let health_service = health_service.max_decoding_message_size(MAX_MESSAGE_SIZE);
     health.set_serving::<DiscountServer<S>>().await;
+    let metrics = options.metrics.clone();
+    metrics.serving.set(1);
+    let serving_gauge = metrics.serving.clone();
     // Both reflection versions: grpcurl speaks v1, grpcio's reflection
     // client (and older tools) only v1alpha.
     let reflection = || {
@@ -137,6 +144,7 @@ pub async fn serve<S: Discount>(
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        serving_gauge.set(0);
         health.set_not_serving::<DiscountServer<S>>().await;
         if !delay.is_zero() {
             tracing::info!(
@@ -171,11 +179,13 @@ pub async fn serve<S: Discount>(
         // (RUSTSEC-2024-0003); a client provoking them gets a GOAWAY.
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .http2_max_pending_accept_reset_streams(Some(limits.max_pending_resets))
+        // Outermost: calls refused or shed below are counted too.
+        .layer(metrics.observe_calls())
         .layer(MapRequestLayer::new(expose_peer))
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
         // Before the budget: a refused call takes no place in it.
-        .layer(options.authorize.clone())
-        .layer(CallBudget::new(options.max_concurrent_calls))
+        .layer(options.authorize.clone().counted(metrics.refusals()))
+        .layer(CallBudget::new(options.max_concurrent_calls).counted(metrics.shed.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -183,6 +193,7 @@ pub async fn serve<S: Discount>(
     let limit = options.handshake_timeout;
     let authorize = options.authorize.clone();
     let bounds = ConnectionBounds {
+        open: metrics.connections.clone(),
         max_connections: options.max_connections,
         // tonic sends GOAWAY at the age; unary calls then end within
         // max_call_duration. A stream that outlives that is cut.
@@ -201,9 +212,11 @@ pub async fn serve<S: Discount>(
                             let config = Arc::clone(&tls.borrow());
                             let quiet = Arc::clone(&quiet);
                             let authorize = authorize.clone();
+                            let metrics = metrics.clone();
                             async move {
                                 let stream =
-                                    tls::handshake(config, tcp, peer, limit, &quiet).await?;
+                                    tls::handshake(config, tcp, peer, limit, &quiet, &metrics)
+                                        .await?;
                                 let identity = tls::client_identity(&stream);
                                 let admitted = authorize.admits(&identity);
                                 Some((Authenticated::new(stream, identity), admitted))
@@ -235,8 +248,10 @@ pub async fn serve<S: Discount>(
 }
 
 /// How many connections [`incoming`] keeps open, and for how long.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ConnectionBounds {
+    /// The gauge of open connections.
+    open: IntGauge,
     max_connections: usize,
     /// Past this a connection is closed whatever it is doing.
     lifetime: Duration,
@@ -278,6 +293,7 @@ where
     U: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
 {
     let ConnectionBounds {
+        open,
         max_connections,
         lifetime,
     } = bounds;
@@ -326,7 +342,7 @@ where
             let Some(slot) = slot else {
                 break; // never closed
             };
-            let registration = connections.register().holding(slot);
+            let registration = connections.register().holding(slot).counted(&open);
             let handshake = handshaking.register();
             let evicted = handshake.closed();
             let upgraded = upgrade(tcp, peer);

@@ -54,6 +54,8 @@ pub struct CallBudget {
     sending: ConnectionTracker,
     limit: usize,
     quiet: Arc<Quiet>,
+    /// Counts the calls refused.
+    shed: Option<prometheus::IntCounter>,
 }
 
 impl CallBudget {
@@ -65,6 +67,21 @@ impl CallBudget {
             sending: ConnectionTracker::new(),
             limit,
             quiet: Arc::new(Quiet::default()),
+            shed: None,
+        }
+    }
+
+    /// Also counts each call refused in `shed`.
+    #[must_use]
+    pub fn counted(mut self, shed: prometheus::IntCounter) -> Self {
+        self.shed = Some(shed);
+        self
+    }
+
+    /// One call refused: counted.
+    fn shed_one(&self) {
+        if let Some(shed) = &self.shed {
+            shed.inc();
         }
     }
 
@@ -151,6 +168,7 @@ where
         Box::pin(async move {
             let Some(place) = budget.place().await else {
                 budget.log("refusing calls with RESOURCE_EXHAUSTED");
+                budget.shed_one();
                 return Ok(exhausted(format!(
                     "discount is at its limit of {} calls in flight (--max-concurrent-calls); try again shortly",
                     budget.limit
@@ -174,6 +192,7 @@ where
             let response = tokio::select! {
                 response = inner.call(request) => response?,
                 () = displaced.cancelled() => {
+                    budget.shed_one();
                     return Ok(exhausted(format!(
                         "discount is at its limit of {} calls in flight (--max-concurrent-calls) and this call's request message had not arrived; it was ended to make room",
                         budget.limit

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::doctor::{self, Report, Role};
 use common::identity::PeerIdentity;
+use common::metrics::Certificates;
 use common::pem::{PemFile, PemSource};
 use common::quiet::Quiet;
 use common::reload::Reloadable;
@@ -40,6 +41,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::authz::{Allowed, check_allow_list};
 use crate::error::StartupError;
+use crate::metrics::{DiscountMetrics, HandshakeRefusal};
 
 /// Which clients discount accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,12 +111,16 @@ impl ServerTls {
     /// [`StartupError::Identity`] / [`StartupError::ClientCa`] if rustls
     /// still refuses the files.
     pub fn load(&self) -> Result<Arc<ServerConfig>, StartupError> {
-        self.load_with_identity().map(|(config, _)| config)
+        self.load_with_identity(&Certificates::default())
+            .map(|(config, _)| config)
     }
 
     /// [`ServerTls::load`], and the workload identity of the certificate
-    /// loaded.
-    fn load_with_identity(&self) -> Result<(Arc<ServerConfig>, PeerIdentity), StartupError> {
+    /// loaded. The files' expiry is noted in `expiry` once they are used.
+    fn load_with_identity(
+        &self,
+        expiry: &Certificates,
+    ) -> Result<(Arc<ServerConfig>, PeerIdentity), StartupError> {
         let cert = PemFile::read(&self.cert)?;
         let key = PemFile::read(&self.key)?;
         let clients = Clients::read(self.client_auth, &self.client_ca)?;
@@ -130,11 +136,17 @@ impl ServerTls {
         }
         report.enforce()?;
         let identity = PeerIdentity::of_chain(cert.certificates().ok().as_deref());
-        Ok((build(&cert, &key, &clients)?, identity))
+        let config = build(&cert, &key, &clients)?;
+        expiry.record("server", &cert);
+        if let Clients::Verified { ca, .. } = &clients {
+            expiry.record("client-ca", ca);
+        }
+        Ok((config, identity))
     }
 
     /// [`ServerTls::load`] now, and again on each
-    /// [`Reloadable::reload`].
+    /// [`Reloadable::reload`], noting the certificates' expiry in `expiry`
+    /// each time.
     ///
     /// # Errors
     /// As [`ServerTls::load`]: at start-up a broken file is fatal.
@@ -143,11 +155,11 @@ impl ServerTls {
     /// the one before is logged as a warning: clients that check
     /// discount's identity (the catalog's `--discount-identity`) judge it
     /// from their next connection on.
-    pub fn reloadable(&self) -> Result<TlsReloader, StartupError> {
-        let settings = self.clone();
+    pub fn reloadable(&self, expiry: &Certificates) -> Result<TlsReloader, StartupError> {
+        let (settings, expiry) = (self.clone(), expiry.clone());
         let last = std::sync::Mutex::new(None::<PeerIdentity>);
         Reloadable::new("discount TLS identity and client CA", move || {
-            let (config, identity) = settings.load_with_identity()?;
+            let (config, identity) = settings.load_with_identity(&expiry)?;
             let mut last = last
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -273,9 +285,22 @@ pub(crate) async fn handshake(
     peer: SocketAddr,
     limit: Duration,
     quiet: &Quiet,
+    metrics: &DiscountMetrics,
 ) -> Option<TlsStream<TcpStream>> {
     let acceptor = TlsAcceptor::from(config);
-    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+    let accepted = tokio::time::timeout(limit, acceptor.accept(tcp)).await;
+    match &accepted {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {}
+        Ok(Err(error)) => metrics.handshake_refused(
+            error
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map_or(HandshakeRefusal::Other, HandshakeRefusal::of),
+        ),
+        Err(_) => metrics.handshake_refused(HandshakeRefusal::Timeout),
+    }
+    match accepted {
         Ok(Ok(stream)) => Some(stream),
         // A TCP connect and close with no TLS at all is what port probes and
         // load balancer checks do: not worth a warning.

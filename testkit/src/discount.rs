@@ -48,6 +48,7 @@ pub const STARTED: &str = "Running Discount service on ";
 #[derive(Debug)]
 pub struct DiscountServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     tls: Option<Arc<TlsReloader>>,
     task: ServerTask<StartupError>,
 }
@@ -84,9 +85,19 @@ impl DiscountServer {
         let argv = std::iter::once("discount".to_owned()).chain(command_line(keys, port, args));
         let config = discount::Config::try_parse_from(argv)?;
         let app = Application::build_with(&config, service)?;
-        let (addr, tls) = (app.local_addr(), app.tls_reloader());
+        let (addr, metrics_addr, tls) = (app.local_addr(), app.metrics_addr(), app.tls_reloader());
         let task = ServerTask::spawn(|shutdown| app.run_until_stopped(shutdown.wait()));
-        Ok(Self { addr, tls, task })
+        Ok(Self {
+            addr,
+            metrics_addr,
+            tls,
+            task,
+        })
+    }
+
+    /// Where `GET /metrics` is served, when started with `--metrics-addr`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Where the server listens (`127.0.0.1:<port>`).

@@ -45,6 +45,7 @@ use tonic::transport::Channel;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::error::StartupError;
+use crate::metrics::ClientMetrics;
 use crate::tls::Security;
 use common::quiet::Quiet;
 use outcome::check_answer;
@@ -107,6 +108,7 @@ pub struct DiscountClient {
     budget: Arc<TpsBudget>,
     counts: Arc<Counts>,
     quiet: Arc<Quiet>,
+    metrics: ClientMetrics,
 }
 
 /// What the client sent, for tests and, later, metrics.
@@ -129,12 +131,15 @@ impl Dialer {
     /// One generation of the connection set-up: the TLS material as it is
     /// now ([`Security::client_tls`] reads and checks it). Runs at start
     /// and on every reload.
-    fn new(settings: &DiscountSettings) -> Result<Self, StartupError> {
+    fn new(settings: &DiscountSettings, metrics: &ClientMetrics) -> Result<Self, StartupError> {
         Ok(Self {
             scheme: settings.security.scheme(),
-            tls: settings
-                .security
-                .client_tls(&settings.server_name, settings.connect_timeout)?,
+            tls: settings.security.client_tls(
+                &settings.server_name,
+                settings.connect_timeout,
+                &metrics.certificates,
+            )?,
+            metrics: metrics.clone(),
             connect_timeout: settings.connect_timeout,
             health_interval: settings.health_interval,
             backoff: (settings.backoff_min, settings.backoff_max),
@@ -145,17 +150,18 @@ impl Dialer {
 
 impl DiscountClient {
     /// Prepares the client and starts finding replicas through `resolver`;
-    /// connects to each lazily.
+    /// connects to each lazily. Its calls are counted in `metrics`.
     ///
     /// # Errors
     /// A TLS file is unusable.
     pub fn start(
         settings: &DiscountSettings,
         resolver: Arc<dyn Resolve>,
+        metrics: ClientMetrics,
     ) -> Result<Self, StartupError> {
-        let reload_settings = settings.clone();
+        let (reload_settings, reload_metrics) = (settings.clone(), metrics.clone());
         let dialer = Reloadable::new("catalog TLS identity and discount CA", move || {
-            Dialer::new(&reload_settings)
+            Dialer::new(&reload_settings, &reload_metrics)
         })?;
         let discovery = Discovery::new(settings.targets.clone(), resolver);
         Ok(Self {
@@ -164,6 +170,7 @@ impl DiscountClient {
             budget: Arc::new(TpsBudget::new(RETRY_WINDOW, RETRY_RESERVE, RETRY_SHARE)),
             counts: Arc::new(Counts::default()),
             quiet: Arc::new(Quiet::default()),
+            metrics,
         })
     }
 
@@ -195,12 +202,14 @@ impl DiscountClient {
         }
     }
 
-    /// Sends `message` through `call` to `replica`, with what is left until
-    /// `deadline`. The deadline travels to discount as `grpc-timeout`, and
-    /// is enforced here as well, so a replica that accepts the connection
-    /// and then says nothing costs at most the deadline.
+    /// Sends `message` through `call` (the gRPC method `method`) to
+    /// `replica`, with what is left until `deadline`. The deadline travels
+    /// to discount as `grpc-timeout`, and is enforced here as well, so a
+    /// replica that accepts the connection and then says nothing costs at
+    /// most the deadline. Counted and timed in the metrics.
     async fn within_deadline<M, T, F>(
         &self,
+        method: &'static str,
         replica: &Arc<Replica>,
         deadline: Instant,
         message: M,
@@ -213,13 +222,21 @@ impl DiscountClient {
         let mut request = tonic::Request::new(message);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let client = GrpcClient::new(replica.channel()).max_decoding_message_size(MAX_ANSWER_SIZE);
-        tokio::time::timeout_at(deadline.into(), call(client, request))
+        let started = Instant::now();
+        let answer = tokio::time::timeout_at(deadline.into(), call(client, request))
             .await
             .map_err(|_| CallError::Deadline(self.deadline))
             .and_then(|answer| {
                 answer.map_err(|status| CallError::from_status(status, self.deadline))
             })
-            .map(tonic::Response::into_inner)
+            .map(tonic::Response::into_inner);
+        let code = match &answer {
+            Ok(_) => tonic::Code::Ok,
+            Err(error) => error.code(),
+        };
+        self.metrics
+            .call(method, replica.addr, code, started.elapsed());
+        answer
     }
 
     /// One `ApplyDiscount` call to `replica` for `customer`'s discount on
@@ -236,9 +253,13 @@ impl DiscountClient {
             product: Some(product.clone()),
         };
         let response = self
-            .within_deadline(replica, deadline, message, |mut grpc, request| async move {
-                grpc.apply_discount(request).await
-            })
+            .within_deadline(
+                "ApplyDiscount",
+                replica,
+                deadline,
+                message,
+                |mut grpc, request| async move { grpc.apply_discount(request).await },
+            )
             .await?;
         check_answer(product, response.product)
     }
@@ -258,9 +279,13 @@ impl DiscountClient {
             products: products.to_vec(),
         };
         let priced = self
-            .within_deadline(replica, deadline, message, |mut grpc, request| async move {
-                grpc.apply_discounts(request).await
-            })
+            .within_deadline(
+                "ApplyDiscounts",
+                replica,
+                deadline,
+                message,
+                |mut grpc, request| async move { grpc.apply_discounts(request).await },
+            )
             .await?
             .products;
         if priced.len() != products.len() {
@@ -401,6 +426,7 @@ impl DiscountClient {
         }
         tracing::debug!(%error, replica = %second.addr, "discount did not process the call; sending it again");
         self.counts.retries.fetch_add(1, Ordering::Relaxed);
+        self.metrics.retried();
         self.price_on(&second, deadline, customer, products).await
     }
 }

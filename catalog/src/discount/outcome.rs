@@ -68,6 +68,19 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The gRPC code the call ended with, for the metrics: the status's
+    /// own, DEADLINE_EXCEEDED for the catalog's deadline, INTERNAL for an
+    /// answer the catalog cannot use, UNAVAILABLE when no replica was
+    /// there to call.
+    pub(crate) fn code(&self) -> tonic::Code {
+        match self {
+            Self::Deadline(_) => tonic::Code::DeadlineExceeded,
+            Self::Status(status) => status.code(),
+            Self::Invalid(_) => tonic::Code::Internal,
+            Self::NoReplica => tonic::Code::Unavailable,
+        }
+    }
+
     /// The error for a call that ended with `status`. tonic's channel
     /// enforces the call's `grpc-timeout` itself, racing the client's own
     /// timer: when it wins, the call fails with a transport error whose

@@ -161,7 +161,8 @@ impl Pool {
                     }
                 }
             }
-            for gone in known.difference(addrs) {
+            for &gone in known.difference(addrs) {
+                dialer.metrics.forget(gone);
                 tracing::info!(replica = %gone, replicas = addrs.len(), "discount replica left");
             }
             *self

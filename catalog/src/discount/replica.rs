@@ -33,6 +33,7 @@ use tonic_health::pb::health_client::HealthClient;
 use super::backoff::Backoff;
 use super::outcome::CallError;
 use crate::error::StartupError;
+use crate::metrics::ClientMetrics;
 use crate::tls::ClientTls;
 
 /// Calls in a row that fail (past the deadline, an error status, an
@@ -60,6 +61,8 @@ pub(crate) struct Dialer {
     pub(crate) health_interval: Duration,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) dial_per_request: bool,
+    /// Where the replicas' calls and ejections are counted.
+    pub(crate) metrics: ClientMetrics,
 }
 
 impl Dialer {
@@ -119,6 +122,7 @@ pub(crate) struct Replica {
     checker: OnceLock<AbortHandle>,
     /// Wakes the health check early: the connection was replaced.
     check_now: Arc<Notify>,
+    metrics: ClientMetrics,
 }
 
 /// How a replica is dialled: one generation of the TLS material.
@@ -239,6 +243,7 @@ impl Replica {
             ejection: Backoff::new(dialer.backoff.0, dialer.backoff.1),
             checker: OnceLock::new(),
             check_now: Arc::new(Notify::new()),
+            metrics: dialer.metrics.clone(),
         });
         let checks = tokio::spawn(check_health(
             Arc::downgrade(&replica),
@@ -362,6 +367,7 @@ impl Replica {
             Some(error) if error.is_refused() => {
                 if !state.refused {
                     state.refused = true;
+                    self.metrics.ejected("refused");
                     tracing::warn!(replica = %self.addr, cause = ?error.to_string(),
                         "discount replica refuses this catalog's identity; out of rotation until it restarts or the catalog reloads its certificate");
                     self.update_rotation(&state);
@@ -399,6 +405,7 @@ impl Replica {
         if let Some(wait) = self.ejection.failed(now) {
             state.ejected_until = Some(now + wait);
             state.ejected_for = why;
+            self.metrics.ejected(why);
             state.failures = 0;
             if state.down_logged {
                 tracing::debug!(replica = %self.addr, ?cause, ejected_for = ?wait,

@@ -59,6 +59,8 @@ pub struct Answer {
 /// The catalog, serving on `127.0.0.1:<port>` until dropped or stopped.
 pub struct Catalog {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when started with `--metrics-addr`.
+    pub metrics_addr: Option<SocketAddr>,
     pub http: reqwest::Client,
     /// The catalog's own client of discount, to reload its TLS material.
     pub discount: DiscountClient,
@@ -99,13 +101,15 @@ impl Catalog {
     }
 
     fn serve(app: Application) -> Self {
-        let (addr, client) = (app.local_addr(), app.discount_client());
+        let (addr, client, metrics_addr) =
+            (app.local_addr(), app.discount_client(), app.metrics_addr());
         let task = ServerTask::spawn(|shutdown| async move {
             app.run_until_stopped(shutdown.wait()).await;
             Ok(())
         });
         Self {
             addr,
+            metrics_addr,
             http: reqwest::Client::new(),
             discount: client,
             task,

@@ -1,0 +1,254 @@
+//! What the catalog counts, for Prometheus: its HTTP requests, its
+//! listings, its calls to discount, and the state of its replicas and
+//! connections. Served by [`common::metrics::serve`] on `--metrics-addr`.
+//!
+//! The metric names and labels are documented in `docs/observability.md`;
+//! the handles live here, and each is updated at the one place that knows
+//! the fact: [`track_requests`] for requests, the handler for listings,
+//! the discount client for calls, retries and ejections.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use common::metrics::{Metrics, grpc_code_name};
+use http::Method;
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+
+use crate::discount::DiscountStatus;
+
+/// Every metric of one catalog.
+#[derive(Debug, Clone)]
+pub struct CatalogMetrics {
+    /// The registry, with what both services export.
+    pub common: Metrics,
+    /// HTTP requests, by route.
+    pub http: HttpMetrics,
+    /// `GET /products` answers by `X-Discount-Status`.
+    listings: IntCounterVec,
+    /// The client of discount.
+    pub discount: ClientMetrics,
+    /// HTTP connections open now.
+    pub connections: IntGauge,
+    /// SIGHUP reloads of the TLS material, by outcome.
+    reloads: IntCounterVec,
+}
+
+/// HTTP requests by route template, method and status, and how long they
+/// took.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+}
+
+/// The calls the catalog sends to discount.
+#[derive(Debug, Clone)]
+pub struct ClientMetrics {
+    calls: IntCounterVec,
+    duration: HistogramVec,
+    retries: IntCounter,
+    ejections: IntCounterVec,
+    replicas: IntGaugeVec,
+    /// Where the client's certificates' expiry is noted.
+    pub(crate) certificates: common::metrics::Certificates,
+}
+
+/// The methods the `code` label may be counted under: the two of
+/// `ecommerce.Discount` the catalog calls.
+const CALLED_METHODS: [&str; 2] = ["ApplyDiscount", "ApplyDiscounts"];
+
+impl CatalogMetrics {
+    /// The catalog's metrics, registered, all at zero.
+    pub fn new() -> Self {
+        let common = Metrics::new("catalog", env!("CARGO_PKG_VERSION"));
+        let http = HttpMetrics {
+            requests: common.counter_vec(
+                "catalog_http_requests_total",
+                "HTTP requests answered, by route template (unmatched for unknown paths), method and status.",
+                &["route", "method", "status"],
+            ),
+            duration: common.duration_vec(
+                "catalog_http_request_duration_seconds",
+                "Time from a request's head to its answer, by route template and method.",
+                &["route", "method"],
+            ),
+        };
+        let listings = common.counter_vec(
+            "catalog_listings_total",
+            "GET /products answers, by X-Discount-Status (not_asked: no known customer, so discount was not asked).",
+            &["discount_status"],
+        );
+        for status in ["applied", "partial", "unavailable", "not_asked"] {
+            listings.with_label_values(&[status]);
+        }
+        let discount = ClientMetrics {
+            calls: common.counter_vec(
+                "catalog_discount_calls_total",
+                "Calls sent to discount, by method, replica address and gRPC code (DEADLINE_EXCEEDED also when the catalog's own deadline passed).",
+                &["method", "replica", "code"],
+            ),
+            duration: common.duration_vec(
+                "catalog_discount_call_duration_seconds",
+                "How long calls to discount took, by method and replica address.",
+                &["method", "replica"],
+            ),
+            retries: common.counter(
+                "catalog_discount_retries_total",
+                "Listings sent a second time, to another replica, because the first did not process them.",
+            ),
+            ejections: common.counter_vec(
+                "catalog_discount_ejections_total",
+                "Discount replicas taken out of rotation, by reason.",
+                &["reason"],
+            ),
+            replicas: common.gauge_vec(
+                "catalog_discount_replicas",
+                "Discount replicas known, by whether they are in rotation (serving) or not (not_serving).",
+                &["state"],
+            ),
+            certificates: common.certificates().clone(),
+        };
+        let connections = common.gauge(
+            "catalog_http_connections_open",
+            "HTTP connections open now.",
+        );
+        let reloads = common.counter_vec(
+            "catalog_reloads_total",
+            "Reloads of the TLS material (SIGHUP), by outcome: success, or failure (the old material stays).",
+            &["outcome"],
+        );
+        for outcome in ["success", "failure"] {
+            reloads.with_label_values(&[outcome]);
+        }
+        Self {
+            common,
+            http,
+            listings,
+            discount,
+            connections,
+            reloads,
+        }
+    }
+
+    /// One `GET /products` answered with `status` (`None`: discount was
+    /// not asked).
+    pub fn listing(&self, status: Option<DiscountStatus>) {
+        let label = status.map_or("not_asked", DiscountStatus::as_str);
+        self.listings.with_label_values(&[label]).inc();
+    }
+
+    /// One reload of the TLS material, and whether it worked.
+    pub fn reloaded(&self, ok: bool) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.reloads.with_label_values(&[outcome]).inc();
+    }
+}
+
+impl Default for CatalogMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientMetrics {
+    /// One call of `method` to `replica` that ended with `code` after
+    /// `took`.
+    pub(crate) fn call(
+        &self,
+        method: &'static str,
+        replica: SocketAddr,
+        code: tonic::Code,
+        took: Duration,
+    ) {
+        let replica = replica.to_string();
+        self.calls
+            .with_label_values(&[method, &replica, grpc_code_name(code)])
+            .inc();
+        self.duration
+            .with_label_values(&[method, &replica])
+            .observe(took.as_secs_f64());
+    }
+
+    /// One listing sent again to another replica.
+    pub(crate) fn retried(&self) {
+        self.retries.inc();
+    }
+
+    /// One replica ejected, for `why` (the words `/readyz` shows).
+    pub(crate) fn ejected(&self, why: &str) {
+        let reason = why.to_ascii_lowercase().replace(' ', "_");
+        self.ejections.with_label_values(&[&reason]).inc();
+    }
+
+    /// `replica` left: its series go, so that replicas coming and going
+    /// (pods rescheduled) do not grow the label set for ever.
+    pub(crate) fn forget(&self, replica: SocketAddr) {
+        let replica = replica.to_string();
+        for method in CALLED_METHODS {
+            let _ = self.duration.remove_label_values(&[method, &replica]);
+            for code in 0..=16 {
+                let code = grpc_code_name(tonic::Code::from_i32(code));
+                let _ = self.calls.remove_label_values(&[method, &replica, code]);
+            }
+        }
+    }
+
+    /// Sets the replica gauge: `serving` of `known` in rotation.
+    pub(crate) fn replicas(&self, serving: usize, known: usize) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.replicas
+            .with_label_values(&["serving"])
+            .set(count(serving));
+        self.replicas
+            .with_label_values(&["not_serving"])
+            .set(count(known.saturating_sub(serving)));
+    }
+}
+
+/// The `route` label for a request: the template it matched, or
+/// `unmatched`, so a scan of random paths adds no series.
+fn route(matched: Option<&MatchedPath>) -> &str {
+    matched.map_or("unmatched", MatchedPath::as_str)
+}
+
+/// The `method` label: the standard methods by name, any other as `other`.
+fn method(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Counts and times every request the router answers (a middleware on
+/// each route and the fallback, so the matched template is known).
+pub async fn track_requests(
+    State(metrics): State<HttpMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let method = method(request.method());
+    let response = next.run(request).await;
+    let route = route(matched.as_ref());
+    metrics
+        .requests
+        .with_label_values(&[route, method, response.status().as_str()])
+        .inc();
+    metrics
+        .duration
+        .with_label_values(&[route, method])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,421 @@
+//! Prometheus metrics: the registry each service fills, what both export
+//! (build information, the process, certificate expiry), and the plaintext
+//! admin listener that serves `GET /metrics`.
+//!
+//! Each running service owns its [`Metrics`] rather than a process-wide
+//! registry: the tests start a catalog and several discounts in one
+//! process and read each one's counters exactly. The text is Prometheus'
+//! text format 0.0.4, which `promtool check metrics` reads and every
+//! Prometheus scrapes.
+//!
+//! Labels are bounded by construction: route templates, method and status
+//! names, gRPC codes, replica addresses the catalog was told about,
+//! certificate files. Never a raw path, a customer or a client address.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::connections::ConnectionTracker;
+use crate::pem::PemFile;
+
+/// Buckets of the duration histograms, in seconds: from 0.5 ms (a call
+/// on a warm connection takes about that) to the 5 s request timeout.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The most connections the admin listener serves at once; a newcomer
+/// closes the oldest. A scraper needs one.
+const ADMIN_CONNECTIONS: usize = 16;
+
+/// The longest a scraper may take to send its request head.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest one admin connection stays open, keep-alive included.
+const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// A function run before each scrape, to set gauges read from state
+/// (replicas in rotation, health).
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// One service's metrics, and the text a scrape returns.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    certificates: Certificates,
+    hooks: Arc<Mutex<Vec<Hook>>>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A registry for `service` with what every service exports:
+    /// `<service>_build_info{version}`, the `process_*` metrics, and
+    /// `tls_certificate_expiry_seconds`.
+    pub fn new(service: &str, version: &str) -> Self {
+        let registry = Registry::new();
+        let metrics = Self {
+            registry,
+            certificates: Certificates::default(),
+            hooks: Arc::default(),
+        };
+        let version_label = Opts::new(
+            format!("{service}_build_info"),
+            format!("Always 1; the labels say which build of {service} runs."),
+        )
+        .const_label("version", version);
+        let name = version_label.name.clone();
+        metrics
+            .add(IntGauge::with_opts(version_label), &name)
+            .set(1);
+        #[cfg(target_os = "linux")]
+        if let Err(error) = metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::error!(%error, "cannot register the process metrics");
+        }
+        let expiry = metrics.add(
+            GaugeVec::new(
+                Opts::new(
+                    "tls_certificate_expiry_seconds",
+                    "Seconds until the certificate expires (the soonest in its file); negative once it has.",
+                ),
+                &["file", "role"],
+            ),
+            "tls_certificate_expiry_seconds",
+        );
+        metrics.certificates.set_gauge(expiry);
+        metrics
+    }
+
+    /// Registers `collector` (built from `built`) and returns it.
+    ///
+    /// Metric names and labels are constants of the code, and every test
+    /// that starts a service builds them all: an invalid or repeated one
+    /// is a bug found at once, not something a user or the network can
+    /// cause, so it panics with the metric's name.
+    #[allow(clippy::expect_used)]
+    fn add<C: Collector + Clone + 'static>(&self, built: prometheus::Result<C>, name: &str) -> C {
+        let collector = built.expect(name);
+        self.registry
+            .register(Box::new(collector.clone()))
+            .expect(name);
+        collector
+    }
+
+    /// A counter, registered.
+    pub fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help), name)
+    }
+
+    /// A counter with `labels`, registered.
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels), name)
+    }
+
+    /// A gauge, registered.
+    pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help), name)
+    }
+
+    /// A gauge with `labels`, registered.
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels), name)
+    }
+
+    /// A histogram of durations in seconds ([`DURATION_BUCKETS`]) with
+    /// `labels`, registered.
+    pub fn duration_vec(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, labels), name)
+    }
+
+    /// Runs `hook` before every scrape: for gauges read from state.
+    pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(hook));
+    }
+
+    /// Where the loaded certificates' expiry is noted.
+    pub fn certificates(&self) -> &Certificates {
+        &self.certificates
+    }
+
+    /// The metrics now, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        for hook in self
+            .hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            hook();
+        }
+        self.certificates.refresh(SystemTime::now());
+        let mut text = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+            tracing::error!(%error, "cannot encode the metrics");
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+}
+
+/// When each loaded certificate file expires, by file and role, for
+/// `tls_certificate_expiry_seconds`. Noted when a file is loaded, at start
+/// and on each reload that succeeds, so it is the certificate in use, not
+/// whatever is on disk now.
+#[derive(Debug, Clone, Default)]
+pub struct Certificates {
+    inner: Arc<Mutex<CertificatesInner>>,
+}
+
+#[derive(Debug, Default)]
+struct CertificatesInner {
+    /// (file, role) to the soonest `notAfter` in it, in Unix seconds.
+    expiry: BTreeMap<(String, &'static str), i64>,
+    gauge: Option<GaugeVec>,
+}
+
+impl Certificates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CertificatesInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_gauge(&self, gauge: GaugeVec) {
+        self.lock().gauge = Some(gauge);
+    }
+
+    /// Notes the certificates of `file`, loaded for `role` (`server`,
+    /// `client`, `client-ca`, `server-ca`). A file with none is ignored.
+    pub fn record(&self, role: &'static str, file: &PemFile) {
+        let Ok(certificates) = file.certificates() else {
+            return;
+        };
+        let soonest = certificates
+            .iter()
+            .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+            .map(|(_, certificate)| certificate.validity().not_after.timestamp())
+            .min();
+        if let Some(not_after) = soonest {
+            let path = crate::pem::display_path(&file.source().path);
+            self.lock().expiry.insert((path, role), not_after);
+        }
+    }
+
+    fn refresh(&self, now: SystemTime) {
+        let inner = self.lock();
+        let Some(gauge) = &inner.gauge else {
+            return;
+        };
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        });
+        for ((file, role), not_after) in &inner.expiry {
+            #[allow(clippy::cast_precision_loss)] // seconds, far below 2^53
+            gauge
+                .with_label_values(&[file.as_str(), role])
+                .set(not_after.saturating_sub(now) as f64);
+        }
+    }
+}
+
+/// Counts one open thing (a connection, a call in flight) in a gauge
+/// until dropped, whichever way its task ends.
+#[derive(Debug)]
+pub struct Open(IntGauge);
+
+impl Open {
+    /// Adds one to `gauge` until the result is dropped.
+    pub fn count(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The name of a gRPC status code as the specification writes it
+/// (`DEADLINE_EXCEEDED`), for the `code` label.
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Serves `GET /metrics` from `metrics` on `listener`, in plaintext
+/// HTTP/1.1, until the task running it is aborted (which also ends the
+/// connections: they are its children).
+///
+/// Kept apart from the service's own port: Prometheus scrapes without a
+/// client certificate, and a scrape must not compete with real traffic
+/// for connection slots. At most [`ADMIN_CONNECTIONS`] are open, a
+/// newcomer closing the oldest; each must send its request head within
+/// [`ADMIN_HEADER_TIMEOUT`] and lives at most [`ADMIN_CONNECTION_LIFETIME`].
+pub async fn serve(listener: TcpListener, metrics: Metrics) {
+    let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
+    let connections = ConnectionTracker::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        let (tcp, _peer) = crate::listener::accept(&listener).await;
+        while tasks.try_join_next().is_some() {}
+        let Some(slot) = connections.place_under(&slots, |_| {}).await else {
+            return;
+        };
+        let io = connections.register().holding(slot).wrap(tcp);
+        let metrics = metrics.clone();
+        tasks.spawn(async move {
+            let service = service_fn(move |request| {
+                std::future::ready(Ok::<_, Infallible>(answer(&metrics, &request)))
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(io), service);
+            // Errors end this connection only; a scraper retries.
+            let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, connection).await;
+        });
+    }
+}
+
+/// The admin listener's answer to `request`.
+fn answer(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
+        response
+    };
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if request.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: this listener serves GET /metrics only\n".to_owned(),
+        );
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "/metrics answers GET only\n".to_owned(),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    reply(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        metrics.render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_is_one_with_the_version() {
+        let metrics = Metrics::new("demo", "1.2.3");
+        let text = metrics.render();
+        assert!(
+            text.contains("demo_build_info{version=\"1.2.3\"} 1\n"),
+            "{text}"
+        );
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("\nprocess_open_fds "), "{text}");
+    }
+
+    #[test]
+    fn certificate_expiry_counts_down_from_the_soonest_certificate() {
+        let metrics = Metrics::new("demo", "0");
+        let certificates = metrics.certificates().clone();
+        certificates
+            .lock()
+            .expiry
+            .insert(("keys/cert.pem".into(), "server"), 1_000);
+        certificates.refresh(UNIX_EPOCH + Duration::from_secs(400));
+        let text = String::from_utf8({
+            let mut out = Vec::new();
+            TextEncoder::new()
+                .encode(&metrics.registry.gather(), &mut out)
+                .unwrap();
+            out
+        })
+        .unwrap();
+        assert!(
+            text.contains(
+                "tls_certificate_expiry_seconds{file=\"keys/cert.pem\",role=\"server\"} 600\n"
+            ),
+            "{text}"
+        );
+        certificates.refresh(UNIX_EPOCH + Duration::from_secs(1_300));
+        let gauge = certificates.lock().gauge.clone().unwrap();
+        assert_eq!(
+            gauge.with_label_values(&["keys/cert.pem", "server"]).get(),
+            -300.0
+        );
+    }
+
+    #[test]
+    fn every_code_has_its_specification_name() {
+        for (number, name) in [
+            (0, "OK"),
+            (4, "DEADLINE_EXCEEDED"),
+            (14, "UNAVAILABLE"),
+            (16, "UNAUTHENTICATED"),
+        ] {
+            assert_eq!(grpc_code_name(tonic::Code::from_i32(number)), name);
+        }
+    }
+}
