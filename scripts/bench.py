@@ -10,6 +10,8 @@ picks some of them (default all):
                (--discount-host 127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3)
   6. kill3     as replicas3, and the first replica listed is SIGKILLed halfway
                through the measured run (not the warm-up)
+  7. observed  as shared, with both services' --metrics-addr on and each
+               scraped once a second during the run (a Prometheus at 1 s)
 
 Services are started afresh for each run (so peak RSS is per scenario), on
 127.0.0.1 with ports the OS picks, logging at warn. HTTP load comes from wrk,
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.dont_write_bytecode = True  # no scripts/__pycache__ left in the work tree
@@ -137,18 +140,33 @@ def grpc_load(bins, keys, port, concurrency, seconds, cpu):
 REPLICAS = {"replicas3": 3, "kill3": 3}  # discount processes; 1 for the others
 
 
+def scrape_every_second(ports, stop, failures):
+    """GET /metrics from each of `ports` once a second until `stop`; each
+    failed scrape is noted in `failures` (an error of the run)."""
+    while not stop.wait(1.0):
+        for port in ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                    if answer.status != 200 or b"_build_info" not in answer.read():
+                        failures.append(f"port {port}: {answer.status}")
+            except OSError as error:
+                failures.append(f"port {port}: {error}")
+
+
 def run_scenario(name, connections, args, keys, script):
     services_cpu = "0" if args.pin else None
     load_cpu = "1" if args.pin else None
-    discounts, catalog, killer = [], None, None
+    discounts, catalog, killer, scraper = [], None, None, None
+    scraping, scrape_failures = threading.Event(), []
     try:
+        observed = ["--metrics-addr", "127.0.0.1:0"] if name == "observed" else []
         for _ in range(REPLICAS.get(name, 1)):
-            discounts.append(start_discount(args.bin_dir, keys, cpu=services_cpu))
+            discounts.append(start_discount(args.bin_dir, keys, observed, cpu=services_cpu))
         if name == "grpc":
             port = discounts[0].port
             drive = lambda seconds: grpc_load(args.bin_dir, keys, port, connections, seconds, load_cpu)
         else:
-            extra = ["--max-connections", "4096"]
+            extra = ["--max-connections", "4096", *observed]
             if args.discount_deadline:
                 extra += ["--discount-deadline", args.discount_deadline]
             if name == "dial":
@@ -178,7 +196,15 @@ def run_scenario(name, connections, args, keys, script):
             killer = threading.Timer(args.duration / 2, kill)
             start = time.monotonic()
             killer.start()
+        if observed:
+            targets = [s.metrics_port for s in everyone]
+            scraper = threading.Thread(target=scrape_every_second, args=(targets, scraping, scrape_failures))
+            scraper.start()
         result = drive(args.duration)
+        scraping.set()
+        if scraper:
+            scraper.join()
+            result["errors"] += len(scrape_failures)
         if killer:
             killer.join()
         used = [s.cpu_seconds() - b for s, b in zip(everyone, before)]
@@ -206,6 +232,9 @@ def run_scenario(name, connections, args, keys, script):
         if killer:
             killer.cancel()
             killer.join()
+        scraping.set()
+        if scraper:
+            scraper.join()
         for service in [*([catalog] if catalog else []), *discounts]:
             service.stop()
 
@@ -217,6 +246,7 @@ LABELS = {
     "grpc": "4 discount ApplyDiscount over mTLS",
     "replicas3": "5 catalog, X-USER-ID 1, 3 discount replicas",
     "kill3": "6 the same, 1 of 3 replicas SIGKILLed mid-run",
+    "observed": "7 as 2, metrics on and scraped every second",
 }
 SCENARIOS = tuple(LABELS)
 
@@ -319,7 +349,8 @@ def main():
     for c in counts:
         for top, bottom, name in (("shared", "ceiling", "(2)/(1) discount path vs HTTP-only ceiling"),
                                   ("shared", "dial", "(2)/(3) shared channel vs dial per request"),
-                                  ("replicas3", "shared", "(5)/(2) three discount replicas vs one")):
+                                  ("replicas3", "shared", "(5)/(2) three discount replicas vs one"),
+                                  ("observed", "shared", "(7)/(2) metrics on and scraped vs off")):
             if (top, c) in by and (bottom, c) in by:
                 ratios.append({"name": name, "connections": c, "value": by[(top, c)]["rps"] / by[(bottom, c)]["rps"]})
 
