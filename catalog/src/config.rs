@@ -83,6 +83,12 @@ pub struct Config {
     #[arg(long, env = "CATALOG_CLIENT_KEY", default_value = "keys/client.key")]
     pub client_key: PathBuf,
 
+    /// How log lines are written: `text`, `json` (one object per line,
+    /// with `trace_id` and `span_id` inside a request, to join the two
+    /// services' logs), or `auto`: text on a terminal, JSON otherwise.
+    #[arg(long, env = "LOG_FORMAT", default_value = "auto", value_parser = common::telemetry::LogFormat::parse)]
+    pub log_format: common::telemetry::LogFormat,
+
     /// Serve Prometheus metrics at `GET /metrics` on this address
     /// (`HOST:PORT`), in plaintext HTTP and apart from the API port, so a
     /// scraper needs no certificate and takes no API connection slot. Keep

@@ -7,16 +7,21 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    common::telemetry::init("warn,h2=error,catalog=info,common=info,tower_http=info");
     let config = Config::parse();
     if config.check_certs {
         common::crypto::install_default_provider();
         let report = config.discount().security.check_certificates();
         return common::doctor::print_and_exit_code(&report);
     }
+    let telemetry = common::telemetry::init(
+        "catalog",
+        "warn,h2=error,catalog=info,common=info,tower_http=info",
+        config.log_format,
+    );
     match Application::build(&config) {
         Ok(app) => {
             app.run_until_stopped(common::shutdown_signal()).await;
+            telemetry.shutdown().await;
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -78,6 +78,12 @@ pub struct Config {
     )]
     pub allow_clients: Vec<Allowed>,
 
+    /// How log lines are written: `text`, `json` (one object per line,
+    /// with `trace_id` and `span_id` inside a request, to join the two
+    /// services' logs), or `auto`: text on a terminal, JSON otherwise.
+    #[arg(long, env = "LOG_FORMAT", default_value = "auto", value_parser = common::telemetry::LogFormat::parse)]
+    pub log_format: common::telemetry::LogFormat,
+
     /// Serve Prometheus metrics at `GET /metrics` on this address
     /// (`HOST:PORT`), in plaintext HTTP and apart from the gRPC port, so a
     /// scraper needs no client certificate and takes no gRPC connection

@@ -7,13 +7,19 @@ use discount::{Application, Config, StartupError};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    common::telemetry::init("warn,h2=error,discount=info,common=info");
     let config = Config::parse();
     if config.check_certs {
         common::crypto::install_default_provider();
         return common::doctor::print_and_exit_code(&config.server_tls().check_certificates());
     }
-    match run(&config).await {
+    let telemetry = common::telemetry::init(
+        "discount",
+        "warn,h2=error,discount=info,common=info",
+        config.log_format,
+    );
+    let ran = run(&config).await;
+    telemetry.shutdown().await;
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // Plain stderr rather than tracing: this must show even with

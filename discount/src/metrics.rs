@@ -17,9 +17,10 @@ use std::time::Instant;
 
 use common::metrics::{Metrics, Open, grpc_code_name};
 use http_body::{Body, Frame, SizeHint};
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use tonic::codegen::http;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 /// The identities `discount_authz_refusals_total` names one by one; any
 /// further one is counted as `other`. Identities come from certificates
@@ -197,7 +198,12 @@ impl DiscountMetrics {
     /// The layer that counts every call.
     pub(crate) fn observe_calls(&self) -> ObserveCalls {
         ObserveCalls {
-            metrics: self.clone(),
+            series: Arc::new(CallSeries {
+                ok: METHODS.map(|method| self.calls.with_label_values(&[method, "OK"])),
+                duration: METHODS.map(|method| self.duration.with_label_values(&[method])),
+                calls: self.calls.clone(),
+                in_flight: self.in_flight.clone(),
+            }),
         }
     }
 }
@@ -224,29 +230,50 @@ impl Refusals {
     }
 }
 
-/// The `method` label of a call to `path`: the services this server has,
-/// by their full gRPC names; anything else is `unknown`, so a client
-/// sending random paths adds no series.
-fn method_label(path: &str) -> &'static str {
-    const KNOWN: [&str; 6] = [
-        "ecommerce.Discount/ApplyDiscount",
-        "ecommerce.Discount/ApplyDiscounts",
-        "grpc.health.v1.Health/Check",
-        "grpc.health.v1.Health/Watch",
-        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-    ];
+/// The `method` label values: the services this server has, by their
+/// full gRPC names, and `unknown` for any other path, so a client sending
+/// random paths adds no series.
+const METHODS: [&str; 7] = [
+    "ecommerce.Discount/ApplyDiscount",
+    "ecommerce.Discount/ApplyDiscounts",
+    "grpc.health.v1.Health/Check",
+    "grpc.health.v1.Health/Watch",
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "unknown",
+];
+
+/// The index in [`METHODS`] of a call to `path`.
+fn method_index(path: &str) -> usize {
     let path = path.strip_prefix('/').unwrap_or(path);
-    KNOWN
-        .into_iter()
-        .find(|known| *known == path)
-        .unwrap_or("unknown")
+    METHODS[..METHODS.len() - 1]
+        .iter()
+        .position(|known| *known == path)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// The `method` label of a call to `path`.
+#[cfg(test)]
+fn method_label(path: &str) -> &'static str {
+    METHODS[method_index(path)]
+}
+
+/// The series every call touches, looked up once rather than by label
+/// values on each call (which hashes them and takes a lock): per method,
+/// calls answered OK and the duration histogram. Other codes are looked up
+/// when they happen.
+#[derive(Debug)]
+struct CallSeries {
+    ok: [IntCounter; METHODS.len()],
+    duration: [Histogram; METHODS.len()],
+    calls: IntCounterVec,
+    in_flight: IntGauge,
 }
 
 /// A [`tower::Layer`] counting and timing each call (see the module).
 #[derive(Debug, Clone)]
 pub(crate) struct ObserveCalls {
-    metrics: DiscountMetrics,
+    series: Arc<CallSeries>,
 }
 
 impl<S> Layer<S> for ObserveCalls {
@@ -255,7 +282,7 @@ impl<S> Layer<S> for ObserveCalls {
     fn layer(&self, inner: S) -> Self::Service {
         Observed {
             inner,
-            metrics: self.metrics.clone(),
+            series: Arc::clone(&self.series),
         }
     }
 }
@@ -264,7 +291,16 @@ impl<S> Layer<S> for ObserveCalls {
 #[derive(Debug, Clone)]
 pub(crate) struct Observed<S> {
     inner: S,
-    metrics: DiscountMetrics,
+    series: Arc<CallSeries>,
+}
+
+/// The code in a `grpc-status` header, if there is one.
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    // A constant name: `get("grpc-status")` would parse it on every call.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    headers
+        .get(&GRPC_STATUS)
+        .map(|code| tonic::Code::from_bytes(code.as_bytes()))
 }
 
 impl<S> Service<http::Request<tonic::body::Body>> for Observed<S>
@@ -282,51 +318,74 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let index = method_index(request.uri().path());
+        let method = METHODS[index];
+        // The call's server span, the child of the caller's span when the
+        // call carries a `traceparent` (the catalog sends one).
+        let span = tracing::info_span!(
+            "call",
+            otel.name = method,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        common::telemetry::continue_trace(&span, request.headers());
         let call = Call {
-            method: method_label(request.uri().path()),
+            method: index,
             started: Instant::now(),
-            _in_flight: Open::count(&self.metrics.in_flight),
-            metrics: self.metrics.clone(),
+            _in_flight: Open::count(&self.series.in_flight),
+            series: Arc::clone(&self.series),
+            span: span.clone(),
         };
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let response = answer.await?;
-            // A trailers-only answer (every error tonic makes itself) has
-            // its status in the headers; otherwise it comes in the
-            // trailers, at the end of the body.
-            if let Some(code) = tonic::Status::from_header_map(response.headers()) {
-                call.ended(code.code());
-                return Ok(response);
+        let answer = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let response = answer.await?;
+                // A trailers-only answer (every error tonic makes itself) has
+                // its status in the headers; otherwise it comes in the
+                // trailers, at the end of the body.
+                if let Some(code) = grpc_status(response.headers()) {
+                    call.ended(code);
+                    return Ok(response);
+                }
+                Ok(response.map(|body| {
+                    tonic::body::Body::new(Watched {
+                        body,
+                        call: Some(call),
+                    })
+                }))
             }
-            Ok(response.map(|body| {
-                tonic::body::Body::new(Watched {
-                    body,
-                    call: Some(call),
-                })
-            }))
-        })
+            .instrument(span),
+        )
     }
 }
 
 /// One call being answered.
 #[derive(Debug)]
 struct Call {
-    method: &'static str,
+    /// Its index in [`METHODS`].
+    method: usize,
     started: Instant,
     _in_flight: Open,
-    metrics: DiscountMetrics,
+    series: Arc<CallSeries>,
+    /// Held until the answer is sent, so the span ends with the call.
+    span: tracing::Span,
 }
 
 impl Call {
     fn ended(self, code: tonic::Code) {
-        self.metrics
-            .calls
-            .with_label_values(&[self.method, grpc_code_name(code)])
-            .inc();
-        self.metrics
-            .duration
-            .with_label_values(&[self.method])
-            .observe(self.started.elapsed().as_secs_f64());
+        self.span.record("rpc.grpc.status_code", code as i32);
+        let series = &self.series;
+        if code == tonic::Code::Ok {
+            series.ok[self.method].inc();
+        } else {
+            series
+                .calls
+                .with_label_values(&[METHODS[self.method], grpc_code_name(code)])
+                .inc();
+        }
+        series.duration[self.method].observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -348,8 +407,7 @@ impl Body for Watched {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    let code = tonic::Status::from_header_map(trailers)
-                        .map_or(tonic::Code::Unknown, |status| status.code());
+                    let code = grpc_status(trailers).unwrap_or(tonic::Code::Unknown);
                     if let Some(call) = self.call.take() {
                         call.ended(code);
                     }

@@ -24,16 +24,32 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `binary` with `args` and `RUST_LOG=info`, and waits for the
-    /// start-up line holding `marker` followed by the bound address (for
-    /// discount `"Running Discount service on "`).
+    /// Starts `binary` with `args`, `RUST_LOG=info` and text logs, and
+    /// waits for the start-up line holding `marker` followed by the bound
+    /// address (for discount `"Running Discount service on "`).
     ///
     /// # Errors
     /// It could not start, exited, or did not log `marker` within [`HANG`].
     pub async fn start(binary: &Path, args: &[String], marker: &str) -> SetupResult<Self> {
+        Self::start_with_env(binary, args, marker, &[("LOG_FORMAT", "text")]).await
+    }
+
+    /// [`Process::start`] with the environment variables `env` added (a
+    /// `LOG_FORMAT` there replaces the text default).
+    ///
+    /// # Errors
+    /// As [`Process::start`].
+    pub async fn start_with_env(
+        binary: &Path,
+        args: &[String],
+        marker: &str,
+        env: &[(&str, &str)],
+    ) -> SetupResult<Self> {
         let mut child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "text")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
@@ -51,7 +67,9 @@ impl Process {
         let addr = line
             .split(marker)
             .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
+            // The address ends at a space, or at the quote closing a JSON
+            // message.
+            .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
             .ok_or("no address in the start-up line")?
             .parse()?;
         Ok(Self {

@@ -43,6 +43,7 @@ use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, DiscountsReq
 use futures_util::future::join_all;
 use tonic::transport::Channel;
 use tower::retry::budget::{Budget, TpsBudget};
+use tracing::Instrument;
 
 use crate::error::StartupError;
 use crate::metrics::ClientMetrics;
@@ -108,7 +109,9 @@ pub struct DiscountClient {
     budget: Arc<TpsBudget>,
     counts: Arc<Counts>,
     quiet: Arc<Quiet>,
-    metrics: ClientMetrics,
+    /// Behind an `Arc`: the client is cloned with the state of every
+    /// request.
+    metrics: Arc<ClientMetrics>,
 }
 
 /// What the client sent, for tests and, later, metrics.
@@ -170,7 +173,7 @@ impl DiscountClient {
             budget: Arc::new(TpsBudget::new(RETRY_WINDOW, RETRY_RESERVE, RETRY_SHARE)),
             counts: Arc::new(Counts::default()),
             quiet: Arc::new(Quiet::default()),
-            metrics,
+            metrics: Arc::new(metrics),
         })
     }
 
@@ -222,8 +225,35 @@ impl DiscountClient {
         let mut request = tonic::Request::new(message);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let client = GrpcClient::new(replica.channel()).max_decoding_message_size(MAX_ANSWER_SIZE);
+        // The call's client span; discount's server span becomes its child
+        // through the trace context sent in the metadata.
+        let span = tracing::info_span!(
+            "discount call",
+            otel.name = %format_args!("ecommerce.Discount/{method}"),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = "ecommerce.Discount",
+            rpc.method = method,
+            server.address = %replica.addr,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
         let started = Instant::now();
-        let answer = tokio::time::timeout_at(deadline.into(), call(client, request))
+        let call = tokio::time::timeout_at(deadline.into(), async move {
+            // Without traces (no OTLP endpoint) the span is disabled:
+            // nothing to send or to enter.
+            if span.is_disabled() {
+                call(client, request).await
+            } else {
+                common::telemetry::propagate(&span, request.metadata_mut());
+                let answer = call(client, request).instrument(span.clone()).await;
+                let code = answer
+                    .as_ref()
+                    .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
+                span.record("rpc.grpc.status_code", code as i32);
+                answer
+            }
+        });
+        let answer = call
             .await
             .map_err(|_| CallError::Deadline(self.deadline))
             .and_then(|answer| {
@@ -235,7 +265,7 @@ impl DiscountClient {
             Err(error) => error.code(),
         };
         self.metrics
-            .call(method, replica.addr, code, started.elapsed());
+            .call(&replica.series, method, code, started.elapsed());
         answer
     }
 

@@ -33,7 +33,7 @@ use tonic_health::pb::health_client::HealthClient;
 use super::backoff::Backoff;
 use super::outcome::CallError;
 use crate::error::StartupError;
-use crate::metrics::ClientMetrics;
+use crate::metrics::{ClientMetrics, ReplicaSeries};
 use crate::tls::ClientTls;
 
 /// Calls in a row that fail (past the deadline, an error status, an
@@ -123,6 +123,8 @@ pub(crate) struct Replica {
     /// Wakes the health check early: the connection was replaced.
     check_now: Arc<Notify>,
     metrics: ClientMetrics,
+    /// Its series in the metrics, looked up once.
+    pub(crate) series: ReplicaSeries,
 }
 
 /// How a replica is dialled: one generation of the TLS material.
@@ -244,6 +246,7 @@ impl Replica {
             checker: OnceLock::new(),
             check_now: Arc::new(Notify::new()),
             metrics: dialer.metrics.clone(),
+            series: dialer.metrics.series(addr),
         });
         let checks = tokio::spawn(check_health(
             Arc::downgrade(&replica),

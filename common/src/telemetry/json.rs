@@ -1,0 +1,139 @@
+//! One JSON object per log line, with the trace it belongs to.
+//!
+//! `tracing-subscriber`'s own JSON format knows nothing of OpenTelemetry,
+//! so it cannot say which trace a line belongs to; this one adds the
+//! `trace_id` and `span_id` of the innermost span, which is what joins the
+//! catalog's and discount's logs for one request.
+
+use std::fmt;
+
+use opentelemetry::trace::TraceContextExt;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The JSON lines format: `timestamp` (RFC 3339, UTC), `level`, `target`,
+/// `message`, `fields` (the event's other fields), `spans` (each open span,
+/// outermost first, with its fields as text), and, inside a span,
+/// `trace_id` and `span_id` (hex, as in `traceparent`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let metadata = event.metadata();
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let mut line = Map::new();
+        line.insert("timestamp".into(), timestamp.into());
+        line.insert("level".into(), metadata.level().as_str().into());
+        line.insert("target".into(), metadata.target().into());
+        line.insert(
+            "message".into(),
+            fields.message.take().unwrap_or_default().into(),
+        );
+        if !fields.other.is_empty() {
+            line.insert("fields".into(), Value::Object(fields.other));
+        }
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<Value> = scope
+                .from_root()
+                .map(|span| {
+                    let mut entry = Map::new();
+                    entry.insert("name".into(), span.name().into());
+                    let extensions = span.extensions();
+                    if let Some(formatted) = extensions.get::<FormattedFields<N>>()
+                        && !formatted.fields.is_empty()
+                    {
+                        entry.insert("fields".into(), formatted.fields.as_str().into());
+                    }
+                    Value::Object(entry)
+                })
+                .collect();
+            line.insert("spans".into(), Value::Array(spans));
+        }
+        // No span's extensions may be held here: reading the OpenTelemetry
+        // context takes them.
+        if let Some(current) = ctx.lookup_current() {
+            let id = current.id();
+            let context = tracing::dispatcher::get_default(|dispatch| {
+                tracing_opentelemetry::get_otel_context(&id, dispatch)
+            });
+            if let Some(context) = context {
+                let span = context.span();
+                let ids = span.span_context();
+                if ids.is_valid() {
+                    line.insert("trace_id".into(), ids.trace_id().to_string().into());
+                    line.insert("span_id".into(), ids.span_id().to_string().into());
+                }
+            }
+        }
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+/// An event's fields as JSON values; `message` apart.
+#[derive(Default)]
+struct Fields {
+    message: Option<String>,
+    other: Map<String, Value>,
+}
+
+impl Fields {
+    fn put(&mut self, field: &Field, value: Value) {
+        if field.name() == "message" {
+            self.message = Some(match value {
+                Value::String(text) => text,
+                other => other.to_string(),
+            });
+        } else {
+            self.other.insert(field.name().to_owned(), value);
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, value.to_string().into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, format!("{value:?}").into());
+    }
+}
