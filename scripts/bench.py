@@ -12,6 +12,9 @@ picks some of them (default all):
                through the measured run (not the warm-up)
   7. observed  as shared, with both services' --metrics-addr on and each
                scraped once a second during the run (a Prometheus at 1 s)
+  8. traced    as observed, and both services export their spans over OTLP
+               to bench's otlp-sink on loopback (a collector that keeps
+               nothing); the spans it received are in results.json
 
 Services are started afresh for each run (so peak RSS is per scenario), on
 127.0.0.1 with ports the OS picks, logging at warn. HTTP load comes from wrk,
@@ -156,12 +159,16 @@ def scrape_every_second(ports, stop, failures):
 def run_scenario(name, connections, args, keys, script):
     services_cpu = "0" if args.pin else None
     load_cpu = "1" if args.pin else None
-    discounts, catalog, killer, scraper = [], None, None, None
+    discounts, catalog, killer, scraper, sink = [], None, None, None, None
     scraping, scrape_failures = threading.Event(), []
     try:
-        observed = ["--metrics-addr", "127.0.0.1:0"] if name == "observed" else []
+        observed = ["--metrics-addr", "127.0.0.1:0"] if name in ("observed", "traced") else []
+        env = None
+        if name == "traced":
+            sink = subprocess.Popen([f"{args.bin_dir}/otlp-sink"], stdout=subprocess.PIPE, text=True)
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.stdout.readline().strip()}
         for _ in range(REPLICAS.get(name, 1)):
-            discounts.append(start_discount(args.bin_dir, keys, observed, cpu=services_cpu))
+            discounts.append(start_discount(args.bin_dir, keys, observed, cpu=services_cpu, env=env))
         if name == "grpc":
             port = discounts[0].port
             drive = lambda seconds: grpc_load(args.bin_dir, keys, port, connections, seconds, load_cpu)
@@ -175,7 +182,8 @@ def run_scenario(name, connections, args, keys, script):
                 # One name for the whole list; the bench certificate is
                 # issued to DNS:localhost (and IP 127.0.0.1, ::1).
                 extra += ["--discount-server-name", "localhost"]
-            catalog = start_catalog(args.bin_dir, keys, [d.port for d in discounts], extra, cpu=services_cpu)
+            catalog = start_catalog(args.bin_dir, keys, [d.port for d in discounts], extra, cpu=services_cpu,
+                                    env=env)
             url = f"http://127.0.0.1:{catalog.port}/products"
             user, expect = (None, PLAIN_END) if name == "ceiling" else ("1", DISCOUNTED_END)
             # A listing priced while a replica dies may rightly go out
@@ -222,6 +230,13 @@ def run_scenario(name, connections, args, keys, script):
                  "killed": d.final is not None}
                 for d, u in zip(discounts, used)
             ]
+        if sink:
+            # The services flush their last spans when they stop.
+            for service in everyone:
+                service.stop()
+            sink.terminate()
+            result["spans_exported"] = json.loads(sink.communicate(timeout=10)[0].strip().splitlines()[-1])["spans"]
+            sink = None
         if name == "kill3":
             if victim.final is None:
                 raise RuntimeError(f"kill3: the replica on port {victim.port} was not killed during the run "
@@ -235,6 +250,9 @@ def run_scenario(name, connections, args, keys, script):
         scraping.set()
         if scraper:
             scraper.join()
+        if sink:
+            sink.kill()
+            sink.wait()
         for service in [*([catalog] if catalog else []), *discounts]:
             service.stop()
 
@@ -247,6 +265,7 @@ LABELS = {
     "replicas3": "5 catalog, X-USER-ID 1, 3 discount replicas",
     "kill3": "6 the same, 1 of 3 replicas SIGKILLed mid-run",
     "observed": "7 as 2, metrics on and scraped every second",
+    "traced": "8 as 7, spans exported over OTLP",
 }
 SCENARIOS = tuple(LABELS)
 
@@ -350,7 +369,8 @@ def main():
         for top, bottom, name in (("shared", "ceiling", "(2)/(1) discount path vs HTTP-only ceiling"),
                                   ("shared", "dial", "(2)/(3) shared channel vs dial per request"),
                                   ("replicas3", "shared", "(5)/(2) three discount replicas vs one"),
-                                  ("observed", "shared", "(7)/(2) metrics on and scraped vs off")):
+                                  ("observed", "shared", "(7)/(2) metrics on and scraped vs off"),
+                                  ("traced", "shared", "(8)/(2) metrics and traces exported vs off")):
             if (top, c) in by and (bottom, c) in by:
                 ratios.append({"name": name, "connections": c, "value": by[(top, c)]["rps"] / by[(bottom, c)]["rps"]})
 

@@ -35,6 +35,9 @@ for tool in cargo openssl curl; do
   }
 done
 
+# Text logs: they are read here, prefixed, by a person (JSON otherwise, as
+# the output is a pipe).
+export LOG_FORMAT=${LOG_FORMAT:-text}
 discount_port=${DISCOUNT_PORT:-11443}
 catalog_port=${CATALOG_PORT:-11080}
 discount_metrics_port=${DISCOUNT_METRICS_PORT:-$((discount_port + 1))}

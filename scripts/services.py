@@ -23,14 +23,15 @@ class Service:
     `cpu` pins it with taskset (for benchmarks); `log_level` is its RUST_LOG.
     """
 
-    def __init__(self, command, log_level="warn", cpu=None):
+    def __init__(self, command, log_level="warn", cpu=None, env=None):
         # With --metrics-addr the process listens twice; the metrics port is
         # the one that answers GET /metrics.
         self.metrics_port = None
         expected = 2 if "--metrics-addr" in command else 1
         if cpu is not None:
             command = ["taskset", "-c", cpu, *command]
-        env = {"RUST_LOG": log_level, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        env = {"RUST_LOG": log_level, "LOG_FORMAT": "text", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               **(env or {})}
         if "TOKIO_WORKER_THREADS" in os.environ:
             env["TOKIO_WORKER_THREADS"] = os.environ["TOKIO_WORKER_THREADS"]
         self.process = subprocess.Popen(

@@ -11,6 +11,7 @@
 //! - [`readme`]: the README's flag tables checked against the code.
 //! - [`process`]: a service binary as a child process (peak memory,
 //!   signals).
+//! - [`otlp`]: an OTLP trace receiver, keeping the spans it is sent.
 //! - [`wire`]: raw TLS and hand-written HTTP/2 frames, for what no
 //!   well-behaved client sends.
 //! - [`task`]: a server in a task, and the one stop handle that asserts a
@@ -19,6 +20,7 @@
 pub mod discount;
 pub mod grpc;
 pub mod logs;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod proxy;
@@ -34,6 +36,7 @@ pub use grpc::{
     product,
 };
 pub use logs::Logs;
+pub use otlp::{ReceivedSpan, TraceReceiver};
 pub use pki::{CATALOG_IDENTITY, ClientCert, DISCOUNT_IDENTITY, Pki, SERVER_NAMES};
 pub use process::Process;
 pub use proxy::{CountingProxy, silent_peer};

@@ -137,3 +137,60 @@ impl Visit for Fields {
         self.put(field, format!("{value:?}").into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// What one `tracing` call writes in this format, with no
+    /// OpenTelemetry layer.
+    fn written(log: impl FnOnce()) -> String {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonLines)
+                .with_writer(move || Sink(Arc::clone(&sink))),
+        );
+        tracing::subscriber::with_default(subscriber, log);
+        let bytes = buffer.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_event_is_one_json_line_whatever_its_text() {
+        let out = written(|| {
+            let span = tracing::info_span!("request", method = "GET");
+            let _inside = span.enter();
+            let text = "forged\n{\"level\":\"ERROR\"}";
+            tracing::warn!(peer = "10.0.0.1:5", count = 3, "{text}");
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
+        let line: Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["message"], "forged\n{\"level\":\"ERROR\"}");
+        assert_eq!(line["fields"]["peer"], "10.0.0.1:5");
+        assert_eq!(line["fields"]["count"], 3);
+        assert_eq!(line["spans"][0]["name"], "request");
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+        // No OpenTelemetry layer: no trace to name.
+        assert!(line.get("trace_id").is_none(), "{line}");
+    }
+}

@@ -1,0 +1,179 @@
+//! One request followed across the HTTP -> gRPC hop: the spans both
+//! services export over OTLP, and their JSON logs joined on `trace_id`.
+//!
+//! The catalog runs as its real binary (its own `main`, its own telemetry
+//! set-up from the environment); discount runs in this process, with the
+//! telemetry set-up it would have, exporting under its own service name.
+//! Both export to an OTLP receiver in this process, on `127.0.0.1:0`.
+//!
+//! One test only: it installs this process's global subscriber.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use common::telemetry::{LogFormat, exporting_provider, init_with};
+use reqwest::StatusCode;
+use serde_json::Value;
+use testkit::{DiscountServer, Pki, Process, ReceivedSpan, SetupResult, TraceReceiver};
+use tracing_subscriber::EnvFilter;
+
+/// The trace and span the test request says it comes from.
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER: &str = "00f067aa0ba902b7";
+
+/// OTLP span kinds.
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+/// What discount, in this process, logs.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<Value> {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+}
+
+fn find<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> Option<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .find(|span| span.service == service && span.kind == kind && span.trace_id == TRACE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_one_trace_across_both_services_and_both_logs() -> SetupResult<()> {
+    let receiver = TraceReceiver::start().await?;
+    let provider = exporting_provider("discount", Some(&receiver.endpoint()))?;
+    let discount_log = Captured::default();
+    let writer = discount_log.clone();
+    init_with(
+        EnvFilter::new("warn,discount=debug"),
+        LogFormat::Json,
+        Some(&provider),
+        "discount",
+        move || writer.clone(),
+    );
+
+    let pki = Pki::generate()?;
+    let discount = DiscountServer::start(&pki).await?;
+    let path = |name: &str| pki.path(name).display().to_string();
+    let args: Vec<String> = [
+        "0",
+        "--listen-addr",
+        "127.0.0.1",
+        "--discount-host",
+        &discount.addr().to_string(),
+        "--discount-ca",
+        &path("ca.pem"),
+        "--client-cert",
+        &path("client.pem"),
+        "--client-key",
+        &path("client.key"),
+        "--discount-deadline",
+        "5s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let endpoint = receiver.endpoint();
+    let mut catalog = Process::start_with_env(
+        env!("CARGO_BIN_EXE_catalog").as_ref(),
+        &args,
+        "Server running on ",
+        &[
+            ("LOG_FORMAT", "json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await?;
+
+    let answer = reqwest::Client::new()
+        .get(format!("http://{}/products", catalog.addr()))
+        .header("X-USER-ID", "1")
+        .header("traceparent", format!("00-{TRACE}-{CALLER}-01"))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["x-discount-status"], "applied");
+
+    // discount's spans leave when flushed; the catalog's within 100 ms.
+    let flushed = tokio::task::spawn_blocking(move || {
+        let flushed = provider.force_flush();
+        (provider, flushed)
+    })
+    .await?;
+    flushed.1?;
+    let spans = receiver
+        .wait_for(|spans| {
+            find(spans, "catalog", SERVER).is_some()
+                && find(spans, "catalog", CLIENT).is_some()
+                && find(spans, "discount", SERVER).is_some()
+        })
+        .await?;
+    let request = find(&spans, "catalog", SERVER).ok_or("no catalog server span")?;
+    let call = find(&spans, "catalog", CLIENT).ok_or("no catalog client span")?;
+    let served = find(&spans, "discount", SERVER).ok_or("no discount server span")?;
+
+    // One trace, the caller's, and each span the child of the one before.
+    assert_eq!(request.name, "GET /products");
+    assert_eq!(request.parent_span_id, CALLER);
+    assert_eq!(request.attribute("http.route"), Some("/products"));
+    assert_eq!(request.attribute("http.response.status_code"), Some("200"));
+    assert_eq!(call.name, "ecommerce.Discount/ApplyDiscounts");
+    assert_eq!(call.parent_span_id, request.span_id);
+    assert_eq!(call.attribute("rpc.grpc.status_code"), Some("0"));
+    assert_eq!(served.name, "ecommerce.Discount/ApplyDiscounts");
+    assert_eq!(served.parent_span_id, call.span_id);
+    assert_eq!(served.attribute("rpc.grpc.status_code"), Some("0"));
+
+    // The catalog's access log line, in JSON, inside the request span.
+    let line = catalog.logged(&format!("\"trace_id\":\"{TRACE}\"")).await?;
+    let line: Value = serde_json::from_str(&line)?;
+    for field in ["timestamp", "level", "target", "message"] {
+        assert!(line.get(field).is_some(), "{field} missing in {line}");
+    }
+    assert_eq!(line["span_id"], request.span_id.as_str(), "{line}");
+
+    // discount's line for the call, in its own log, with the same trace
+    // id and its own span's id: the two logs join on trace_id.
+    let priced: Vec<Value> = discount_log
+        .lines()
+        .into_iter()
+        .filter(|line| line["message"] == "priced")
+        .collect();
+    assert_eq!(priced.len(), 3, "{priced:?}");
+    for line in &priced {
+        assert_eq!(line["trace_id"], TRACE, "{line}");
+        assert_eq!(line["span_id"], served.span_id.as_str(), "{line}");
+        assert_eq!(line["level"], "DEBUG");
+        assert_eq!(line["target"], "discount::service");
+    }
+
+    // At SIGTERM the catalog exports what it still holds and exits 0.
+    let status = catalog.terminate().await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
