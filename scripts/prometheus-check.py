@@ -85,8 +85,15 @@ def wait_for(what, check):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bin-dir", default=os.path.join(REPO, "target", "debug"))
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    parser.add_argument("--bin-dir", default=os.path.join(target, "debug"),
+                        help="where the discount and catalog binaries are (default: $CARGO_TARGET_DIR/debug, "
+                             "else target/debug; build them with cargo build -p discount -p catalog)")
     args = parser.parse_args()
+    for binary in ("discount", "catalog"):
+        if not os.access(os.path.join(args.bin_dir, binary), os.X_OK):
+            fail(f"no {binary} binary in {args.bin_dir}: build it first (cargo build -p discount -p catalog), "
+                 "or name the directory with --bin-dir")
     for tool in ("promtool", "prometheus"):
         if not shutil.which(tool):
             fail(f"{tool} is not installed (Debian/Ubuntu: apt-get install prometheus)")
@@ -144,10 +151,16 @@ def main():
         sent = time.monotonic()
         seen = wait_for("Prometheus did not see the listing counter rise by 5",
                         lambda: applied() >= before + 5)
-        calls = query(prometheus_port,
-                      'sum(discount_grpc_calls_total{method="ecommerce.Discount/ApplyDiscounts",code="OK"})')
+        total = before + 5
+
+        def discount_calls():
+            calls = query(prometheus_port, 'sum(discount_grpc_calls_total{method="ecommerce.Discount/ApplyDiscounts",code="OK"})')
+            return calls[0][1] if calls else 0
+
+        wait_for(f"Prometheus did not see discount's ApplyDiscounts counter reach {total:.0f}",
+                 lambda: discount_calls() >= total)
         print(f"prometheus-check: {APPLIED} went {before:.0f} -> {applied():.0f} "
-              f"({seen - sent:.1f} s after the traffic); discount counted {calls[0][1]:.0f} ApplyDiscounts OK")
+              f"({seen - sent:.1f} s after the traffic); discount counted {discount_calls():.0f} ApplyDiscounts OK")
         print("prometheus-check: passed")
     finally:
         for process in reversed(started):

@@ -10,7 +10,8 @@
 #
 # Ports come from DISCOUNT_PORT (11443) and CATALOG_PORT (11080); each
 # serves Prometheus metrics on 127.0.0.1, on DISCOUNT_METRICS_PORT and
-# CATALOG_METRICS_PORT (the service's port + 1 unless set). Logs come from
+# CATALOG_METRICS_PORT (the service's port + 1000 unless set: 12443 and
+# 12080, clear of the ports of extra discount replicas). Logs come from
 # RUST_LOG; both services' go to this terminal, prefixed.
 set -euo pipefail
 
@@ -40,8 +41,13 @@ done
 export LOG_FORMAT=${LOG_FORMAT:-text}
 discount_port=${DISCOUNT_PORT:-11443}
 catalog_port=${CATALOG_PORT:-11080}
-discount_metrics_port=${DISCOUNT_METRICS_PORT:-$((discount_port + 1))}
-catalog_metrics_port=${CATALOG_METRICS_PORT:-$((catalog_port + 1))}
+discount_metrics_port=${DISCOUNT_METRICS_PORT:-$((discount_port + 1000))}
+catalog_metrics_port=${CATALOG_METRICS_PORT:-$((catalog_port + 1000))}
+ports=("$discount_port" "$catalog_port" "$discount_metrics_port" "$catalog_metrics_port")
+if [ "$(printf '%s\n' "${ports[@]}" | sort -u | wc -l)" != 4 ]; then
+  echo "run: the four ports must differ: DISCOUNT_PORT=$discount_port CATALOG_PORT=$catalog_port DISCOUNT_METRICS_PORT=$discount_metrics_port CATALOG_METRICS_PORT=$catalog_metrics_port (the metrics ports default to each service's port + 1000)" >&2
+  exit 2
+fi
 
 if [ ! -e keys/cert.pem ] && [ ! -e keys/ca.pem ]; then
   echo "run: no keys in keys/, making development keys"

@@ -78,9 +78,13 @@ pub struct ClientMetrics {
     pub(crate) certificates: common::metrics::Certificates,
 }
 
-/// The methods the `code` label may be counted under: the two of
-/// `ecommerce.Discount` the catalog calls.
-const CALLED_METHODS: [&str; 2] = ["ApplyDiscount", "ApplyDiscounts"];
+/// The `method` label values: the two methods of `ecommerce.Discount` the
+/// catalog calls, by their full gRPC names, as discount's own metrics and
+/// both services' spans name them.
+const CALLED_METHODS: [&str; 2] = [
+    "ecommerce.Discount/ApplyDiscount",
+    "ecommerce.Discount/ApplyDiscounts",
+];
 
 impl CatalogMetrics {
     /// The catalog's metrics, registered, all at zero.
@@ -105,6 +109,22 @@ impl CatalogMetrics {
         );
         let listings = ["applied", "partial", "unavailable", "not_asked"]
             .map(|status| listings.with_label_values(&[status]));
+        let ejections = common.counter_vec(
+            "catalog_discount_ejections_total",
+            "Discount replicas taken out of rotation, by reason.",
+            &["reason"],
+        );
+        // Every reason exists from the start, at 0, so that rate() and
+        // alerts have a series before the first ejection.
+        for reason in [
+            "unreachable",
+            "tls_handshake_failed",
+            "calls_failing",
+            "health_check_unanswered",
+            "refused",
+        ] {
+            ejections.with_label_values(&[reason]);
+        }
         let discount = ClientMetrics {
             calls: common.counter_vec(
                 "catalog_discount_calls_total",
@@ -120,11 +140,7 @@ impl CatalogMetrics {
                 "catalog_discount_retries_total",
                 "Listings sent a second time, to another replica, because the first did not process them.",
             ),
-            ejections: common.counter_vec(
-                "catalog_discount_ejections_total",
-                "Discount replicas taken out of rotation, by reason.",
-                &["reason"],
-            ),
+            ejections,
             replicas: common.gauge_vec(
                 "catalog_discount_replicas",
                 "Discount replicas known, by whether they are in rotation (serving) or not (not_serving).",
@@ -191,8 +207,8 @@ impl ClientMetrics {
         }
     }
 
-    /// One call of `method` (one of [`CALLED_METHODS`]) to the replica of
-    /// `series` that ended with `code` after `took`.
+    /// One call of `method` (`ApplyDiscount` or `ApplyDiscounts`) to the
+    /// replica of `series` that ended with `code` after `took`.
     pub(crate) fn call(
         &self,
         series: &ReplicaSeries,
@@ -200,12 +216,12 @@ impl ClientMetrics {
         code: tonic::Code,
         took: Duration,
     ) {
-        let index = usize::from(method == CALLED_METHODS[1]);
+        let index = usize::from(method == "ApplyDiscounts");
         if code == tonic::Code::Ok {
             series.ok[index].inc();
         } else {
             self.calls
-                .with_label_values(&[method, &series.addr, grpc_code_name(code)])
+                .with_label_values(&[CALLED_METHODS[index], &series.addr, grpc_code_name(code)])
                 .inc();
         }
         series.duration[index].observe(took.as_secs_f64());
@@ -254,7 +270,7 @@ fn route(matched: Option<&MatchedPath>) -> &str {
 }
 
 /// The `method` label: the standard methods by name, any other as `other`.
-fn method(method: &Method) -> &'static str {
+pub(crate) fn method(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",

@@ -249,7 +249,7 @@ async fn a_known_sequence_shows_exactly_in_both_services_metrics() -> SetupResul
     }
     let call = |code| {
         [
-            ("method", "ApplyDiscounts"),
+            ("method", "ecommerce.Discount/ApplyDiscounts"),
             ("replica", replica.as_str()),
             ("code", code),
         ]
@@ -263,7 +263,10 @@ async fn a_known_sequence_shows_exactly_in_both_services_metrics() -> SetupResul
     assert_eq!(
         seen.value(
             "catalog_discount_call_duration_seconds_count",
-            &[("method", "ApplyDiscounts"), ("replica", replica.as_str())]
+            &[
+                ("method", "ecommerce.Discount/ApplyDiscounts"),
+                ("replica", replica.as_str())
+            ]
         ),
         calls
     );

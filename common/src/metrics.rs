@@ -34,6 +34,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::activity::Activity;
 use crate::connections::ConnectionTracker;
 use crate::pem::PemFile;
 
@@ -44,7 +47,7 @@ pub const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// The most connections the admin listener serves at once; a newcomer
-/// closes the oldest. A scraper needs one.
+/// closes the oldest idle one. A scraper needs one.
 const ADMIN_CONNECTIONS: usize = 16;
 
 /// The longest a scraper may take to send its request head.
@@ -52,6 +55,10 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest one admin connection stays open, keep-alive included.
 const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// How long a connection closed to make room gets to finish the answer it
+/// is sending.
+const ADMIN_EVICTION_GRACE: Duration = Duration::from_secs(1);
 
 /// A function run before each scrape, to set gauges read from state
 /// (replicas in rotation, health).
@@ -92,10 +99,9 @@ impl Metrics {
             .add(IntGauge::with_opts(version_label), &name)
             .set(1);
         #[cfg(target_os = "linux")]
-        if let Err(error) = metrics.registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        )) {
-            tracing::error!(%error, "cannot register the process metrics");
+        {
+            let process = Process::register(&metrics);
+            metrics.on_scrape(move || process.read());
         }
         let expiry = metrics.add(
             GaugeVec::new(
@@ -182,6 +188,90 @@ impl Metrics {
             tracing::error!(%error, "cannot encode the metrics");
         }
         String::from_utf8_lossy(&text).into_owned()
+    }
+}
+
+/// The standard `process_*` metrics, read from `/proc` at each scrape.
+#[cfg(target_os = "linux")]
+struct Process {
+    cpu: prometheus::Counter,
+    resident: IntGauge,
+    virtual_memory: IntGauge,
+    open_fds: IntGauge,
+    max_fds: IntGauge,
+    threads: IntGauge,
+    start_time: prometheus::Gauge,
+}
+
+#[cfg(target_os = "linux")]
+impl Process {
+    fn register(metrics: &Metrics) -> Self {
+        Self {
+            cpu: metrics.add(
+                prometheus::Counter::new(
+                    "process_cpu_seconds_total",
+                    "Total user and system CPU time spent in seconds.",
+                ),
+                "process_cpu_seconds_total",
+            ),
+            resident: metrics.gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            ),
+            virtual_memory: metrics.gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            ),
+            open_fds: metrics.gauge("process_open_fds", "Number of open file descriptors."),
+            max_fds: metrics.gauge(
+                "process_max_fds",
+                "Maximum number of open file descriptors (the soft limit).",
+            ),
+            threads: metrics.gauge("process_threads", "Number of OS threads in the process."),
+            start_time: metrics.add(
+                prometheus::Gauge::new(
+                    "process_start_time_seconds",
+                    "Start time of the process since the Unix epoch in seconds.",
+                ),
+                "process_start_time_seconds",
+            ),
+        }
+    }
+
+    /// Reads `/proc/self`; what cannot be read keeps its last value.
+    fn read(&self) {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return;
+        };
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        if let Ok(stat) = me.stat() {
+            // Fractions of a second count: rate() over a minute of a
+            // lightly loaded service is a few hundredths.
+            #[allow(clippy::cast_precision_loss)] // clock ticks, far below 2^53
+            let total = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
+            let delta = total - self.cpu.get();
+            if delta > 0.0 {
+                self.cpu.inc_by(delta);
+            }
+            self.resident
+                .set(count(stat.rss.saturating_mul(procfs::page_size())));
+            self.virtual_memory.set(count(stat.vsize));
+            self.threads.set(stat.num_threads);
+            if let Ok(boot) = procfs::boot_time_secs() {
+                #[allow(clippy::cast_precision_loss)]
+                let started =
+                    boot as f64 + stat.starttime as f64 / procfs::ticks_per_second() as f64;
+                self.start_time.set(started);
+            }
+        }
+        if let Ok(open) = me.fd_count() {
+            self.open_fds.set(count(open as u64));
+        }
+        if let Ok(limits) = me.limits()
+            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
+        {
+            self.max_fds.set(count(max));
+        }
     }
 }
 
@@ -294,31 +384,51 @@ pub fn grpc_code_name(code: tonic::Code) -> &'static str {
 ///
 /// Kept apart from the service's own port: Prometheus scrapes without a
 /// client certificate, and a scrape must not compete with real traffic
-/// for connection slots. At most [`ADMIN_CONNECTIONS`] are open, a
-/// newcomer closing the oldest; each must send its request head within
-/// [`ADMIN_HEADER_TIMEOUT`] and lives at most [`ADMIN_CONNECTION_LIFETIME`].
+/// for connection slots. At most [`ADMIN_CONNECTIONS`] are open. A
+/// newcomer at the limit closes the oldest connection with no request in
+/// flight, gracefully: an answer being sent is finished first (within
+/// [`ADMIN_EVICTION_GRACE`]), so a flood of empty connections cannot cut a
+/// scrape off mid-answer. Each connection must send its request head
+/// within [`ADMIN_HEADER_TIMEOUT`] and lives at most
+/// [`ADMIN_CONNECTION_LIFETIME`].
 pub async fn serve(listener: TcpListener, metrics: Metrics) {
     let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
-    let connections = ConnectionTracker::new();
+    // Connections with no request in flight: those a newcomer may close.
+    let idle = ConnectionTracker::new();
+    // Every connection, holding its slot.
+    let open = ConnectionTracker::new();
     let mut tasks = JoinSet::new();
     loop {
         let (tcp, _peer) = crate::listener::accept(&listener).await;
         while tasks.try_join_next().is_some() {}
-        let Some(slot) = connections.place_under(&slots, |_| {}).await else {
+        let Some(slot) = idle.place_under(&slots, |_| {}).await else {
             return;
         };
-        let io = connections.register().holding(slot).wrap(tcp);
+        let held = open.register().holding(slot);
+        let activity = Activity::new(idle.clone(), CancellationToken::new());
         let metrics = metrics.clone();
         tasks.spawn(async move {
+            let _held = held;
+            let busy = Arc::clone(&activity);
             let service = service_fn(move |request| {
+                // Busy until the answer is handed to hyper; a graceful
+                // close then still sends it.
+                let _busy = busy.begin();
                 std::future::ready(Ok::<_, Infallible>(answer(&metrics, &request)))
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(io), service);
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(connection);
             // Errors end this connection only; a scraper retries.
-            let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, connection).await;
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = tokio::time::sleep(ADMIN_CONNECTION_LIFETIME) => return,
+                () = activity.evicted() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(ADMIN_EVICTION_GRACE, connection).await;
         });
     }
 }
@@ -374,6 +484,45 @@ mod tests {
         );
         #[cfg(target_os = "linux")]
         assert!(text.contains("\nprocess_open_fds "), "{text}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_cpu_time_keeps_its_fractions_of_a_second() {
+        let metrics = Metrics::new("demo", "0");
+        let ticks = |stat: &str| -> f64 {
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            // utime and stime: fields 14 and 15 of /proc/PID/stat.
+            fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()
+        };
+        // Spin until the CPU time is mid-way between whole seconds, so that
+        // whole seconds would be off by at least 0.3.
+        let spun = std::time::Instant::now();
+        while spun.elapsed() < Duration::from_secs(3) {
+            let now = ticks(&std::fs::read_to_string("/proc/self/stat").unwrap()) / 100.0;
+            if (0.3..0.7).contains(&now.fract()) {
+                break;
+            }
+        }
+        let text = metrics.render();
+        let after = ticks(&std::fs::read_to_string("/proc/self/stat").unwrap()) / 100.0;
+        let reported: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("process_cpu_seconds_total "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        // USER_HZ is 100 on Linux; the read after the scrape may be a
+        // tick or two later, never a whole second.
+        assert!(
+            reported <= after && after - reported < 0.05,
+            "{reported} against {after}"
+        );
     }
 
     #[test]

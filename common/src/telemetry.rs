@@ -157,7 +157,18 @@ pub fn init(service: &'static str, default_filter: &str, format: LogFormat) -> T
     if let Some(error) = export_error {
         tracing::error!(%error, "cannot export traces; check OTEL_EXPORTER_OTLP_ENDPOINT (spans are not exported, everything else works)");
     } else if provider.is_some() {
-        tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)");
+        let endpoint = [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .iter()
+        .find_map(|name| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+        })
+        .unwrap_or_default();
+        tracing::info!(%endpoint, "exporting traces over OTLP/gRPC; a failing export is logged as a warning");
     }
     Telemetry { provider }
 }
@@ -188,6 +199,8 @@ pub fn init_with<W>(
             .with(
                 tracing_subscriber::fmt::layer()
                     .event_format(JsonLines)
+                    // Span fields are text inside JSON: no colour codes.
+                    .with_ansi(false)
                     .with_writer(writer)
                     .with_filter(filter),
             )
@@ -276,12 +289,24 @@ pub fn inject(cx: &opentelemetry::Context, metadata: &mut tonic::metadata::Metad
     TraceContextPropagator::new().inject_context(cx, &mut Metadata(metadata));
 }
 
+/// The longest `tracestate` passed on; a longer one is dropped (the
+/// `traceparent` still is). The W3C recommendation asks vendors to keep
+/// theirs short and allows dropping entries; a client's 16 KB one, copied
+/// into every call's metadata, made discount answer 431 (over its header
+/// limit) and the catalog eject healthy replicas, and into every exported
+/// span, made batches too large for a collector.
+pub const MAX_TRACESTATE: usize = 512;
+
 /// HTTP headers as the propagator reads them.
 struct Headers<'a>(&'a http::HeaderMap);
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
+        let value = self.0.get(key)?;
+        if key.eq_ignore_ascii_case("tracestate") && value.len() > MAX_TRACESTATE {
+            return None;
+        }
+        value.to_str().ok()
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -328,6 +353,29 @@ mod tests {
             metadata.get("traceparent").and_then(|v| v.to_str().ok()),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         );
+    }
+
+    #[test]
+    fn a_tracestate_over_the_limit_is_dropped_and_the_trace_kept() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        // 31 entries, each within the W3C limits (256-byte keys and
+        // values): valid, and 16 KB.
+        let entry = |n: usize| format!("k{n}{}={}", "k".repeat(200), "v".repeat(250));
+        let long = (0..31).map(entry).collect::<Vec<_>>().join(",");
+        for (state, passed_on) in [("vendor=abc", "vendor=abc"), (long.as_str(), "")] {
+            headers.insert("tracestate", http::HeaderValue::from_str(state).unwrap());
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            inject(&extract(&headers), &mut metadata);
+            assert!(metadata.get("traceparent").is_some());
+            let sent = metadata.get("tracestate").map(|v| v.to_str().unwrap());
+            assert_eq!(sent.unwrap_or(""), passed_on, "{} bytes", state.len());
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@ fn price(customer: &Customer, product: Product, peer: Option<SocketAddr>) -> Pro
         product_id = product.id,
         price_in_cents = product.price_in_cents,
         value_in_cents = discount.value_in_cents,
-        peer = ?peer,
+        peer = %peer.map_or_else(|| "unknown".to_owned(), |peer| peer.to_string()),
         "priced"
     );
     Product {
