@@ -56,14 +56,8 @@ impl Application {
         // The bound address, not the configured one: with port 0 only this
         // says where the service really is.
         let addr = listener.local_addr().map_err(StartupError::Bind)?;
-        let admin = match config.metrics_addr {
-            Some(wanted) => {
-                let admin = common::listener::bind(wanted).map_err(StartupError::MetricsBind)?;
-                let bound = admin.local_addr().map_err(StartupError::MetricsBind)?;
-                Some((admin, bound))
-            }
-            None => None,
-        };
+        let admin =
+            common::metrics::bind(config.metrics_addr).map_err(StartupError::MetricsBind)?;
         let discount = client.clone();
         let replicas = metrics.discount.clone();
         metrics.common.on_scrape(move || {

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -376,6 +377,20 @@ pub fn grpc_code_name(code: tonic::Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+/// Binds the metrics listener at `addr`, if one is asked for: the listener
+/// and the address it really has (port 0 picks one).
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<(TcpListener, SocketAddr)>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = crate::listener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    Ok(Some((listener, bound)))
 }
 
 /// Serves `GET /metrics` from `metrics` on `listener`, in plaintext

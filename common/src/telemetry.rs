@@ -133,13 +133,18 @@ pub fn init(service: &'static str, default_filter: &str, format: LogFormat) -> T
         }),
         _ => EnvFilter::new(default_filter),
     };
-    let endpoint_set = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    // The traces' own variable wins, as in the exporter.
+    let endpoint = [
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
     ]
     .iter()
-    .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()));
-    let (provider, export_error) = if endpoint_set {
+    .find_map(|name| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+    });
+    let (provider, export_error) = if endpoint.is_some() {
         match exporting_provider(service, None) {
             Ok(provider) => (Some(provider), None),
             Err(error) => (None, Some(error)),
@@ -156,18 +161,7 @@ pub fn init(service: &'static str, default_filter: &str, format: LogFormat) -> T
     );
     if let Some(error) = export_error {
         tracing::error!(%error, "cannot export traces; check OTEL_EXPORTER_OTLP_ENDPOINT (spans are not exported, everything else works)");
-    } else if provider.is_some() {
-        let endpoint = [
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ]
-        .iter()
-        .find_map(|name| {
-            std::env::var(name)
-                .ok()
-                .filter(|value| !value.trim().is_empty())
-        })
-        .unwrap_or_default();
+    } else if let (Some(endpoint), Some(_)) = (&endpoint, &provider) {
         tracing::info!(%endpoint, "exporting traces over OTLP/gRPC; a failing export is logged as a warning");
     }
     Telemetry { provider }
