@@ -433,6 +433,16 @@ impl Replica {
             Err(CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
                 Health::NoHealthService
             }
+            // Sent on a connection the replica was retiring (GOAWAY at its
+            // --max-connection-age, or while it closed): the replica never
+            // saw the check, which says nothing about it, as for a call
+            // (record_call). The next check uses the new connection.
+            // Counted as unreachable, this ejected a healthy replica under
+            // load in catalog/tests/connection.rs.
+            Err(error) if error.never_processed() => {
+                tracing::debug!(replica = %self.addr, %error, "health check not processed by discount (connection retired); checking again at the next interval");
+                return;
+            }
             Err(error) => {
                 state.health = Health::Unreachable;
                 let why = match error {
