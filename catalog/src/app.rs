@@ -128,7 +128,12 @@ impl Application {
         }));
         let metrics_addr = admin.as_ref().map(|(_, addr)| *addr);
         let admin = admin.map(|(listener, _)| {
-            tokio::spawn(common::metrics::serve(listener, metrics.common.clone()))
+            // No `/readyz` there: the catalog's is on its HTTP port.
+            tokio::spawn(common::metrics::serve(
+                listener,
+                metrics.common.clone(),
+                None,
+            ))
         });
         warn_about_ports(&config);
         tracing::info!(

@@ -102,6 +102,15 @@ pub struct Config {
     #[arg(long)]
     pub check_certs: bool,
 
+    /// Ask the catalog already running with these same settings whether
+    /// it is up, and exit: 0 when `GET /healthz` on its port (loopback
+    /// when it listens on `::` or `0.0.0.0`) answers 200, 1 otherwise, with
+    /// the cause. For Docker's `HEALTHCHECK` and exec probes, in images with
+    /// no shell or curl. `/healthz`, not `/readyz`: the catalog serves
+    /// listings (undiscounted) while discount is down.
+    #[arg(long, conflicts_with = "check_certs")]
+    pub healthcheck: bool,
+
     /// Talk to discount in plaintext, with no TLS at all. Only for running
     /// behind a service mesh (Linkerd, Istio) whose sidecar does mutual TLS.
     #[arg(long, env = "CATALOG_DISCOUNT_PLAINTEXT")]

@@ -13,6 +13,10 @@ async fn main() -> ExitCode {
         let report = config.discount().security.check_certificates();
         return common::doctor::print_and_exit_code(&report);
     }
+    if config.healthcheck {
+        let addr = common::probe::local(config.listen_addr());
+        return common::probe::run("catalog", addr, "/healthz").await;
+    }
     let telemetry = common::telemetry::init(
         "catalog",
         "warn,h2=error,catalog=info,common=info,tower_http=info",

@@ -1,6 +1,6 @@
 //! What the two services share: reading PEM files with errors a person can
 //! act on, the certificate doctor, the crypto provider, binding and
-//! accepting, workload identities in certificates, tracking connections and whether they are idle, reloading on SIGHUP, telemetry set-up, Prometheus metrics and their listener,
+//! accepting, workload identities in certificates, tracking connections and whether they are idle, reloading on SIGHUP, telemetry set-up, Prometheus metrics and their listener, the `--healthcheck` probe,
 //! and the shutdown signal with a bounded drain.
 //!
 //! Kept deliberately small: anything specific to one service, and each
@@ -17,6 +17,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pem;
+pub mod probe;
 pub mod quiet;
 pub mod reload;
 pub mod shutdown;

@@ -395,7 +395,11 @@ pub fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<(TcpListener, So
 
 /// Serves `GET /metrics` from `metrics` on `listener`, in plaintext
 /// HTTP/1.1, until the task running it is aborted (which also ends the
-/// connections: they are its children).
+/// connections: they are its children). Beside it, the probes an
+/// orchestrator uses: `GET /healthz` (200 while the process answers) and,
+/// when `ready` is given, `GET /readyz` (200 while that gauge is 1, 503
+/// otherwise). They are here because discount's own port asks for a
+/// client certificate, which neither the kubelet nor Docker has.
 ///
 /// Kept apart from the service's own port: Prometheus scrapes without a
 /// client certificate, and a scrape must not compete with real traffic
@@ -406,7 +410,7 @@ pub fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<(TcpListener, So
 /// scrape off mid-answer. Each connection must send its request head
 /// within [`ADMIN_HEADER_TIMEOUT`] and lives at most
 /// [`ADMIN_CONNECTION_LIFETIME`].
-pub async fn serve(listener: TcpListener, metrics: Metrics) {
+pub async fn serve(listener: TcpListener, metrics: Metrics, ready: Option<IntGauge>) {
     let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
     // Connections with no request in flight: those a newcomer may close.
     let idle = ConnectionTracker::new();
@@ -422,6 +426,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
         let held = open.register().holding(slot);
         let activity = Activity::new(idle.clone(), CancellationToken::new());
         let metrics = metrics.clone();
+        let ready = ready.clone();
         tasks.spawn(async move {
             let _held = held;
             let busy = Arc::clone(&activity);
@@ -429,7 +434,11 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
                 // Busy until the answer is handed to hyper; a graceful
                 // close then still sends it.
                 let _busy = busy.begin();
-                std::future::ready(Ok::<_, Infallible>(answer(&metrics, &request)))
+                std::future::ready(Ok::<_, Infallible>(answer(
+                    &metrics,
+                    ready.as_ref(),
+                    &request,
+                )))
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -449,7 +458,12 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
 }
 
 /// The admin listener's answer to `request`.
-fn answer(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(
+    metrics: &Metrics,
+    ready: Option<&IntGauge>,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
     let reply = |status: StatusCode, content_type: &'static str, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -459,30 +473,47 @@ fn answer(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes
         );
         response
     };
-    const TEXT: &str = "text/plain; charset=utf-8";
-    if request.uri().path() != "/metrics" {
+    let path = request.uri().path();
+    let known = matches!(path, "/metrics" | "/healthz") || (path == "/readyz" && ready.is_some());
+    if !known {
+        let paths = if ready.is_some() {
+            "GET /metrics, /healthz and /readyz"
+        } else {
+            "GET /metrics and /healthz (this service's readiness is on its own port)"
+        };
         return reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found: this listener serves GET /metrics only\n".to_owned(),
+            format!("not found: this listener serves {paths} only\n"),
         );
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
-            "/metrics answers GET only\n".to_owned(),
+            format!("{path} answers GET only\n"),
         );
         response
             .headers_mut()
             .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    reply(
-        StatusCode::OK,
-        "text/plain; version=0.0.4; charset=utf-8",
-        metrics.render(),
-    )
+    match (path, ready) {
+        ("/healthz", _) => reply(StatusCode::OK, TEXT, "ok\n".to_owned()),
+        ("/readyz", Some(gauge)) if gauge.get() == 1 => {
+            reply(StatusCode::OK, TEXT, "ready\n".to_owned())
+        }
+        ("/readyz", _) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "not ready: not serving (starting, or shutting down)\n".to_owned(),
+        ),
+        _ => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+    }
 }
 
 #[cfg(test)]

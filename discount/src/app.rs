@@ -125,7 +125,11 @@ impl<S: Discount> Application<S> {
             |(_, addr)| format!("http://{addr}/metrics"),
         );
         let admin = admin.map(|(listener, _)| {
-            tokio::spawn(common::metrics::serve(listener, metrics.common.clone()))
+            tokio::spawn(common::metrics::serve(
+                listener,
+                metrics.common.clone(),
+                Some(metrics.serving.clone()),
+            ))
         });
         let (transport, reload_on_sighup) = match tls {
             Some(tls) => {

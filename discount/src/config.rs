@@ -97,6 +97,15 @@ pub struct Config {
     #[arg(long)]
     pub check_certs: bool,
 
+    /// Ask the discount already running with these same settings whether
+    /// it is ready, and exit: 0 when it is serving, 1 otherwise, with the
+    /// cause. It calls `GET /readyz` on the `--metrics-addr` listener
+    /// (loopback when that is `::` or `0.0.0.0`), which it needs: the gRPC
+    /// port asks for a client certificate. For Docker's `HEALTHCHECK` and
+    /// exec probes, in images with no shell or curl.
+    #[arg(long, conflicts_with = "check_certs")]
+    pub healthcheck: bool,
+
     /// Serve gRPC in plaintext, with no TLS at all. Only for running behind
     /// a service mesh (Linkerd, Istio) whose sidecar does mutual TLS; on any
     /// other network it exposes every call.

@@ -12,6 +12,15 @@ async fn main() -> ExitCode {
         common::crypto::install_default_provider();
         return common::doctor::print_and_exit_code(&config.server_tls().check_certificates());
     }
+    if config.healthcheck {
+        let Some(admin) = config.metrics_addr else {
+            eprintln!(
+                "discount: --healthcheck needs --metrics-addr (DISCOUNT_METRICS_ADDR): readiness is served on that plaintext listener, because the gRPC port asks for a client certificate"
+            );
+            return ExitCode::FAILURE;
+        };
+        return common::probe::run("discount", common::probe::local(admin), "/readyz").await;
+    }
     let telemetry = common::telemetry::init(
         "discount",
         "warn,h2=error,discount=info,common=info",
