@@ -2,8 +2,9 @@
 # Makes the development TLS material in keys/ (or --dir DIR):
 #   ca.pem, ca.key          a development CA, the only root either service trusts
 #   cert.pem, private.key   discount's server identity, signed by the CA,
-#                           valid for DNS:localhost, IP:127.0.0.1 and IP:::1,
-#                           workload identity spiffe://TRUST_DOMAIN/discount
+#                           valid for DNS:localhost, IP:127.0.0.1 and IP:::1
+#                           (and each --dns NAME), workload identity
+#                           spiffe://TRUST_DOMAIN/discount
 #   client.pem, client.key  catalog's client identity, signed by the CA,
 #                           workload identity spiffe://TRUST_DOMAIN/catalog
 # All keys are ECDSA P-256. Existing files are never overwritten unless
@@ -13,8 +14,15 @@ set -euo pipefail
 usage() {
   cat <<USAGE
 usage: scripts/gen-keys.sh [--dir DIR] [--force] [--days N] [--trust-domain TD]
+                           [--dns NAME]... [--owner UID:GID]
   --dir DIR            where to write the files (default: keys/ in the repository)
   --force              replace existing files
+  --dns NAME           another name discount's certificate is valid for, such
+                       as discount (Compose) or discount.ecommerce.svc
+                       (Kubernetes); repeat for several
+  --owner UID:GID      give the files but ca.key to this user (root only), so a
+                       container running as that user can read its private
+                       key, which stays readable by its owner alone (mode 600)
   --days N             validity of the server and client certificates (default 365)
   --trust-domain TD    the SPIFFE trust domain of the workload identities
                        (default ecommerce.local: the services' defaults;
@@ -28,12 +36,16 @@ dir="$repo/keys"
 force=no
 days=365
 trust_domain=ecommerce.local
+dns_names=()
+owner=
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir=${2:?--dir needs a directory}; shift 2 ;;
     --force) force=yes; shift ;;
     --days) days=${2:?--days needs a number}; shift 2 ;;
     --trust-domain) trust_domain=${2:?--trust-domain needs a name such as ecommerce.local}; shift 2 ;;
+    --dns) dns_names+=("${2:?--dns needs a host name such as discount}"); shift 2 ;;
+    --owner) owner=${2:?--owner needs UID:GID such as 65532:65532}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gen-keys: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -43,6 +55,25 @@ done
 # underscores.
 if ! [[ "$trust_domain" =~ ^[a-z0-9._-]+$ ]]; then
   echo "gen-keys: --trust-domain $trust_domain: use lower-case letters, digits, '.', '-' and '_' only, such as ecommerce.local" >&2
+  exit 2
+fi
+
+# A DNS name in a certificate: letters, digits, '-' and '.', optionally a
+# leading '*.' wildcard label.
+server_san="DNS:localhost,IP:127.0.0.1,IP:::1"
+for name in "${dns_names[@]}"; do
+  if ! [[ "$name" =~ ^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]]; then
+    echo "gen-keys: --dns $name: a host name is letters, digits, '-' and '.', such as discount or discount.ecommerce.svc" >&2
+    exit 2
+  fi
+  server_san="$server_san,DNS:$name"
+done
+if [ -n "$owner" ] && ! [[ "$owner" =~ ^[0-9]+:[0-9]+$ ]]; then
+  echo "gen-keys: --owner $owner: write numeric UID:GID, such as 65532:65532" >&2
+  exit 2
+fi
+if [ -n "$owner" ] && [ "$(id -u)" != 0 ]; then
+  echo "gen-keys: --owner needs root (chown); without it, run the containers as your own user instead (see README, Deploy)" >&2
   exit 2
 fi
 
@@ -107,7 +138,7 @@ sign() {
 # discount lets in callers by it, the catalog checks discount's.
 sign server "/O=ecommerce development/CN=localhost" \
   "extendedKeyUsage=serverAuth
-subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1,URI:spiffe://$trust_domain/discount"
+subjectAltName=$server_san,URI:spiffe://$trust_domain/discount"
 sign client "/O=ecommerce development/CN=catalog" \
   "extendedKeyUsage=clientAuth
 subjectAltName=DNS:catalog,URI:spiffe://$trust_domain/catalog"
@@ -121,9 +152,13 @@ mv "$work/server.key" "$dir/private.key"
 mv "$work/client.pem" "$dir/client.pem"
 mv "$work/client.key" "$dir/client.key"
 chmod 644 "$dir/ca.pem" "$dir/cert.pem" "$dir/client.pem"
+if [ -n "$owner" ]; then
+  # Not ca.key: no container needs the CA's key.
+  (cd "$dir" && chown "$owner" ca.pem cert.pem private.key client.pem client.key)
+fi
 
 echo "gen-keys: wrote ${files[*]} to $dir"
-echo "gen-keys: server certificate valid for localhost, 127.0.0.1 and ::1 for $days days"
+echo "gen-keys: server certificate valid for $(echo "$server_san" | sed 's/DNS://g; s/IP://g; s/,/, /g') for $days days"
 echo "gen-keys: identities spiffe://$trust_domain/discount (cert.pem) and spiffe://$trust_domain/catalog (client.pem)"
 if [ "$trust_domain" != ecommerce.local ]; then
   echo "gen-keys: the services expect ecommerce.local by default; run discount with --allow-client spiffe://$trust_domain/catalog"
