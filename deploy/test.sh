@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The Compose test, run by .ci/run: builds the images (scripts/images.sh),
+# then runs deploy/test.py against deploy/compose.yaml under a throw-away
+# project name. Whatever happens, removes every container, network and
+# volume of that project before it exits.
+set -euo pipefail
+deploy=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$deploy")
+
+export ECOMMERCE_TEST_PROJECT="ecomtest$$"
+cleanup() {
+  local label="label=com.docker.compose.project=$ECOMMERCE_TEST_PROJECT"
+  docker ps -aq --filter "$label" | xargs -r docker rm -f >/dev/null
+  docker network ls -q --filter "$label" | xargs -r docker network rm >/dev/null
+  docker volume ls -q --filter "$label" | xargs -r docker volume rm >/dev/null
+}
+trap cleanup EXIT
+
+"$repo/scripts/images.sh" --check
+python3 "$deploy/test.py"

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Starts the Compose stack (deploy/compose.yaml) from the images that
+# scripts/images.sh built: makes TLS material in deploy/keys if there is
+# none, brings the stack up, waits until the catalog sees every discount
+# replica serving, and prints the request to try.
+#
+#   deploy/up.sh                              three discount replicas
+#   deploy/up.sh --scale discount=5           any `up` option is passed on
+#   deploy/up.sh down                         stop and remove everything
+#
+# The project is COMPOSE_PROJECT_NAME (default: ecommerce); the keys are in
+# ECOMMERCE_KEYS (default: deploy/keys); the catalog is published on
+# CATALOG_HOST_PORT (default 11080). Uses `docker compose` when it exists,
+# else Debian's `docker-compose`.
+set -euo pipefail
+
+deploy=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$deploy")
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-ecommerce}
+export ECOMMERCE_KEYS=${ECOMMERCE_KEYS:-$deploy/keys}
+
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+elif command -v docker-compose >/dev/null; then
+  compose=(docker-compose)
+else
+  echo "up: neither 'docker compose' nor 'docker-compose' is installed (Debian: apt-get install docker-compose)" >&2
+  exit 1
+fi
+compose+=(-f "$deploy/compose.yaml")
+
+if [ "${1:-}" = down ]; then
+  exec "${compose[@]}" down -v --remove-orphans
+fi
+
+for image in ecommerce/catalog ecommerce/discount; do
+  docker image inspect "$image:${ECOMMERCE_VERSION:-latest}" >/dev/null 2>&1 || {
+    echo "up: no image $image:${ECOMMERCE_VERSION:-latest}; build it first: scripts/images.sh" >&2
+    exit 1
+  }
+done
+
+# The containers run as 65532 and read their keys, which are readable by
+# their owner only. As root the keys are given to 65532; otherwise the
+# containers run as the user running this script, who owns the keys.
+if [ "$(id -u)" = 0 ]; then
+  owner=(--owner 65532:65532)
+else
+  owner=()
+  export ECOMMERCE_USER=${ECOMMERCE_USER:-$(id -u):$(id -g)}
+fi
+if [ ! -e "$ECOMMERCE_KEYS/cert.pem" ]; then
+  echo "up: no keys in $ECOMMERCE_KEYS, making development keys valid for the name discount"
+  "$repo/scripts/gen-keys.sh" --dir "$ECOMMERCE_KEYS" --dns discount "${owner[@]}"
+elif ! openssl x509 -in "$ECOMMERCE_KEYS/cert.pem" -noout -ext subjectAltName 2>/dev/null | grep -Eq 'DNS:discount(,|$)'; then
+  echo "up: $ECOMMERCE_KEYS/cert.pem is not valid for the name discount, which the catalog dials;" >&2
+  echo "up: make new keys: scripts/gen-keys.sh --dir $ECOMMERCE_KEYS --force --dns discount ${owner[*]}" >&2
+  exit 1
+elif [ "$(id -u)" = 0 ]; then
+  (cd "$ECOMMERCE_KEYS" && chown 65532:65532 ca.pem cert.pem private.key client.pem client.key)
+fi
+
+"${compose[@]}" up -d "$@"
+
+# CATALOG_HOST_PORT is PORT or IP:PORT.
+published=${CATALOG_HOST_PORT:-11080}
+url="http://127.0.0.1:${published##*:}"
+echo "up: waiting for the catalog to see every discount replica serving ($url/readyz)"
+for _ in $(seq 1 120); do
+  ready=$(curl -s --max-time 2 "$url/readyz" || true)
+  first=${ready%%$'\n'*}
+  # "ready: N of N discount replicas serving"
+  if [[ "$first" =~ ^ready:\ ([0-9]+)\ of\ ([0-9]+) ]] && [ "${BASH_REMATCH[1]}" = "${BASH_REMATCH[2]}" ]; then
+    echo "$ready"
+    echo
+    echo "up: try   curl -H 'X-USER-ID: 1' $url/products"
+    echo "up: stop  deploy/up.sh down"
+    exit 0
+  fi
+  sleep 0.5
+done
+echo "up: the stack did not become ready within 60 s; last /readyz: ${ready:-no answer}" >&2
+"${compose[@]}" ps >&2
+exit 1
