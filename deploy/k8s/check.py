@@ -1,0 +1,124 @@
+"""Renders the Kubernetes manifests and validates them offline, with no
+cluster: what .ci/run runs.
+
+    python3 deploy/k8s/check.py        (needs kubectl and kubernetes-validate)
+
+For deploy/k8s and deploy/k8s/cert-manager: `kubectl kustomize`, then
+`kubernetes-validate --strict` against the three newest Kubernetes versions
+it ships schemas for (cert-manager's kinds have none there, and are checked
+by hand below), then what the schemas cannot see: every Secret a pod mounts
+exists, every probe names a port of its container, discount's Service is
+headless, and the kubelet injects no service variables.
+
+deploy/k8s needs TLS files in deploy/k8s/keys; when there are none, this
+makes throw-away ones (with scripts/gen-keys.sh) and removes them after.
+Ends with "N passed, M failed".
+"""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from kubernetes_validate.utils import all_versions
+
+K8S = Path(__file__).resolve().parent
+REPO = K8S.parent.parent
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name, ok, detail=""):
+        if ok:
+            self.passed += 1
+            print(f"PASS {name}", flush=True)
+        else:
+            self.failed += 1
+            print(f"FAIL {name}: {detail}", flush=True)
+
+
+def newest_versions(count=3):
+    """The `count` newest minor versions the installed schemas cover."""
+    by_minor = {}
+    for version in all_versions():
+        by_minor[tuple(int(part) for part in version.split(".")[:2])] = version
+    return [by_minor[minor] for minor in sorted(by_minor)[-count:]]
+
+
+def render(checks, directory):
+    rendered = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True)
+    checks.check(f"kubectl kustomize {directory.relative_to(REPO)}", rendered.returncode == 0,
+                 rendered.stderr.strip())
+    return rendered.stdout if rendered.returncode == 0 else None
+
+
+def validate(checks, name, text):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as manifest:
+        manifest.write(text)
+        manifest.flush()
+        for version in newest_versions():
+            validated = subprocess.run(
+                ["kubernetes-validate", "--strict", "--quiet", "-k", version, manifest.name],
+                capture_output=True, text=True)
+            # Unknown kinds (cert-manager's) are warnings; anything else fails.
+            errors = [line for line in (validated.stdout + validated.stderr).splitlines()
+                      if not line.startswith("WARN") and "Couldn't find schema" not in line]
+            checks.check(f"{name}: kubernetes-validate --strict -k {version}",
+                         validated.returncode == 0 and not errors, "\n".join(errors))
+
+
+def consistent(checks, name, text):
+    """What a schema cannot check: the objects fit together."""
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    kinds = {}
+    for o in objects:
+        kinds.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
+    secrets = set(kinds.get("Secret", {}))
+    secrets |= {c["spec"]["secretName"] for c in kinds.get("Certificate", {}).values()}
+    for deployment in kinds.get("Deployment", {}).values():
+        pod = deployment["spec"]["template"]["spec"]
+        who = f"{name}: deployment/{deployment['metadata']['name']}"
+        mounted = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        checks.check(f"{who} mounts only Secrets that exist", mounted and mounted <= secrets,
+                     f"mounts {sorted(mounted)}, has {sorted(secrets)}")
+        checks.check(f"{who} has enableServiceLinks: false", pod.get("enableServiceLinks") is False)
+        for container in pod["containers"]:
+            ports = {p["name"] for p in container.get("ports", [])}
+            probed = {container[probe]["httpGet"]["port"]
+                      for probe in ("readinessProbe", "livenessProbe") if probe in container}
+            checks.check(f"{who} probes named ports of its container", probed and probed <= ports,
+                         f"probes {sorted(probed)}, ports {sorted(ports)}")
+            limits = container.get("resources", {}).get("limits", {})
+            checks.check(f"{who} has a memory limit", "memory" in limits)
+    discount = kinds.get("Service", {}).get("discount", {})
+    checks.check(f"{name}: the discount Service is headless",
+                 discount.get("spec", {}).get("clusterIP") == "None")
+
+
+def main():
+    checks = Checks()
+    made_keys = not (K8S / "keys" / "cert.pem").exists()
+    if made_keys:
+        subprocess.run([str(REPO / "scripts" / "gen-keys.sh"), "--dir", str(K8S / "keys"), "--dns", "discount"],
+                       check=True, capture_output=True)
+    try:
+        for directory in (K8S, K8S / "cert-manager"):
+            name = str(directory.relative_to(REPO))
+            text = render(checks, directory)
+            if text is not None:
+                validate(checks, name, text)
+                consistent(checks, name, text)
+    finally:
+        if made_keys:
+            shutil.rmtree(K8S / "keys", ignore_errors=True)
+    print(f"{checks.passed} passed, {checks.failed} failed")
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
