@@ -30,6 +30,8 @@ from pathlib import Path
 
 DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
+sys.path.insert(0, str(REPO / "scripts"))
+from checks import Checks  # noqa: E402
 
 PRODUCTS = [
     (1, "iphone-x", "64GB, black and iOS 12", 99999, 89999),
@@ -57,20 +59,6 @@ GOLDEN = {
     None: (golden(lambda v: None), None),
 }
 
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, name, ok, detail=""):
-        if ok:
-            self.passed += 1
-            shown = f" ({detail})" if detail and len(detail) < 160 else ""
-            print(f"PASS {name}{shown}", flush=True)
-        else:
-            self.failed += 1
-            print(f"FAIL {name}: {detail}", flush=True)
 
 
 def free_port():
@@ -273,8 +261,7 @@ def main():
     finally:
         leftovers(checks, stack)
         shutil.rmtree(keys, ignore_errors=True)
-    print(f"{checks.passed} passed, {checks.failed} failed")
-    return 1 if checks.failed else 0
+    return checks.finish()
 
 
 def exercise(checks, stack):

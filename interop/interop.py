@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 # The shared Service of scripts/, found through the path above.
+from checks import Checks  # noqa: E402
 from services import TIMEOUT, start_discount  # noqa: E402
 from services import start_catalog as start_our_catalog  # noqa: E402
 
@@ -38,19 +39,6 @@ SEED_PRODUCTS = [
     (3, "playstation-4-slim", "1TB Console", 32999, 29699),
 ]
 
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, name, ok, detail=""):
-        if ok:
-            self.passed += 1
-            print(f"PASS {name}")
-        else:
-            self.failed += 1
-            print(f"FAIL {name}: {detail}")
 
 
 def issue_client(keys, name, identity):
@@ -297,8 +285,7 @@ def main():
         for service in reversed(started):
             service.stop()
 
-    print(f"{checks.passed} passed, {checks.failed} failed")
-    return 1 if checks.failed or not checks.passed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

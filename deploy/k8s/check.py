@@ -26,20 +26,9 @@ from kubernetes_validate.utils import all_versions
 
 K8S = Path(__file__).resolve().parent
 REPO = K8S.parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+from checks import Checks  # noqa: E402
 
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, name, ok, detail=""):
-        if ok:
-            self.passed += 1
-            print(f"PASS {name}", flush=True)
-        else:
-            self.failed += 1
-            print(f"FAIL {name}: {detail}", flush=True)
 
 
 def newest_versions(count=3):
@@ -116,8 +105,7 @@ def main():
     finally:
         if made_keys:
             shutil.rmtree(K8S / "keys", ignore_errors=True)
-    print(f"{checks.passed} passed, {checks.failed} failed")
-    return 1 if checks.failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":
