@@ -5,7 +5,8 @@
 # replica serving, and prints the request to try.
 #
 #   deploy/up.sh                              three discount replicas
-#   deploy/up.sh --scale discount=5           any `up` option is passed on
+#   deploy/up.sh --scale discount=5           any `up` option is passed on (run
+#                                             again without it: back to 3)
 #   deploy/up.sh down                         stop and remove everything
 #
 # The project is COMPOSE_PROJECT_NAME (default: ecommerce); the keys are in
@@ -65,12 +66,15 @@ fi
 # CATALOG_HOST_PORT is PORT or IP:PORT.
 published=${CATALOG_HOST_PORT:-11080}
 url="http://127.0.0.1:${published##*:}"
-echo "up: waiting for the catalog to see every discount replica serving ($url/readyz)"
+# As many as are running (after --scale too); the catalog finds new ones
+# when it next resolves the name, within 5 s.
+replicas=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+  --filter "label=com.docker.compose.service=discount" | wc -l)
+echo "up: waiting for the catalog to see all $replicas discount replicas serving ($url/readyz)"
 for _ in $(seq 1 120); do
   ready=$(curl -s --max-time 2 "$url/readyz" || true)
   first=${ready%%$'\n'*}
-  # "ready: N of N discount replicas serving"
-  if [[ "$first" =~ ^ready:\ ([0-9]+)\ of\ ([0-9]+) ]] && [ "${BASH_REMATCH[1]}" = "${BASH_REMATCH[2]}" ]; then
+  if [[ "$first" == "ready: $replicas of $replicas "* ]]; then
     echo "$ready"
     echo
     echo "up: try   curl -H 'X-USER-ID: 1' $url/products"

@@ -38,14 +38,21 @@ days=365
 trust_domain=ecommerce.local
 dns_names=()
 owner=
+# value OPTION EXAMPLE "$@": the option's value, or a message and exit 2.
+value() {
+  if [ $# -lt 4 ] || [ -z "$4" ]; then
+    echo "gen-keys: $1 needs a value, such as $2" >&2
+    exit 2
+  fi
+}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dir) dir=${2:?--dir needs a directory}; shift 2 ;;
+    --dir) value "$1" DIR "$@"; dir=$2; shift 2 ;;
     --force) force=yes; shift ;;
-    --days) days=${2:?--days needs a number}; shift 2 ;;
-    --trust-domain) trust_domain=${2:?--trust-domain needs a name such as ecommerce.local}; shift 2 ;;
-    --dns) dns_names+=("${2:?--dns needs a host name such as discount}"); shift 2 ;;
-    --owner) owner=${2:?--owner needs UID:GID such as 65532:65532}; shift 2 ;;
+    --days) value "$1" 365 "$@"; days=$2; shift 2 ;;
+    --trust-domain) value "$1" ecommerce.local "$@"; trust_domain=$2; shift 2 ;;
+    --dns) value "$1" discount "$@"; dns_names+=("$2"); shift 2 ;;
+    --owner) value "$1" 65532:65532 "$@"; owner=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gen-keys: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac

@@ -53,12 +53,26 @@ pub enum PemProblem {
 
 /// A PEM file could not be used. The message says which, why and how to fix it.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {problem} (the file is set by {}); {GEN_KEYS_HINT}, or point {} at the right file", file.path.display(), file.flag, file.flag)]
 pub struct PemFileError {
     /// The file and the flag that named it.
     pub file: PemSource,
     /// What was wrong.
     pub problem: PemProblem,
+}
+
+impl fmt::Display for PemFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (path, flag) = (self.file.path.display(), self.file.flag);
+        write!(f, "{path}: {} (the file is set by {flag}); ", self.problem)?;
+        match &self.problem {
+            // The file is there: making new keys would not help.
+            PemProblem::Unreadable(e) if e.kind() == io::ErrorKind::PermissionDenied => write!(
+                f,
+                "let the user this service runs as read it (in a container, the container's user: 65532 for this project's images), or point {flag} at a copy it can read"
+            ),
+            _ => write!(f, "{GEN_KEYS_HINT}, or point {flag} at the right file"),
+        }
+    }
 }
 
 impl fmt::Display for PemProblem {
@@ -230,6 +244,22 @@ mod tests {
         assert!(message.contains("nope.pem: file not found"), "{message}");
         assert!(message.contains("--cert"), "{message}");
         assert!(message.contains("scripts/gen-keys.sh"), "{message}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_unreadable_key_says_to_fix_its_permissions_not_to_make_new_keys() {
+        let error = PemFileError::new(
+            &PemSource::new("/run/secrets/discount_key", "--key (DISCOUNT_KEY)"),
+            PemProblem::Unreadable(io::Error::from(io::ErrorKind::PermissionDenied)),
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with("/run/secrets/discount_key: cannot read the file"),
+            "{message}"
+        );
+        assert!(message.contains("the container's user"), "{message}");
+        assert!(!message.contains("gen-keys"), "{message}");
     }
 
     #[test]
