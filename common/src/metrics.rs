@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -57,9 +57,10 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest one admin connection stays open, keep-alive included.
 const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
-/// How long a connection closed to make room gets to finish the answer it
-/// is sending.
-const ADMIN_EVICTION_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection closed to make room gets to go quietly. Only one
+/// with no answer being written is picked, so this is short: a client
+/// dripping its request head must not hold the slot a probe needs.
+const ADMIN_EVICTION_GRACE: Duration = Duration::from_millis(20);
 
 /// A function run before each scrape, to set gauges read from state
 /// (replicas in rotation, health).
@@ -404,10 +405,10 @@ pub fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<(TcpListener, So
 /// Kept apart from the service's own port: Prometheus scrapes without a
 /// client certificate, and a scrape must not compete with real traffic
 /// for connection slots. At most [`ADMIN_CONNECTIONS`] are open. A
-/// newcomer at the limit closes the oldest connection with no request in
-/// flight, gracefully: an answer being sent is finished first (within
-/// [`ADMIN_EVICTION_GRACE`]), so a flood of empty connections cannot cut a
-/// scrape off mid-answer. Each connection must send its request head
+/// newcomer at the limit closes the oldest connection with no answer
+/// being written (within [`ADMIN_EVICTION_GRACE`]), so neither a flood of
+/// empty connections nor clients dripping their request heads can cut a
+/// scrape off mid-answer or keep a probe waiting. Each connection must send its request head
 /// within [`ADMIN_HEADER_TIMEOUT`] and lives at most
 /// [`ADMIN_CONNECTION_LIFETIME`].
 pub async fn serve(listener: TcpListener, metrics: Metrics, ready: Option<IntGauge>) {
@@ -431,14 +432,17 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, ready: Option<IntGau
             let _held = held;
             let busy = Arc::clone(&activity);
             let service = service_fn(move |request| {
-                // Busy until the answer is handed to hyper; a graceful
-                // close then still sends it.
-                let _busy = busy.begin();
-                std::future::ready(Ok::<_, Infallible>(answer(
-                    &metrics,
-                    ready.as_ref(),
-                    &request,
-                )))
+                // Busy until hyper drops the answer's body, that is until
+                // it is written: only then may a newcomer close this
+                // connection.
+                let guard = busy.begin();
+                let response = answer(&metrics, ready.as_ref(), &request).map(|body| {
+                    body.map_frame(move |frame| {
+                        let _busy = &guard;
+                        frame
+                    })
+                });
+                std::future::ready(Ok::<_, Infallible>(response))
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -105,3 +105,52 @@ async fn the_admin_listener_names_its_paths_and_refuses_other_methods() -> Setup
     server.stop().await?;
     Ok(())
 }
+
+/// Clients dripping their request heads into every admin slot, reconnecting
+/// whenever they are closed, must not keep a probe from its answer: a
+/// newcomer closes the oldest connection with no answer being written,
+/// at once.
+#[tokio::test]
+async fn probes_are_answered_while_slow_clients_fill_the_admin_listener() -> SetupResult<()> {
+    use tokio::io::AsyncWriteExt;
+    let pki = Pki::generate()?;
+    let server =
+        DiscountServer::start_with(&pki, &["--metrics-addr", "127.0.0.1:0"], DiscountService)
+            .await?;
+    let admin = server.metrics_addr().ok_or("no metrics listener")?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut drippers = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        drippers.spawn(async move {
+            while tokio::time::Instant::now() < until {
+                let Ok(mut tcp) = tokio::net::TcpStream::connect(admin).await else {
+                    continue;
+                };
+                let _ = tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+                while tokio::time::Instant::now() < until {
+                    if tcp.write_all(b"X").await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let mut answered = 0;
+    for _ in 0..10 {
+        let probe = client.get(format!("http://{admin}/readyz")).send().await;
+        if matches!(&probe, Ok(response) if response.status() == 200) {
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drippers.shutdown().await;
+    assert_eq!(answered, 10, "probes answered within 1 s, of 10");
+    server.stop().await?;
+    Ok(())
+}
