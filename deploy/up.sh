@@ -19,6 +19,9 @@ deploy=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$deploy")
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-ecommerce}
 export ECOMMERCE_KEYS=${ECOMMERCE_KEYS:-$deploy/keys}
+# Absolute: Compose reads relative paths from deploy/, not from here.
+mkdir -p "$ECOMMERCE_KEYS"
+ECOMMERCE_KEYS=$(cd "$ECOMMERCE_KEYS" && pwd)
 
 if docker compose version >/dev/null 2>&1; then
   compose=(docker compose)
@@ -63,9 +66,18 @@ fi
 
 "${compose[@]}" up -d "$@"
 
-# CATALOG_HOST_PORT is PORT or IP:PORT.
+# CATALOG_HOST_PORT is PORT, IP:PORT or [IPv6]:PORT; a port alone is
+# published on every address, loopback included.
 published=${CATALOG_HOST_PORT:-11080}
-url="http://127.0.0.1:${published##*:}"
+host=127.0.0.1
+case "$published" in
+  *:*) host=${published%:*} ;;
+esac
+case "$host" in
+  0.0.0.0 | "" ) host=127.0.0.1 ;;
+  :: | "[::]") host="[::1]" ;;
+esac
+url="http://$host:${published##*:}"
 # As many as are running (after --scale too); the catalog finds new ones
 # when it next resolves the name, within 5 s.
 replicas=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \

@@ -68,15 +68,23 @@ fi
 # A DNS name in a certificate: letters, digits, '-' and '.', optionally a
 # leading '*.' wildcard label.
 server_san="DNS:localhost,IP:127.0.0.1,IP:::1"
+if ! [[ "$days" =~ ^[1-9][0-9]{0,4}$ ]]; then
+  echo "gen-keys: --days $days: write a whole number of days from 1 to 99999, such as 365" >&2
+  exit 2
+fi
 for name in "${dns_names[@]}"; do
-  if ! [[ "$name" =~ ^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]]; then
-    echo "gen-keys: --dns $name: a host name is letters, digits, '-' and '.', such as discount or discount.ecommerce.svc" >&2
+  # Labels of letters, digits and '-', joined by single dots; not an IP
+  # address, which would need an IP entry to match.
+  if ! [[ "$name" =~ ^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$ ]] \
+    || [[ "$name" =~ ^[0-9.]+$ ]]; then
+    echo "gen-keys: --dns $name: a host name is labels of letters, digits and '-' joined by dots, such as discount or discount.ecommerce.svc (not an IP address)" >&2
     exit 2
   fi
   server_san="$server_san,DNS:$name"
 done
-if [ -n "$owner" ] && ! [[ "$owner" =~ ^[0-9]+:[0-9]+$ ]]; then
-  echo "gen-keys: --owner $owner: write numeric UID:GID, such as 65532:65532" >&2
+if [ -n "$owner" ] && { ! [[ "$owner" =~ ^[0-9]{1,10}:[0-9]{1,10}$ ]] \
+  || [ "${owner%%:*}" -gt 4294967294 ] || [ "${owner##*:}" -gt 4294967294 ]; }; then
+  echo "gen-keys: --owner $owner: write numeric UID:GID, each below 4294967295, such as 65532:65532" >&2
   exit 2
 fi
 if [ -n "$owner" ] && [ "$(id -u)" != 0 ]; then

@@ -96,10 +96,17 @@ async fn exchange(addr: SocketAddr, path: &str, url: &str) -> Result<String, Pro
         })?;
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status();
-    // A body past the cap, or cut off, is shown as far as it came.
+    // A body past the cap, or cut off, is no healthy answer, whatever the
+    // status said.
     let body = match Limited::new(response.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-        Err(error) => format!("(body unreadable: {error})"),
+        Ok(collected) => printable(&collected.to_bytes()),
+        Err(error) => {
+            return Err(ProbeError::Unhealthy {
+                url: url.to_owned(),
+                status,
+                body: format!("(the body could not be read whole: {error})"),
+            });
+        }
     };
     if status == StatusCode::OK {
         Ok(body)
@@ -110,6 +117,20 @@ async fn exchange(addr: SocketAddr, path: &str, url: &str) -> Result<String, Pro
             body: body.trim_end().to_owned(),
         })
     }
+}
+
+/// `bytes` as text fit for a terminal or a log: invalid UTF-8 replaced, and
+/// control characters other than newline and tab escaped, so that an
+/// answer cannot move the cursor or clear a screen.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// Runs the check and turns it into what the command prints and returns:
@@ -130,6 +151,33 @@ pub async fn run(program: &str, addr: SocketAddr, path: &str) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_an_answer_are_escaped() {
+        assert_eq!(printable(b"ok\n\x1b[2J\tx"), "ok\n\\u{1b}[2J\tx");
+    }
+
+    #[tokio::test]
+    async fn a_200_whose_body_is_cut_off_fails() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut head).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nready")
+                .await;
+            // Closed with 95 bytes still owed.
+        });
+        let error = get(addr, "/readyz").await.unwrap_err();
+        assert!(matches!(error, ProbeError::Unhealthy { .. }), "{error}");
+        assert!(
+            error.to_string().contains("could not be read whole"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn an_unspecified_listen_address_is_reached_on_loopback() {
