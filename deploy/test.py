@@ -96,11 +96,6 @@ class Stack:
             CATALOG_HOST_PORT=f"127.0.0.1:{self.port}",
             CATALOG_METRICS_HOST_PORT=f"127.0.0.1:{self.metrics_port}",
         )
-        if shutil.which("docker") and run("docker", "compose", "version", check=False).returncode == 0:
-            self.compose = ["docker", "compose"]
-        else:
-            self.compose = ["docker-compose"]
-        self.compose += ["-f", str(DEPLOY / "compose.yaml")]
 
     def up(self):
         started = time.monotonic()
@@ -108,7 +103,7 @@ class Stack:
         return time.monotonic() - started
 
     def down(self):
-        return subprocess.run(self.compose + ["down", "-v", "--remove-orphans", "-t", "20"], env=self.env,
+        return subprocess.run([str(DEPLOY / "up.sh"), "down"], env=self.env,
                               capture_output=True, text=True, timeout=180)
 
     def containers(self, service):
@@ -155,8 +150,8 @@ class Stack:
 
     def calls_answered(self, container):
         """ApplyDiscounts calls the replica logged (one INFO line per call)."""
-        logs = run("docker", "logs", container).stdout + run("docker", "logs", container).stderr
-        return sum(1 for line in logs.splitlines()
+        logs = run("docker", "logs", container)
+        return sum(1 for line in (logs.stdout + logs.stderr).splitlines()
                    if "call answered" in line and "ApplyDiscounts" in line)
 
 

@@ -408,9 +408,9 @@ pub fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<(TcpListener, So
 /// newcomer at the limit closes the oldest connection with no answer
 /// being written (within [`ADMIN_EVICTION_GRACE`]), so neither a flood of
 /// empty connections nor clients dripping their request heads can cut a
-/// scrape off mid-answer or keep a probe waiting. Each connection must send its request head
-/// within [`ADMIN_HEADER_TIMEOUT`] and lives at most
-/// [`ADMIN_CONNECTION_LIFETIME`].
+/// scrape off mid-answer or keep a probe waiting. Each connection must
+/// send its request head within [`ADMIN_HEADER_TIMEOUT`] and lives at
+/// most [`ADMIN_CONNECTION_LIFETIME`].
 pub async fn serve(listener: TcpListener, metrics: Metrics, ready: Option<IntGauge>) {
     let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
     // Connections with no request in flight: those a newcomer may close.
@@ -478,7 +478,11 @@ fn answer(
         response
     };
     let path = request.uri().path();
-    let known = matches!(path, "/metrics" | "/healthz") || (path == "/readyz" && ready.is_some());
+    let known = match path {
+        "/metrics" | "/healthz" => true,
+        "/readyz" => ready.is_some(),
+        _ => false,
+    };
     if !known {
         let paths = if ready.is_some() {
             "GET /metrics, /healthz and /readyz"
@@ -504,14 +508,15 @@ fn answer(
     }
     match (path, ready) {
         ("/healthz", _) => reply(StatusCode::OK, TEXT, "ok\n".to_owned()),
-        ("/readyz", Some(gauge)) if gauge.get() == 1 => {
+        ("/readyz", Some(serving)) if serving.get() == 1 => {
             reply(StatusCode::OK, TEXT, "ready\n".to_owned())
         }
-        ("/readyz", _) => reply(
+        ("/readyz", Some(_)) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             TEXT,
             "not ready: not serving (starting, or shutting down)\n".to_owned(),
         ),
+        // `/metrics`: every other path was answered above.
         _ => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
