@@ -95,24 +95,46 @@ impl CallError {
     }
 
     /// Whether discount never started on the call that ended with
-    /// `status`, so it may be sent again: the stream was above the last
-    /// one a GOAWAY from discount let through (or opened after it),
-    /// discount refused it with REFUSED_STREAM (RFC 9113 §8.7), or the
-    /// connection closed while the call still waited in hyper's queue for
-    /// it ("operation was canceled: connection closed").
+    /// `status`, so it may be sent again: the connection was retired
+    /// ([`CallError::connection_retired`]) or discount refused the stream
+    /// ([`CallError::stream_refused`]).
     pub(crate) fn never_processed(&self) -> bool {
+        self.connection_retired() || self.stream_refused()
+    }
+
+    /// Whether the call was caught by the connection closing under it,
+    /// which says nothing about the replica: the stream was above the last
+    /// one a GOAWAY from discount let through (or opened after it, at its
+    /// `--max-connection-age` or while it shuts down), or the connection
+    /// closed while the call still waited in hyper's queue for it
+    /// ("operation was canceled: connection closed").
+    pub(crate) fn connection_retired(&self) -> bool {
         let Self::Status(status) = self else {
             return false;
         };
         causes(status).any(|cause| {
             if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-                (h2.is_go_away() && h2.is_remote())
-                    || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                h2.is_go_away() && h2.is_remote()
             } else {
                 cause
                     .downcast_ref::<hyper::Error>()
                     .is_some_and(hyper::Error::is_canceled)
             }
+        })
+    }
+
+    /// Whether discount refused the stream (`RST_STREAM` with
+    /// REFUSED_STREAM, RFC 9113 §8.7): it did not process the call, so the
+    /// call may be sent again, but a replica that does it again and again
+    /// serves nobody, and counts as failing.
+    pub(crate) fn stream_refused(&self) -> bool {
+        let Self::Status(status) = self else {
+            return false;
+        };
+        causes(status).any(|cause| {
+            cause.downcast_ref::<h2::Error>().is_some_and(|h2| {
+                h2.reason() == Some(h2::Reason::REFUSED_STREAM) && !h2.is_go_away()
+            })
         })
     }
 
@@ -263,8 +285,14 @@ pub(crate) fn merge(
     }
 }
 
-/// Checks discount's answer for `sent`: it must be there, be for the same
-/// product, and carry a finite `pct` (Go, and our JSON, cannot print NaN).
+/// Checks discount's answer for `sent` before anything of it is listed: it
+/// must be there, be for the same product at the same price, and carry a
+/// discount that is one: a finite `pct` between 0 and 1 (Go, and our JSON,
+/// cannot print NaN), and a price after it between 0 and the price. The
+/// empty discount (both zero: not this customer's) is always one. A
+/// replica holding discount's certificate is still only trusted to price,
+/// not to list any number it likes: a negative or inflated price would go
+/// straight to the shop's customers.
 pub(crate) fn check_answer(
     sent: &Product,
     priced: Option<Product>,
@@ -273,12 +301,46 @@ pub(crate) fn check_answer(
     if priced.id != sent.id {
         return Err(CallError::Invalid("the response is for another product"));
     }
-    match priced.discount_value {
-        Some(value) if !value.pct.is_finite() => {
-            Err(CallError::Invalid("pct is not a finite number"))
-        }
-        other => Ok(other),
+    if priced.price_in_cents != sent.price_in_cents {
+        return Err(CallError::Invalid(
+            "the response has another price_in_cents than the one sent",
+        ));
     }
+    let value = priced
+        .discount_value
+        .ok_or(CallError::Invalid("the response has no discount_value"))?;
+    if value == DiscountValue::default() {
+        return Ok(Some(value));
+    }
+    if !value.pct.is_finite() {
+        return Err(CallError::Invalid("pct is not a finite number"));
+    }
+    if !(0.0..=1.0).contains(&value.pct) {
+        return Err(CallError::Invalid("pct is outside 0..=1"));
+    }
+    if value.value_in_cents < 0 || value.value_in_cents > sent.price_in_cents {
+        return Err(CallError::Invalid(
+            "value_in_cents is outside 0..=price_in_cents",
+        ));
+    }
+    if !agrees(sent.price_in_cents, value) {
+        return Err(CallError::Invalid(
+            "value_in_cents is not price_in_cents less pct",
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// Whether `value.value_in_cents` is the price less `value.pct` of it: to
+/// the cent (the rule rounds), plus what `pct` being a `float32` can be off
+/// by (half a unit in its last place, 2^-25 of the price at most). A
+/// replica that answers 1 cent for a 1,500-dollar product at 10% off is
+/// not rounding.
+fn agrees(price_in_cents: i32, value: DiscountValue) -> bool {
+    let price = f64::from(price_in_cents);
+    let expected = price * (1.0 - f64::from(value.pct));
+    let slack = 1.0 + price * f64::from(f32::EPSILON);
+    (f64::from(value.value_in_cents) - expected).abs() <= slack
 }
 
 #[cfg(test)]
@@ -326,28 +388,87 @@ mod tests {
         // An empty discount (someone else's customer) is an answer too.
         let empty = check_answer(&sent, Some(product(7, Some(DiscountValue::default()))));
         assert_eq!(empty.ok(), Some(Some(DiscountValue::default())));
+        // The edges of what a discount may be: all of it off, none of it.
+        // Rounded either way, as the rule may.
+        for (pct, value_in_cents) in [(1.0, 0), (0.0, 1000), (0.5, 500), (0.1, 899), (0.1, 901)] {
+            let value = DiscountValue {
+                pct,
+                value_in_cents,
+            };
+            let answer = check_answer(&sent, Some(product(7, Some(value))));
+            assert_eq!(answer.ok(), Some(Some(value)), "{value:?}");
+        }
+        // discount's own 10% (truncated, pct the f32 nearest 0.1), at any
+        // price: the float32 slack grows with it.
+        for price_in_cents in [1, 11, 99_999, 150_000, 1 << 24, i32::MAX] {
+            let sent = Product {
+                price_in_cents,
+                ..product(7, None)
+            };
+            let value = DiscountValue {
+                pct: 0.1,
+                value_in_cents: i32::try_from(i64::from(price_in_cents) * 9 / 10).unwrap_or(0),
+            };
+            let priced = Product {
+                discount_value: Some(value),
+                ..sent.clone()
+            };
+            let answer = check_answer(&sent, Some(priced));
+            assert_eq!(answer.ok(), Some(Some(value)), "{price_in_cents}");
+        }
     }
 
     #[test]
-    fn missing_foreign_or_unprintable_answers_are_refused_with_the_reason() {
+    fn missing_foreign_or_impossible_answers_are_refused_with_the_reason() {
         let sent = product(7, None);
         let reason = |answer: Option<Product>| match check_answer(&sent, answer) {
             Err(CallError::Invalid(why)) => why,
             other => panic!("accepted: {other:?}"),
+        };
+        let priced = |pct: f32, value_in_cents: i32| {
+            Some(product(
+                7,
+                Some(DiscountValue {
+                    pct,
+                    value_in_cents,
+                }),
+            ))
         };
         assert_eq!(reason(None), "the response has no product");
         assert_eq!(
             reason(Some(product(8, Some(ten_percent())))),
             "the response is for another product"
         );
+        assert_eq!(
+            reason(Some(product(7, None))),
+            "the response has no discount_value"
+        );
+        let repriced = Product {
+            price_in_cents: 1,
+            ..product(7, Some(ten_percent()))
+        };
+        assert_eq!(
+            reason(Some(repriced)),
+            "the response has another price_in_cents than the one sent"
+        );
         for pct in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let value = DiscountValue {
-                pct,
-                value_in_cents: 1,
-            };
+            assert_eq!(reason(priced(pct, 1)), "pct is not a finite number");
+        }
+        // What a hostile replica holding discount's certificate answered.
+        for pct in [-5.0, -0.01, 1.01, 100.0] {
+            assert_eq!(reason(priced(pct, 900)), "pct is outside 0..=1");
+        }
+        for value_in_cents in [i32::MIN, -1, 1001, i32::MAX] {
             assert_eq!(
-                reason(Some(product(7, Some(value)))),
-                "pct is not a finite number"
+                reason(priced(0.1, value_in_cents)),
+                "value_in_cents is outside 0..=price_in_cents"
+            );
+        }
+        // Within the price, but not what 10% off it is.
+        for value_in_cents in [0, 1, 898, 902, 1000] {
+            assert_eq!(
+                reason(priced(0.1, value_in_cents)),
+                "value_in_cents is not price_in_cents less pct"
             );
         }
     }
@@ -401,6 +522,10 @@ mod tests {
         };
         let h2 = |reason: h2::Reason| error(Box::new(h2::Error::from(reason)));
         assert!(h2(h2::Reason::REFUSED_STREAM).never_processed());
+        // Refused by the replica (held against it when it repeats), not
+        // the connection retiring under the call (never held against it).
+        assert!(h2(h2::Reason::REFUSED_STREAM).stream_refused());
+        assert!(!h2(h2::Reason::REFUSED_STREAM).connection_retired());
         for reason in [h2::Reason::CANCEL, h2::Reason::INTERNAL_ERROR] {
             assert!(!h2(reason).never_processed());
             assert!(!h2(reason).retryable());
