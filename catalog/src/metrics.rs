@@ -72,6 +72,7 @@ pub struct ClientMetrics {
     calls: IntCounterVec,
     duration: HistogramVec,
     retries: IntCounter,
+    refused_answers: IntCounter,
     ejections: IntCounterVec,
     replicas: IntGaugeVec,
     /// Where the client's certificates' expiry is noted.
@@ -121,6 +122,7 @@ impl CatalogMetrics {
             "tls_handshake_failed",
             "calls_failing",
             "health_check_unanswered",
+            "health_check_refused",
             "refused",
         ] {
             ejections.with_label_values(&[reason]);
@@ -138,7 +140,11 @@ impl CatalogMetrics {
             ),
             retries: common.counter(
                 "catalog_discount_retries_total",
-                "Listings sent a second time, to another replica, because the first did not process them.",
+                "Listings whose failed products were sent a second time, to another replica (or, for a call never processed, the same one on a new connection).",
+            ),
+            refused_answers: common.counter(
+                "catalog_discount_answers_refused_total",
+                "Products whose answer from discount was refused as impossible (for another product or price, pct outside 0..1, a price after the discount that is not the price less pct): listed without a discount and held against the replica.",
             ),
             ejections,
             replicas: common.gauge_vec(
@@ -230,6 +236,11 @@ impl ClientMetrics {
     /// One listing sent again to another replica.
     pub(crate) fn retried(&self) {
         self.retries.inc();
+    }
+
+    /// One product's answer refused as impossible.
+    pub(crate) fn refused_answer(&self) {
+        self.refused_answers.inc();
     }
 
     /// One replica ejected, for `why` (the words `/readyz` shows).

@@ -781,3 +781,270 @@ async fn readyz_stays_short_when_a_name_resolves_to_many_replicas() -> SetupResu
     assert_eq!(lines.last(), Some(&"and 8 more"));
     Ok(())
 }
+
+/// One way a replica beside a good one can be bad while its health check
+/// (mostly) says SERVING.
+#[derive(Debug, Clone, Copy)]
+enum Bad {
+    /// Every call of either method answered at once with this code.
+    Status(tonic::Code),
+    /// Every call's stream refused (`RST_STREAM(REFUSED_STREAM)`); its
+    /// health check answered SERVING, or refused too.
+    RefusedStream { healthy: bool },
+    /// Answers that it changes before sending: it holds discount's
+    /// certificate and lies.
+    Tampered(fn(&mut ecommerce_proto::pb::Product)),
+}
+
+impl Bad {
+    /// Starts the replica: its address, and what keeps it running.
+    async fn start(self, pki: &Pki) -> SetupResult<(SocketAddr, Box<dyn std::any::Any + Send>)> {
+        let scripted = match self {
+            Self::RefusedStream { healthy } => {
+                let peer = testkit::RefusingPeer::start(pki, healthy).await?;
+                return Ok((peer.addr(), Box::new(peer)));
+            }
+            Self::Status(code) => ScriptedDiscount {
+                batch: true,
+                fail_code: Some(code),
+                ..ScriptedDiscount::default()
+            },
+            Self::Tampered(tamper) => ScriptedDiscount {
+                batch: true,
+                tamper: Some(tamper),
+                ..ScriptedDiscount::default()
+            },
+        };
+        scripted
+            .failing
+            .store(matches!(self, Self::Status(_)), Ordering::SeqCst);
+        let server = DiscountServer::start_with(pki, &[], scripted).await?;
+        Ok((server.addr(), Box::new(server)))
+    }
+}
+
+/// How listings went while a bad replica was beside a good one.
+#[derive(Debug, Default)]
+struct Exposure {
+    /// Listings that began after the first second...
+    after_first_second: usize,
+    /// ...and of those, the ones not `applied`.
+    not_applied: Vec<String>,
+    /// Listings, at any time, that were not 200 with the three products,
+    /// each with discount's true answer or none: a lost product, or a
+    /// price the bad replica made up.
+    broken: Vec<String>,
+    /// Whether `/readyz`, polled during the load, ever said the bad
+    /// replica was out and one of two serving...
+    readyz_said_out: bool,
+    /// ...and the last thing it said of it.
+    readyz_last: String,
+}
+
+/// Whether `body` lists the seed's three products, each as discount
+/// prices it for customer 1 or without a discount.
+fn whole_and_honest(body: &str) -> bool {
+    let parse = |text: &str| serde_json::from_str::<Vec<serde_json::Value>>(text).ok();
+    let (Some(listed), Some(priced), Some(plain)) = (parse(body), parse(CUSTOMER_1), parse(PLAIN))
+    else {
+        return false;
+    };
+    listed.len() == 3
+        && listed
+            .iter()
+            .zip(priced.iter().zip(&plain))
+            .all(|(product, (priced, plain))| product == priced || product == plain)
+}
+
+/// Listings for customer 1 from `workers` clients one after the other for
+/// `period`, while `/readyz` is polled for what it says of `bad`.
+async fn exposure(
+    catalog: &Catalog,
+    bad: SocketAddr,
+    workers: usize,
+    period: Duration,
+) -> Exposure {
+    let started = Instant::now();
+    let end = started + period;
+    let load = futures_util::future::join_all((0..workers).map(|_| async move {
+        let mut seen = Vec::new();
+        while Instant::now() < end {
+            let sent = Instant::now();
+            let answer = catalog.get("/products", Some(b"1")).await;
+            seen.push((sent.duration_since(started), answer));
+        }
+        seen
+    }));
+    let watch = async {
+        let (mut said_out, mut last) = (false, String::new());
+        while Instant::now() < end {
+            if let Ok(ready) = catalog.readiness().await {
+                let line = ready
+                    .body
+                    .lines()
+                    .find(|line| line.starts_with(&bad.to_string()))
+                    .unwrap_or_default()
+                    .to_owned();
+                let out = line.contains("ejected") || line.contains("refuses this catalog");
+                said_out |= out
+                    && ready
+                        .body
+                        .starts_with("ready: 1 of 2 discount replicas serving\n");
+                last = line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (said_out, last)
+    };
+    let (seen, (readyz_said_out, readyz_last)) = tokio::join!(load, watch);
+    let mut exposure = Exposure {
+        readyz_said_out,
+        readyz_last,
+        ..Exposure::default()
+    };
+    for (at, answer) in seen.into_iter().flatten() {
+        let described = match &answer {
+            Ok(answer) => format!("{at:?}: {} {:?}", answer.status, answer.discount_status),
+            Err(error) => format!("{at:?}: {error}"),
+        };
+        let answer = answer.ok();
+        if !answer
+            .as_ref()
+            .is_some_and(|a| a.status == StatusCode::OK && whole_and_honest(&a.body))
+        {
+            exposure.broken.push(described.clone());
+        }
+        if at >= Duration::from_secs(1) {
+            exposure.after_first_second += 1;
+            if answer.is_none_or(|a| a.discount_status.as_deref() != Some("applied")) {
+                exposure.not_applied.push(described);
+            }
+        }
+    }
+    exposure
+}
+
+/// A good replica and `bad` behind one catalog at its default flags,
+/// under 16 clients for 3 s: at most 1% of the listings after the first
+/// second are not `applied`, none is broken, `/readyz` says the bad one is
+/// out, and failures cost it calls: what it failed, sent again elsewhere,
+/// is under a tenth of the listings. Returns the catalog, for more checks.
+async fn a_bad_replica_costs_at_most_one_percent(bad: Bad) -> SetupResult<Catalog> {
+    let pki = Pki::generate()?;
+    let (good, good_calls) = replicas(&pki, 1, &[]).await?;
+    let (bad_addr, _bad) = bad.start(&pki).await?;
+    let catalog = catalog_for(
+        &[good[0].addr(), bad_addr],
+        &pki,
+        HEALTHY_DEADLINE,
+        &["--metrics-addr", "127.0.0.1:0"],
+    )
+    .await?;
+    catalog.readiness_becomes(StatusCode::OK).await?;
+
+    let exposure = exposure(&catalog, bad_addr, 16, Duration::from_secs(3)).await;
+    let sent = catalog.discount.counts();
+    let good_calls = good_calls[0].load(Ordering::SeqCst);
+    eprintln!(
+        "{bad:?}: {} listings after the first second, {} not applied {:?}; broken {:?}; \
+         readyz said it was out: {} (last: {:?}); client {sent:?}; the good replica had {good_calls} calls",
+        exposure.after_first_second,
+        exposure.not_applied.len(),
+        exposure.not_applied.iter().take(5).collect::<Vec<_>>(),
+        exposure.broken.iter().take(5).collect::<Vec<_>>(),
+        exposure.readyz_said_out,
+        exposure.readyz_last,
+    );
+    assert!(
+        exposure.after_first_second >= 50,
+        "too little load to judge"
+    );
+    assert!(
+        exposure.not_applied.len() * 100 <= exposure.after_first_second,
+        "{} of {} not applied after the first second",
+        exposure.not_applied.len(),
+        exposure.after_first_second
+    );
+    assert_eq!(exposure.broken, Vec::<String>::new());
+    assert!(exposure.readyz_said_out, "last: {}", exposure.readyz_last);
+    // What failed on the bad replica was sent again, and the retries are a
+    // small part of the listings: the bad replica was mostly not picked.
+    let listings = exposure.after_first_second as u64;
+    assert!(sent.retries > 0, "{sent:?}");
+    assert!(sent.retries * 10 < listings, "{sent:?} for {listings}");
+    Ok(catalog)
+}
+
+#[tokio::test]
+async fn a_replica_answering_unimplemented_to_both_methods_is_ejected_and_costs_nothing()
+-> SetupResult<()> {
+    a_bad_replica_costs_at_most_one_percent(Bad::Status(tonic::Code::Unimplemented)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_failing_every_call_at_once_is_ejected_and_costs_nothing() -> SetupResult<()> {
+    a_bad_replica_costs_at_most_one_percent(Bad::Status(tonic::Code::Internal)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_refusing_this_catalog_is_out_and_costs_nothing() -> SetupResult<()> {
+    a_bad_replica_costs_at_most_one_percent(Bad::Status(tonic::Code::PermissionDenied)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_refusing_every_call_stream_is_ejected_and_costs_nothing() -> SetupResult<()> {
+    a_bad_replica_costs_at_most_one_percent(Bad::RefusedStream { healthy: true }).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_refusing_every_stream_health_checks_too_is_ejected_and_costs_nothing()
+-> SetupResult<()> {
+    a_bad_replica_costs_at_most_one_percent(Bad::RefusedStream { healthy: false }).await?;
+    Ok(())
+}
+
+/// The answers a hostile replica sent: prices made up within and without
+/// the product's, an impossible percentage, no discount at all.
+const LIES: [fn(&mut ecommerce_proto::pb::Product); 5] = [
+    |product| set_value(product, i32::MIN),
+    |product| set_value(product, 1),
+    |product| set_value(product, i32::MAX),
+    |product| {
+        if let Some(value) = &mut product.discount_value {
+            value.pct = -5.0;
+        }
+    },
+    |product| product.discount_value = None,
+];
+
+fn set_value(product: &mut ecommerce_proto::pb::Product, value_in_cents: i32) {
+    if let Some(value) = &mut product.discount_value {
+        value.value_in_cents = value_in_cents;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_answering_impossible_discounts_is_never_listed_and_is_ejected() -> SetupResult<()>
+{
+    for lie in LIES {
+        let catalog = a_bad_replica_costs_at_most_one_percent(Bad::Tampered(lie)).await?;
+        let metrics = reqwest::get(format!(
+            "http://{}/metrics",
+            catalog.metrics_addr.ok_or("no metrics listener")?
+        ))
+        .await?
+        .text()
+        .await?;
+        let refused: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("catalog_discount_answers_refused_total "))
+            .ok_or("no catalog_discount_answers_refused_total")?
+            .parse()?;
+        assert!(refused >= 3.0, "{refused}");
+    }
+    Ok(())
+}

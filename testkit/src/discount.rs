@@ -12,7 +12,9 @@ use clap::Parser;
 use discount::tls::TlsReloader;
 use discount::{Application, DiscountService, StartupError};
 use ecommerce_proto::pb::discount_server::Discount;
-use ecommerce_proto::pb::{DiscountRequest, DiscountResponse, DiscountsRequest, DiscountsResponse};
+use ecommerce_proto::pb::{
+    DiscountRequest, DiscountResponse, DiscountsRequest, DiscountsResponse, Product,
+};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -156,9 +158,14 @@ pub struct ScriptedDiscount {
     pub batch: bool,
     /// How many calls it has answered, of either method.
     pub calls: Arc<AtomicUsize>,
-    /// While set, every call of either method is answered `INTERNAL` (after
-    /// `delay`); its health service, if any, still says SERVING.
+    /// While set, every call of either method is answered `fail_code`
+    /// (after `delay`); its health service, if any, still says SERVING.
     pub failing: Arc<AtomicBool>,
+    /// What `failing` answers with; `INTERNAL` when not set.
+    pub fail_code: Option<tonic::Code>,
+    /// Changes every product of every answer before it is sent: a replica
+    /// that holds discount's certificate and lies.
+    pub tamper: Option<fn(&mut Product)>,
 }
 
 impl ScriptedDiscount {
@@ -188,12 +195,16 @@ impl Discount for ScriptedDiscount {
         }
         tokio::time::sleep(self.delay).await;
         if self.failing.load(Ordering::SeqCst) {
-            return Err(Status::internal("scripted failure of every call"));
+            return Err(self.failure());
         }
         if product_id.is_some() && product_id == self.fail_product {
             return Err(Status::internal("scripted failure for this product"));
         }
-        DiscountService.apply_discount(request).await
+        let mut answer = DiscountService.apply_discount(request).await?;
+        if let (Some(tamper), Some(product)) = (self.tamper, &mut answer.get_mut().product) {
+            tamper(product);
+        }
+        Ok(answer)
     }
 
     async fn apply_discounts(
@@ -208,9 +219,23 @@ impl Discount for ScriptedDiscount {
         }
         tokio::time::sleep(self.delay).await;
         if self.failing.load(Ordering::SeqCst) {
-            return Err(Status::internal("scripted failure of every call"));
+            return Err(self.failure());
         }
-        DiscountService.apply_discounts(request).await
+        let mut answer = DiscountService.apply_discounts(request).await?;
+        if let Some(tamper) = self.tamper {
+            answer.get_mut().products.iter_mut().for_each(tamper);
+        }
+        Ok(answer)
+    }
+}
+
+impl ScriptedDiscount {
+    /// The status every call gets while `failing`.
+    fn failure(&self) -> Status {
+        Status::new(
+            self.fail_code.unwrap_or(tonic::Code::Internal),
+            "scripted failure of every call",
+        )
     }
 }
 

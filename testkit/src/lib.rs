@@ -9,6 +9,7 @@
 //! - [`proxy`]: a connection-counting forwarder and a peer that never
 //!   answers.
 //! - [`readme`]: the README's flag tables checked against the code.
+//! - [`refusing`]: a discount replica that refuses every call's stream.
 //! - [`process`]: a service binary as a child process (peak memory,
 //!   signals).
 //! - [`otlp`]: an OTLP trace receiver, keeping the spans it is sent.
@@ -25,6 +26,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod readme;
+pub mod refusing;
 pub mod task;
 pub mod wire;
 
@@ -40,6 +42,7 @@ pub use otlp::{ReceivedSpan, TraceReceiver};
 pub use pki::{CATALOG_IDENTITY, ClientCert, DISCOUNT_IDENTITY, Pki, SERVER_NAMES};
 pub use process::Process;
 pub use proxy::{CountingProxy, silent_peer};
+pub use refusing::RefusingPeer;
 pub use task::ServerTask;
 
 /// Result type for test set-up: any failure there is a failed test.

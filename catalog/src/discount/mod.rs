@@ -269,6 +269,19 @@ impl DiscountClient {
         answer
     }
 
+    /// [`check_answer`], with each refused answer counted.
+    fn checked(
+        &self,
+        sent: &Product,
+        priced: Option<Product>,
+    ) -> Result<Option<DiscountValue>, CallError> {
+        let answer = check_answer(sent, priced);
+        if answer.is_err() {
+            self.metrics.refused_answer();
+        }
+        answer
+    }
+
     /// One `ApplyDiscount` call to `replica` for `customer`'s discount on
     /// `product`.
     async fn call(
@@ -291,7 +304,7 @@ impl DiscountClient {
                 |mut grpc, request| async move { grpc.apply_discount(request).await },
             )
             .await?;
-        check_answer(product, response.product)
+        self.checked(product, response.product)
     }
 
     /// Asks `replica` for `customer`'s discounts on all of `products` in
@@ -326,7 +339,7 @@ impl DiscountClient {
         Ok(products
             .iter()
             .zip(priced)
-            .map(|(sent, priced)| check_answer(sent, Some(priced)))
+            .map(|(sent, priced)| self.checked(sent, Some(priced)))
             .collect())
     }
 
@@ -355,29 +368,30 @@ impl DiscountClient {
         }
     }
 
-    /// `products` priced by `replica`, the outcome noted on the replica
+    /// `products` priced by `replica`, one answer per product (a failed
+    /// call is every product's error), the outcome noted on the replica
     /// once for the listing, as its load is counted once: a seed-built
-    /// replica is not three times as busy, nor three times as failing,
-    /// when one listing is slow.
+    /// replica is not three times as busy, nor three times as failing, when
+    /// one listing is slow.
     async fn price_on(
         &self,
         replica: &Arc<Replica>,
         deadline: Instant,
         customer: &Customer,
         products: &[Product],
-    ) -> Result<Answers, CallError> {
+    ) -> Answers {
         let pending = replica.begin();
-        let answer = self.ask(replica, deadline, customer, products).await;
-        drop(pending);
-        let error = match &answer {
-            Err(error) => Some(error),
-            Ok(answers) => answers.iter().find_map(|answer| answer.as_ref().err()),
+        let answers = match self.ask(replica, deadline, customer, products).await {
+            Ok(answers) => answers,
+            Err(error) => products.iter().map(|_| Err(error.clone())).collect(),
         };
+        drop(pending);
+        let error = answers.iter().find_map(|answer| answer.as_ref().err());
         let may_eject = || self.pool.others_in_rotation(replica);
         if replica.record_call(error, may_eject) {
             self.pool.resolve_soon();
         }
-        answer
+        answers
     }
 
     /// One `ApplyDiscounts` call, or one `ApplyDiscount` per product for a
@@ -410,54 +424,70 @@ impl DiscountClient {
     /// Returns every product of `products`, in order, each with the discount
     /// `customer` gets on it; where discount failed, the product as it was.
     ///
-    /// The listing goes to one replica. If that fails before reaching
-    /// discount's handler (refused, reset, the stream refused or sent after
-    /// a GOAWAY, UNAVAILABLE), it is sent once more, to another replica if
-    /// there is one, within what is left of the same deadline, when the
+    /// The listing goes to one replica. The products it failed (all of
+    /// them when the call failed: refused, reset, an error status; or some,
+    /// whose answers were unusable) are sent once more, to another replica
+    /// in rotation, within what is left of the same deadline, when the
     /// retry budget allows: both methods are pure reads, so a second
-    /// attempt is harmless even where the first was in fact served.
-    /// Failures are logged once per distinct cause, with the products it
+    /// attempt is harmless even where the first was in fact served. A call
+    /// the replica never processed (the connection retired, the stream
+    /// refused) may go to the same replica when it is the only one, on a
+    /// new connection; a call that ran out of time is not sent again.
+    /// Failures are logged once per distinct cause, with the products they
     /// hit, so an outage is one line per request rather than one per
     /// product.
     pub async fn apply_to_all(&self, customer: &Customer, products: Vec<Product>) -> Priced {
         let deadline = Instant::now() + self.deadline;
-        let answers = match self.price(deadline, customer, &products).await {
-            Ok(answers) => answers,
-            Err(error) => products.iter().map(|_| Err(error.clone())).collect(),
-        };
+        let answers = self.price(deadline, customer, &products).await;
         outcome::merge(customer.id, products, answers, &self.quiet)
     }
 
     /// [`DiscountClient::apply_to_all`]'s attempts.
-    async fn price(
-        &self,
-        deadline: Instant,
-        customer: &Customer,
-        products: &[Product],
-    ) -> Result<Answers, CallError> {
+    async fn price(&self, deadline: Instant, customer: &Customer, products: &[Product]) -> Answers {
         self.pool.resolved(deadline).await;
-        let first = self.pool.pick(None).ok_or(CallError::NoReplica)?;
-        self.budget.deposit();
-        let error = match self.price_on(&first, deadline, customer, products).await {
-            Err(error) if error.retryable() => error,
-            answer => return answer,
+        let Some(first) = self.pool.pick(None) else {
+            return products.iter().map(|_| Err(CallError::NoReplica)).collect();
         };
-        // Another replica, or the same one when it is the only one (a call
-        // it never processed, say at a GOAWAY, finds a new connection).
+        self.budget.deposit();
+        let mut answers = self.price_on(&first, deadline, customer, products).await;
+        let failed: Vec<usize> = (0..answers.len())
+            .filter(|&i| answers[i].is_err())
+            .collect();
+        let Some(error) = failed.first().and_then(|&i| answers[i].as_ref().err()) else {
+            return answers;
+        };
+        let unprocessed = failed
+            .iter()
+            .all(|&i| answers[i].as_ref().is_err_and(CallError::retryable));
+        // Another replica, or the same one when it is the only one and
+        // never processed the call (at a GOAWAY, a new connection will).
         let second = self
             .pool
             .pick(Some(first.addr))
-            .or_else(|| first.takes_calls().then_some(first));
+            .or_else(|| (unprocessed && first.takes_calls()).then(|| first.clone()));
         let Some(second) = second else {
-            return Err(error);
+            return answers;
         };
         if Instant::now() >= deadline || !self.budget.withdraw() {
-            return Err(error);
+            return answers;
         }
-        tracing::debug!(%error, replica = %second.addr, "discount did not process the call; sending it again");
+        if unprocessed {
+            tracing::debug!(%error, replica = %second.addr, "discount did not process the call; sending it again");
+        } else {
+            let cause = format!("{} from {}", error, first.addr);
+            if let Some(unlogged) = self.quiet.should_log(&cause, Instant::now()) {
+                tracing::warn!(replica = %first.addr, ?cause, failed = failed.len(), of = products.len(), to = %second.addr, unlogged,
+                    "discount replica failed; sending the products it failed to another replica");
+            }
+        }
         self.counts.retries.fetch_add(1, Ordering::Relaxed);
         self.metrics.retried();
-        self.price_on(&second, deadline, customer, products).await
+        let again: Vec<Product> = failed.iter().map(|&i| products[i].clone()).collect();
+        let retried = self.price_on(&second, deadline, customer, &again).await;
+        for (i, answer) in failed.into_iter().zip(retried) {
+            answers[i] = answer;
+        }
+        answers
     }
 }
 

@@ -6,7 +6,9 @@
 //! wins. A replica that slows down piles up calls and so gets fewer new
 //! ones, long before its health check or an ejection takes it out, and no
 //! replica is ever chosen by all callers at once, as the least loaded one
-//! would be. (tower's `p2c::Balance` does the same but needs `&mut self`
+//! would be. Failures count too ([`Replica::cost`]): a replica that fails at
+//! once has fewer calls in flight than any other, and would otherwise win
+//! most draws. (tower's `p2c::Balance` does the same but needs `&mut self`
 //! for every call, so a shared client would put a lock or a queue in front
 //! of it: the hop per call that tonic's own `Channel` already costs.)
 
@@ -114,7 +116,7 @@ impl Pool {
                 let step = usize::try_from((draw >> 32) % (count as u64 - 1)).unwrap_or(0) + 1;
                 let second = (first + step) % count;
                 let (a, b) = (nth(first)?, nth(second)?);
-                Some(if b.pending() < a.pending() { b } else { a }.clone())
+                Some(if b.cost() < a.cost() { b } else { a }.clone())
             }
         }
     }

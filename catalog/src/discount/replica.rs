@@ -8,9 +8,20 @@
 //! a peer built from the seed's proto, and answers) and it is not ejected.
 //!
 //! It is *ejected* when it cannot be reached (connection refused or lost,
-//! TLS refused, the health check unanswered) or when calls to it keep
-//! failing ([`EJECT_AFTER`] in a row past their deadline, with an error
-//! status or an unusable answer) while another replica is in rotation.
+//! TLS refused, the health check unanswered or refused twice in a row) or
+//! when calls to it keep failing ([`EJECT_AFTER`] in a row past their
+//! deadline, with any status but OK, UNIMPLEMENTED included, with the
+//! stream refused, or with an unusable answer) while another replica is in
+//! rotation. Only a call caught by the replica retiring its connection
+//! (GOAWAY) is not held against it.
+//!
+//! Before that, every failure costs it in the pick: its *failure score*
+//! (an average over its last calls, 1 when all failed) multiplies its load
+//! by up to [`FAILURE_PENALTY`] + 1, so a replica that fails at once, and
+//! so has fewer calls in flight than the others, draws fewer calls rather
+//! than more. The score shrinks with each call it answers and halves with
+//! each health check it passes, so a replica that recovers, or that no
+//! pick has tried for a while, gets its share back within a few checks.
 //! An ejection lasts `--discount-backoff-min` the first time and doubles
 //! while the replica keeps failing, up to `--discount-backoff-max`. When it
 //! ends, one health check probes the replica: an answer ends the
@@ -19,7 +30,7 @@
 //! attempt per backoff, not one per request.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,6 +51,24 @@ use crate::tls::ClientTls;
 /// unusable answer) before a replica that still answers its health check
 /// is ejected.
 pub(crate) const EJECT_AFTER: u32 = 3;
+
+/// How much more loaded a replica whose calls all fail looks to the pick
+/// than one whose calls succeed: the power of two choices prefers the good
+/// one unless it has this many times the calls in flight. Large enough
+/// that a failing replica draws a few calls in a hundred, not half; finite
+/// so that it still draws some under load, fails them, and is ejected.
+pub(crate) const FAILURE_PENALTY: u64 = 16;
+
+/// The failure score's 1.0 (fixed point, so it lives in an atomic).
+const SCORE_ONE: u32 = 1 << 16;
+
+/// The share of the failure score a new outcome replaces: the score
+/// follows about the last four calls.
+const SCORE_WEIGHT: u32 = 4;
+
+/// Health checks refused (REFUSED_STREAM) in a row before the replica is
+/// taken for unreachable: one may be a race at a connection's start.
+const REFUSED_CHECKS: u8 = 2;
 
 /// The service name discount reports its health under.
 const HEALTH_SERVICE: &str = "ecommerce.Discount";
@@ -112,6 +141,9 @@ pub(crate) struct Replica {
     dial_per_request: bool,
     /// Listings in flight: the load that the power of two choices compares.
     pending: AtomicUsize,
+    /// How its recent calls went, 0 (all answered) to [`SCORE_ONE`] (all
+    /// failed): what a failure costs it in the pick ([`Replica::cost`]).
+    failure_score: AtomicU32,
     /// Its [`Tier`], read on every pick, so kept apart from [`State`].
     tier: AtomicU8,
     /// Whether it has `ApplyDiscounts` (assumed until it answers
@@ -139,8 +171,10 @@ struct Connection {
 #[derive(Debug)]
 struct State {
     health: Health,
-    /// Calls in a row unanswered within their deadline.
+    /// Calls in a row that failed.
     failures: u32,
+    /// Health checks in a row whose stream the replica refused.
+    refused_checks: u8,
     /// Ejected until then...
     ejected_until: Option<Instant>,
     /// ...because of this, in a few words for `/readyz`.
@@ -231,11 +265,13 @@ impl Replica {
             }),
             dial_per_request: dialer.dial_per_request,
             pending: AtomicUsize::new(0),
+            failure_score: AtomicU32::new(0),
             tier: AtomicU8::new(Tier::Rotation as u8),
             batch: AtomicBool::new(true),
             state: Mutex::new(State {
                 health: Health::Unknown,
                 failures: 0,
+                refused_checks: 0,
                 ejected_until: None,
                 ejected_for: "",
                 down_logged: false,
@@ -275,8 +311,23 @@ impl Replica {
         }
     }
 
-    pub(crate) fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+    /// What the pick compares: the listings in flight, plus one, scaled up
+    /// by the failure score (by [`FAILURE_PENALTY`] + 1 when every recent
+    /// call failed). In [`SCORE_ONE`]ths.
+    pub(crate) fn cost(&self) -> u64 {
+        cost(
+            self.pending.load(Ordering::Relaxed),
+            self.failure_score.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Notes one more outcome in the failure score.
+    fn score(&self, failed: bool) {
+        let _ = self
+            .failure_score
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |score| {
+                Some(next_score(score, failed))
+            });
     }
 
     /// Counts a listing in flight until the returned guard is dropped.
@@ -331,32 +382,40 @@ impl Replica {
         Ok(())
     }
 
-    /// Notes how a listing sent to it ended: `None` for an answer. Returns whether the
-    /// replica was unreachable (so names are worth resolving again).
-    /// `may_eject` says whether ejecting it for slowness would leave a
-    /// replica in rotation (asked only then): a discount that is merely
-    /// slow everywhere is still asked.
+    /// Notes how a listing sent to it ended: `None` for an answer. Returns
+    /// whether the replica was unreachable (so names are worth resolving
+    /// again). `may_eject` says whether ejecting it for failing calls would
+    /// leave a replica in rotation (asked only then): a discount that is
+    /// merely slow everywhere is still asked.
     pub(crate) fn record_call(
         &self,
         error: Option<&CallError>,
         may_eject: impl FnOnce() -> bool,
     ) -> bool {
+        let Some(error) = error else {
+            self.score(false);
+            let mut state = self.lock();
+            state.failures = 0;
+            if state.probation {
+                state.probation = false;
+                self.ejection.succeeded();
+            }
+            return false;
+        };
+        // The replica retired the connection (GOAWAY at its
+        // --max-connection-age, or shutting down): nothing against it.
+        if error.connection_retired() {
+            return false;
+        }
+        self.score(true);
         let mut state = self.lock();
         match error {
-            None => {
-                state.failures = 0;
-                if state.probation {
-                    state.probation = false;
-                    self.ejection.succeeded();
-                }
-                false
-            }
-            // A seed-built replica without ApplyDiscounts: expected once.
-            Some(CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => false,
-            // The replica retired the connection (GOAWAY at its
-            // --max-connection-age, or shutting down): nothing against it.
-            Some(error) if error.never_processed() => false,
-            Some(error) if error.is_unreachable() => {
+            // Refused streams are held against it only as failing calls
+            // (EJECT_AFTER in a row), not at once as an unreachable replica,
+            // whose code (UNAVAILABLE) they share: one may be a race at a
+            // connection's start; a replica that refuses every stream
+            // fails every call.
+            error if error.is_unreachable() && !error.stream_refused() => {
                 let why = if error.is_tls_failure() {
                     "TLS handshake failed"
                 } else {
@@ -367,7 +426,7 @@ impl Replica {
             }
             // It will not serve this catalog (its allow-list): out until
             // it restarts or the catalog reloads (see State::refused).
-            Some(error) if error.is_refused() => {
+            error if error.is_refused() => {
                 if !state.refused {
                     state.refused = true;
                     self.metrics.ejected("refused");
@@ -377,11 +436,11 @@ impl Replica {
                 }
                 false
             }
-            // Past the deadline, an error status (INTERNAL,
-            // RESOURCE_EXHAUSTED...) or an unusable answer: a replica that
-            // fails fast would otherwise draw more calls than the others,
-            // having fewer in flight.
-            Some(error) => {
+            // Past the deadline, any other status (INTERNAL,
+            // RESOURCE_EXHAUSTED, UNIMPLEMENTED from a replica that has
+            // neither method...), the stream refused, or an unusable
+            // answer.
+            error => {
                 state.failures = state.failures.saturating_add(1);
                 if state.failures >= EJECT_AFTER && may_eject() {
                     let cause = format!(
@@ -439,11 +498,31 @@ impl Replica {
             // (record_call). The next check uses the new connection.
             // Counted as unreachable, this ejected a healthy replica under
             // load in catalog/tests/connection.rs.
-            Err(error) if error.never_processed() => {
+            Err(error) if error.connection_retired() => {
                 tracing::debug!(replica = %self.addr, %error, "health check not processed by discount (connection retired); checking again at the next interval");
                 return;
             }
+            // The replica refused the check's stream: once may be a race,
+            // twice in a row it serves nobody.
+            Err(error) if error.stream_refused() => {
+                state.refused_checks = state.refused_checks.saturating_add(1);
+                if state.refused_checks < REFUSED_CHECKS {
+                    tracing::debug!(replica = %self.addr, %error, "discount refused the health check's stream; checking again at the next interval");
+                    return;
+                }
+                self.score(true);
+                state.health = Health::Unreachable;
+                self.eject(
+                    &mut state,
+                    "health check refused",
+                    &format!("health check: {error}"),
+                );
+                self.update_rotation(&state);
+                return;
+            }
             Err(error) => {
+                state.refused_checks = 0;
+                self.score(true);
                 state.health = Health::Unreachable;
                 let why = match error {
                     CallError::Deadline(_) => "health check unanswered",
@@ -455,6 +534,15 @@ impl Replica {
                 return;
             }
         };
+        state.refused_checks = 0;
+        // A check passed: what failures cost the replica in the pick
+        // halves, so one that recovered, or that no pick has tried since
+        // it failed, gets its share back within a few checks.
+        let _ = self
+            .failure_score
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |score| {
+                Some(score / 2)
+            });
         // It answered: an ejection whose wait is over ends (this was its
         // probe), whatever the status, or a replica that comes back NOT
         // SERVING would stay ejected with a probe due at once, forever.
@@ -465,8 +553,10 @@ impl Replica {
             state.ejected_until = None;
             state.probation = true;
         }
+        // A passing check does not clear the calls failed in a row: a
+        // replica whose checks pass while its calls fail, and which the
+        // pick therefore seldom tries, must still reach EJECT_AFTER.
         if health.takes_calls() {
-            state.failures = 0;
             state.down_logged = false;
         }
         if state.health != health {
@@ -563,6 +653,25 @@ impl Drop for Replica {
     }
 }
 
+/// [`Replica::cost`] of `pending` listings in flight and a failure score
+/// of `score`.
+fn cost(pending: usize, score: u32) -> u64 {
+    let pending = u64::try_from(pending).unwrap_or(u64::MAX);
+    pending
+        .saturating_add(1)
+        .saturating_mul(u64::from(SCORE_ONE) + FAILURE_PENALTY * u64::from(score))
+}
+
+/// The failure score `score` moved a [`SCORE_WEIGHT`]th of the way towards
+/// 1 (`failed`) or 0.
+fn next_score(score: u32, failed: bool) -> u32 {
+    if failed {
+        score + (SCORE_ONE - score) / SCORE_WEIGHT
+    } else {
+        score - score / SCORE_WEIGHT
+    }
+}
+
 /// Asks the replica's health service every `interval` (and when an
 /// ejection ends, or at once when woken by `check_now`), each check
 /// bounded by `interval`, until the replica is dropped.
@@ -600,5 +709,43 @@ async fn check_health(replica: Weak<Replica>, check_now: Arc<Notify>, interval: 
             () = tokio::time::sleep(wait) => {}
             () = check_now.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The score after `outcomes` (true: failed), from a clean start.
+    fn scored(outcomes: &[bool]) -> u32 {
+        outcomes
+            .iter()
+            .fold(0, |score, failed| next_score(score, *failed))
+    }
+
+    #[test]
+    fn a_replica_that_fails_at_once_loses_the_pick_to_a_busier_one_that_answers() {
+        // Before: nothing in flight beats anything in flight.
+        assert!(cost(0, 0) < cost(1, 0));
+        // One failure: it now loses to a replica with two calls in flight.
+        let once = scored(&[true]);
+        assert!(cost(0, once) > cost(2, 0), "{}", cost(0, once));
+        // Every recent call failed: it loses to up to 15 in flight, so a
+        // busy good replica still lets it be tried (and ejected).
+        let always = scored(&[true; 64]);
+        assert!(cost(0, always) > cost(15, 0));
+        assert!(cost(0, always) < cost(17, 0));
+    }
+
+    #[test]
+    fn answers_and_passed_checks_win_a_failed_replica_its_share_back() {
+        let failed = scored(&[true, true]);
+        let recovered = scored(&[true, true, false, false, false, false, false, false]);
+        assert!(recovered < failed / 4, "{recovered} after {failed}");
+        // Two health checks passed (each halves it): near an even share.
+        assert!(cost(0, failed / 4) <= cost(2, 0));
+        // It never leaves 0..=1, however long a run.
+        assert_eq!(scored(&[false; 8]), 0);
+        assert!(scored(&[true; 1000]) <= SCORE_ONE);
     }
 }
