@@ -172,6 +172,34 @@ impl Pki {
         Ok(())
     }
 
+    /// Writes into `file` this PKI's CA after `extra` other self-signed CA
+    /// certificates, each with a subject of its own: a client-CA file as
+    /// large as an operator might make one by pointing `--client-ca` at a
+    /// bundle. The extra CAs share one key, so the cost is `extra`
+    /// signatures and no key generation (10,000 take a few seconds in a
+    /// debug build); with distinct subjects rustls still keeps each as a
+    /// trust anchor of its own.
+    ///
+    /// # Errors
+    /// Key generation, signing or file writing failed.
+    pub fn write_ca_bundle(&self, file: &str, extra: usize) -> SetupResult<()> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let mut bundle = String::with_capacity((extra + 1) * 700);
+        for n in 0..extra {
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("unrelated test CA {n}"));
+            bundle.push_str(&params.self_signed(&key)?.pem());
+        }
+        bundle.push_str(&std::fs::read_to_string(self.path("ca.pem"))?);
+        std::fs::write(self.path(file), bundle)?;
+        Ok(())
+    }
+
     /// The directory holding the files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
