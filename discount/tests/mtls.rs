@@ -155,6 +155,25 @@ async fn expired_and_wrong_purpose_client_certificates_are_refused() -> SetupRes
     Ok(())
 }
 
+/// rustls (webpki) keeps a trust anchor's subject, key and name
+/// constraints, not its basicConstraints: the `pathlen:0` of the dev CA
+/// (scripts/gen-keys.sh, and [`Pki`]) does not stop a CA below it from
+/// issuing client certificates discount accepts, where openssl refuses the
+/// chain. docs/security.md tells operators not to rely on it; this test
+/// fails the day rustls starts to enforce it, so that the doc can change.
+#[tokio::test]
+async fn pathlen_zero_on_the_client_ca_is_not_enforced_by_rustls() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client_via_intermediate("below")?;
+    let server = start(&pki, "required").await?;
+    assert_eq!(
+        call(&server, &pki, Some(pki.identity("below")?)).await?,
+        Ok(900),
+        "rustls now refuses a CA below a pathlen:0 trust anchor: update docs/security.md"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn optional_client_auth_admits_clients_without_a_certificate_but_not_bad_ones()
 -> SetupResult<()> {
