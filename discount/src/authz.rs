@@ -12,7 +12,8 @@
 //! A refusal is `PERMISSION_DENIED` naming the identity presented and the
 //! flag that would allow it, never what the list holds, and one log line
 //! with the peer, the identity and the method, at most one per identity
-//! every few seconds under a flood.
+//! every few seconds under a flood; the call's `call answered` line
+//! follows the same limit ([`Quieted`]).
 
 use std::future::Future;
 use std::io;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::metrics::Refusals;
+use crate::metrics::{Quieted, Refusals};
 use common::doctor::{Report, Severity};
 use common::identity::{PeerIdentity, parse_prefix, parse_uri, shown, trust_domain};
 use common::pem::{PemFile, PemSource};
@@ -267,7 +268,11 @@ impl Authorize {
             tracing::warn!(%peer, identity = ?key, method, unlogged,
                 "call refused by the allow-list (--allow-client)");
         }
-        tonic::Status::permission_denied(message).into_http()
+        let mut refusal = tonic::Status::permission_denied(message).into_http();
+        refusal
+            .extensions_mut()
+            .insert(Quieted(format!("refused {key}")));
+        refusal
     }
 }
 

@@ -40,8 +40,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
+use crate::metrics::Quieted;
+
 /// How long a newcomer waits for the place of the call it displaced.
 const DISPLACE_WAIT: Duration = Duration::from_millis(100);
+
+/// The budget's line when it ends calls still waiting for their request.
+const ENDING: &str = "ending calls whose request had not arrived, to make room";
 
 /// The budget of calls in flight, shared by every connection: a
 /// [`tower::Layer`] for the server's router.
@@ -93,7 +98,7 @@ impl CallBudget {
             return Some(place);
         }
         if self.receiving.close_oldest() {
-            self.log("ending calls whose request had not arrived, to make room");
+            self.log(ENDING);
         } else if self.sending.close_oldest() {
             self.log("closing connections whose answers were not read, to make room");
         } else {
@@ -119,9 +124,14 @@ impl CallBudget {
     }
 }
 
-/// RESOURCE_EXHAUSTED with `message`, as an answer.
-fn exhausted(message: String) -> http::Response<tonic::body::Body> {
-    tonic::Status::resource_exhausted(message).into_http()
+/// RESOURCE_EXHAUSTED with `message`, as an answer, whose `call answered`
+/// line is limited like the budget's own line for `cause` ([`Quieted`]).
+fn exhausted(message: String, cause: &str) -> http::Response<tonic::body::Body> {
+    let mut answer = tonic::Status::resource_exhausted(message).into_http();
+    answer
+        .extensions_mut()
+        .insert(Quieted(format!("shed: {cause}")));
+    answer
 }
 
 impl<S> Layer<S> for CallBudget {
@@ -167,12 +177,16 @@ where
         let budget = self.budget.clone();
         Box::pin(async move {
             let Some(place) = budget.place().await else {
-                budget.log("refusing calls with RESOURCE_EXHAUSTED");
+                const REFUSING: &str = "refusing calls with RESOURCE_EXHAUSTED";
+                budget.log(REFUSING);
                 budget.shed_one();
-                return Ok(exhausted(format!(
-                    "discount is at its limit of {} calls in flight (--max-concurrent-calls); try again shortly",
-                    budget.limit
-                )));
+                return Ok(exhausted(
+                    format!(
+                        "discount is at its limit of {} calls in flight (--max-concurrent-calls); try again shortly",
+                        budget.limit
+                    ),
+                    REFUSING,
+                ));
             };
             let displaced = CancellationToken::new();
             let closer = request.extensions().get::<Closer>().cloned();
@@ -193,10 +207,13 @@ where
                 response = inner.call(request) => response?,
                 () = displaced.cancelled() => {
                     budget.shed_one();
-                    return Ok(exhausted(format!(
-                        "discount is at its limit of {} calls in flight (--max-concurrent-calls) and this call's request message had not arrived; it was ended to make room",
-                        budget.limit
-                    )));
+                    return Ok(exhausted(
+                        format!(
+                            "discount is at its limit of {} calls in flight (--max-concurrent-calls) and this call's request message had not arrived; it was ended to make room",
+                            budget.limit
+                        ),
+                        ENDING,
+                    ));
                 }
             };
             // The place is given back, and the connection leaves the

@@ -403,3 +403,57 @@ async fn identities_that_break_the_spiffe_rules_are_refused_and_shown_short_and_
     );
     Ok(())
 }
+
+/// How many lines the rate limit lets a cause write in `elapsed`: the
+/// first, then one every 5 s.
+fn lines_allowed(elapsed: std::time::Duration) -> usize {
+    1 + usize::try_from(elapsed.as_secs() / 5).unwrap_or(usize::MAX)
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_calls_writes_a_handful_of_lines_in_all() -> SetupResult<()> {
+    const FLOOD: usize = 2_000;
+    let (logs, _capturing) = Logs::capture();
+    let pki = Pki::generate()?;
+    pki.issue_client_as("intruder", &[INTRUDER])?;
+    let server = DiscountServer::start(&pki).await?;
+    let intruder = as_client(&server, &pki, "intruder").await?;
+    let catalog = as_client(&server, &pki, "client").await?;
+
+    // Everything logged from here on, at the default level (INFO).
+    let before = logs.text().len();
+    let started = std::time::Instant::now();
+    for _ in 0..FLOOD {
+        assert_eq!(
+            raw_call(&intruder, "/ecommerce.Discount/ApplyDiscount").await?,
+            Code::PermissionDenied
+        );
+    }
+    // The allowed client's calls keep their line each, refusals or not.
+    assert_eq!(both_methods(&catalog).await?, [Ok(900), Ok(900)]);
+    let elapsed = started.elapsed();
+    let written = logs.text().split_off(before);
+    let lines: Vec<&str> = written.lines().collect();
+    eprintln!(
+        "{FLOOD} refused calls in {elapsed:?} wrote {} lines, {} bytes",
+        lines.len(),
+        written.len()
+    );
+
+    let (served, flood): (Vec<&str>, Vec<&str>) = lines
+        .into_iter()
+        .partition(|line| line.contains("code=\"OK\""));
+    assert_eq!(served.len(), 2, "{served:#?}");
+    // The refusal, and the call's own line, each at most once per 5 s.
+    assert!(
+        flood.len() <= 2 * lines_allowed(elapsed),
+        "{} lines: {:#?}",
+        flood.len(),
+        &flood[..flood.len().min(6)]
+    );
+    assert!(
+        flood.iter().any(|line| line.contains("call refused")),
+        "{flood:#?}"
+    );
+    Ok(())
+}

@@ -167,3 +167,29 @@ fn every_gen_keys_ca_has_a_subject_of_its_own() -> SetupResult<()> {
     assert_ne!(first, second);
     Ok(())
 }
+
+#[test]
+fn a_client_ca_of_ten_thousand_cas_is_reported_as_trusting_them_all() -> SetupResult<()> {
+    let pki = testkit::Pki::generate()?;
+    pki.write_ca_bundle("bundle.pem", 10_000)?;
+    let keys = tempfile::tempdir()?;
+    pki.install_into(keys.path())?;
+    std::fs::copy(pki.path("bundle.pem"), keys.path().join("ca.pem"))?;
+
+    let started = std::time::Instant::now();
+    let checked = discount(keys.path(), &["--check-certs"])?;
+    let report = text(&checked.stdout);
+    eprintln!("--check-certs took {:?}:\n{report}", started.elapsed());
+    assert!(checked.status.success(), "{report}");
+    // It works (tests/mtls.rs), and trusts every one of them: a warning,
+    // not an error.
+    let ca = keys.path().join("ca.pem").display().to_string();
+    assert!(
+        report.contains(&format!(
+            "warning: {ca}: holds 10001 CA certificates, and a certificate any one of them signed gets past TLS"
+        )),
+        "{report}"
+    );
+    assert!(report.ends_with("certificates OK\n"), "{report}");
+    Ok(())
+}

@@ -299,3 +299,71 @@ async fn calls_past_the_budget_are_refused_at_once_not_queued() -> SetupResult<(
     }
     assert_healthy(&server, &pki).await
 }
+
+#[tokio::test]
+async fn a_flood_of_shed_calls_writes_a_handful_of_lines_in_all() -> SetupResult<()> {
+    use testkit::{Logs, ScriptedDiscount};
+    const FLOOD: usize = 2_000;
+    let (logs, _capturing) = Logs::capture();
+    // Room for two calls, held by two that are never answered while the
+    // flood lasts: every other call is shed.
+    let pki = Pki::generate()?;
+    let (slow, mut arrivals) = ScriptedDiscount::reporting(HANG * 6);
+    let server = DiscountServer::start_with(&pki, &["--max-concurrent-calls", "2"], slow).await?;
+    let channel = testkit::grpc_channel(server.addr(), &pki).await?;
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let mut client = DiscountClient::new(channel.clone());
+            tokio::spawn(async move {
+                client
+                    .apply_discount(discount_request(1, product(i, 1000)))
+                    .await
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        tokio::time::timeout(HANG, arrivals.recv()).await?;
+    }
+
+    // Everything logged from here on, at the default level (INFO).
+    let before = logs.text().len();
+    let started = Instant::now();
+    let mut client = DiscountClient::new(channel.clone());
+    for i in 0..FLOOD {
+        let answer = tokio::time::timeout(
+            HANG,
+            client.apply_discount(discount_request(1, product(i as i32, 1000))),
+        )
+        .await?;
+        assert_eq!(
+            answer.err().map(|status| status.code()),
+            Some(Code::ResourceExhausted)
+        );
+    }
+    let elapsed = started.elapsed();
+    let written = logs.text().split_off(before);
+    let lines: Vec<&str> = written.lines().collect();
+    eprintln!(
+        "{FLOOD} shed calls in {elapsed:?} wrote {} lines, {} bytes",
+        lines.len(),
+        written.len()
+    );
+    // The shedding, and the call's own line, each at most once per 5 s.
+    let allowed = 1 + usize::try_from(elapsed.as_secs() / 5)?;
+    assert!(
+        lines.len() <= 2 * allowed,
+        "{} lines: {:#?}",
+        lines.len(),
+        &lines[..lines.len().min(6)]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("--max-concurrent-calls")),
+        "{lines:#?}"
+    );
+    for call in held {
+        call.abort();
+    }
+    Ok(())
+}

@@ -57,6 +57,85 @@ async fn by_default_a_client_must_present_a_certificate_from_the_client_ca() -> 
     Ok(())
 }
 
+/// The CAs of the client-CA file in the tests below: 10,000 besides the
+/// real one. rustls used to name each in its CertificateRequest, and past
+/// about 1,000 the message outgrew TLS's 64 KiB limit on a handshake
+/// message, so every client's handshake failed (HandshakePayloadTooLarge).
+const BUNDLED_CAS: usize = 10_000;
+
+/// A TLS 1.2 handshake with `server`, presenting `pki`'s client
+/// certificate. In TLS 1.2 the server verifies that certificate before it
+/// sends its Finished, so a handshake that completes was accepted.
+async fn tls12_handshake(server: &DiscountServer, pki: &Pki) -> SetupResult<()> {
+    use common::pem::{PemFile, PemSource};
+    let read = |name: &str| PemFile::read(&PemSource::new(pki.path(name), "test"));
+    let config = rustls::ClientConfig::builder_with_provider(common::crypto::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])?
+        .with_root_certificates(read("ca.pem")?.root_store()?)
+        .with_client_auth_cert(
+            read("client.pem")?.certificates()?,
+            read("client.key")?.private_key()?,
+        )?;
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_ca_file_of_ten_thousand_cas_still_lets_the_catalog_in() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let made = std::time::Instant::now();
+    pki.write_ca_bundle("bundle.pem", BUNDLED_CAS)?;
+    eprintln!(
+        "{BUNDLED_CAS} extra CAs made in {:?}: {} bytes",
+        made.elapsed(),
+        std::fs::metadata(pki.path("bundle.pem"))?.len()
+    );
+    // discount's keys, laid out apart so its client CA can be replaced
+    // while the client goes on trusting discount through the real CA.
+    let keys = tempfile::tempdir()?;
+    pki.install_into(keys.path())?;
+    let server = DiscountServer::start_in(keys.path(), 0, &[], DiscountService).await?;
+    let client = || pki.identity("client");
+    assert_eq!(call(&server, &pki, Some(client()?)).await?, Ok(900));
+
+    // The bundle, by SIGHUP, as an operator would roll it out.
+    std::fs::copy(pki.path("bundle.pem"), keys.path().join("ca.pem"))?;
+    let reloaded = std::time::Instant::now();
+    assert_eq!(server.reload_tls(), Ok(()));
+    eprintln!("reloaded in {:?}", reloaded.elapsed());
+    assert_eq!(call(&server, &pki, Some(client()?)).await?, Ok(900));
+    // Still mutual TLS: no certificate, or one from another CA, is refused.
+    let anonymous = call(&server, &pki, None).await?;
+    assert!(
+        matches!(&anonymous, Err(e) if e.contains("CertificateRequired")),
+        "{anonymous:?}"
+    );
+    let stranger = Pki::generate()?;
+    let foreign = call(&server, &pki, Some(stranger.identity("client")?)).await?;
+    assert!(
+        foreign.is_err(),
+        "a certificate from another CA was accepted"
+    );
+    // TLS 1.2 sends an empty list of CA names where TLS 1.3 sends none.
+    tokio::time::timeout(HANG, tls12_handshake(&server, &pki)).await??;
+    server.stop().await?;
+
+    // And at start.
+    let started = std::time::Instant::now();
+    let server = DiscountServer::start_in(keys.path(), 0, &[], DiscountService).await?;
+    eprintln!("started in {:?}", started.elapsed());
+    assert_eq!(call(&server, &pki, Some(client()?)).await?, Ok(900));
+    Ok(())
+}
+
 #[tokio::test]
 async fn expired_and_wrong_purpose_client_certificates_are_refused() -> SetupResult<()> {
     let pki = Pki::generate()?;
@@ -72,6 +151,25 @@ async fn expired_and_wrong_purpose_client_certificates_are_refused() -> SetupRes
     assert_eq!(
         call(&server, &pki, Some(pki.identity("client")?)).await?,
         Ok(900)
+    );
+    Ok(())
+}
+
+/// rustls (webpki) keeps a trust anchor's subject, key and name
+/// constraints, not its basicConstraints: the `pathlen:0` of the dev CA
+/// (scripts/gen-keys.sh, and [`Pki`]) does not stop a CA below it from
+/// issuing client certificates discount accepts, where openssl refuses the
+/// chain. docs/security.md tells operators not to rely on it; this test
+/// fails the day rustls starts to enforce it, so that the doc can change.
+#[tokio::test]
+async fn pathlen_zero_on_the_client_ca_is_not_enforced_by_rustls() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    pki.issue_client_via_intermediate("below")?;
+    let server = start(&pki, "required").await?;
+    assert_eq!(
+        call(&server, &pki, Some(pki.identity("below")?)).await?,
+        Ok(900),
+        "rustls now refuses a CA below a pathlen:0 trust anchor: update docs/security.md"
     );
     Ok(())
 }

@@ -56,7 +56,8 @@ impl Pki {
 
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // pathlen:0, as scripts/gen-keys.sh makes its CA.
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca_params
             .distinguished_name
             .push(DnType::CommonName, unique_ca_name());
@@ -110,6 +111,42 @@ impl Pki {
         let names = vec![name.to_owned()];
         let usage = ExtendedKeyUsagePurpose::ClientAuth;
         self.issue(&cert, &key, names, identities, name, usage, false)
+    }
+
+    /// Issues an intermediate CA from this CA (which says `pathlen:0`: no
+    /// CA below it), and from that a valid client certificate with the
+    /// workload identity [`CATALOG_IDENTITY`], into `<name>.pem` (the
+    /// client certificate, then the intermediate's) and `<name>.key`.
+    ///
+    /// # Errors
+    /// Key generation, signing or file writing failed.
+    pub fn issue_client_via_intermediate(&self, name: &str) -> SetupResult<()> {
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let intermediate_key = KeyPair::generate()?;
+        let mut intermediate = CertificateParams::new(Vec::<String>::new())?;
+        intermediate.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        intermediate.distinguished_name.push(
+            DnType::CommonName,
+            format!("{} intermediate", unique_ca_name()),
+        );
+        intermediate.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let intermediate_cert = intermediate.signed_by(&intermediate_key, &issuer)?;
+
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![name.to_owned()])?;
+        params
+            .subject_alt_names
+            .push(SanType::URI(CATALOG_IDENTITY.try_into()?));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let below = Issuer::from_params(&intermediate, &intermediate_key);
+        let cert = params.signed_by(&key, &below)?;
+        let chain = format!("{}{}", cert.pem(), intermediate_cert.pem());
+        std::fs::write(self.path(&format!("{name}.pem")), chain)?;
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem())?;
+        Ok(())
     }
 
     /// Issues a server certificate for [`SERVER_NAMES`] carrying the
@@ -169,6 +206,34 @@ impl Pki {
         let cert = params.signed_by(&key, &issuer)?;
         std::fs::write(self.path(cert_file), cert.pem())?;
         std::fs::write(self.path(key_file), key.serialize_pem())?;
+        Ok(())
+    }
+
+    /// Writes into `file` this PKI's CA after `extra` other self-signed CA
+    /// certificates, each with a subject of its own: a client-CA file as
+    /// large as an operator might make one by pointing `--client-ca` at a
+    /// bundle. The extra CAs share one key, so the cost is `extra`
+    /// signatures and no key generation (10,000 take a few seconds in a
+    /// debug build); with distinct subjects rustls still keeps each as a
+    /// trust anchor of its own.
+    ///
+    /// # Errors
+    /// Key generation, signing or file writing failed.
+    pub fn write_ca_bundle(&self, file: &str, extra: usize) -> SetupResult<()> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let mut bundle = String::with_capacity((extra + 1) * 700);
+        for n in 0..extra {
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("unrelated test CA {n}"));
+            bundle.push_str(&params.self_signed(&key)?.pem());
+        }
+        bundle.push_str(&std::fs::read_to_string(self.path("ca.pem"))?);
+        std::fs::write(self.path(file), bundle)?;
         Ok(())
     }
 

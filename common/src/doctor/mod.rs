@@ -25,6 +25,15 @@ const REGEN_HINT: &str = "`scripts/gen-keys.sh --force` makes new development ke
 /// Certificates expiring sooner than this get a warning.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 
+/// A CA file holding more certificates than this gets a warning. A private
+/// PKI has one CA, two while it is replaced, a few across clusters; a
+/// system bundle (about 150 public CAs) or a generated file of thousands
+/// is a mistake that nothing else reports: it works, and trusts them all.
+/// Not an error: since discount stopped naming its client CAs in the
+/// handshake, a file of 10,000 costs only time at start and at each reload
+/// (about a second in a debug build).
+pub const MANY_CAS: usize = 100;
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -237,6 +246,17 @@ pub fn check_ca_file(ca_file: &PemFile, now: SystemTime) -> Report {
             return report;
         }
     };
+    if certificates.len() > MANY_CAS {
+        report.add(
+            Severity::Warning,
+            ca,
+            format!(
+                "holds {} CA certificates, and a certificate any one of them signed gets past TLS. A private PKI needs its own CA (two while it is replaced), not a bundle of public ones; point {} at the CA that signs the peers' certificates",
+                certificates.len(),
+                ca.flag
+            ),
+        );
+    }
     for der in &certificates {
         match X509Certificate::from_der(der) {
             Ok((_, certificate)) => {
