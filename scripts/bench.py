@@ -14,7 +14,18 @@ picks some of them (default all):
                scraped once a second during the run (a Prometheus at 1 s)
   8. traced    as observed, and both services export their spans over OTLP
                to bench's otlp-sink on loopback (a collector that keeps
-               nothing); the spans it received are in results.json
+               nothing), every one of them (--max-traces-per-second far
+               above the load, so that this stays the cost of exporting
+               everything); the spans it received are in results.json
+  9. sighup    as shared, with a --discount-ca of 10,000 CA certificates
+               (the real one among them) and 10 SIGHUPs a second sent to
+               the catalog during the measured run (issue 25)
+ 10. caller    as traced but at the default --max-traces-per-second (100),
+               with both samplers at 1% of new traces
+               (parentbased_traceidratio 0.01) and every request its own
+               trace with a sampled traceparent, as a caller tracing
+               everything sends (issue 25); spans and listings are in
+               results.json
 
 Services are started afresh for each run (so peak RSS is per scenario), on
 127.0.0.1 with ports the OS picks, logging at warn. HTTP load comes from wrk,
@@ -36,6 +47,8 @@ import argparse
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,17 +169,61 @@ def scrape_every_second(ports, stop, failures):
                 failures.append(f"port {port}: {error}")
 
 
+# Appended to WRK_CHECK for the `caller` scenario: each request its own
+# trace, marked sampled, as a gateway that traces everything sends it.
+WRK_TRACEPARENT = """
+local thread_number = 0
+function setup(thread)
+  table.insert(threads, thread)
+  thread_number = thread_number + 1
+  thread:set("id", thread_number)
+end
+local sent = 0
+function request()
+  sent = sent + 1
+  wrk.headers["traceparent"] = string.format("00-%08x%08x%08x%08x-00f067aa0ba902b7-01",
+    id, sent, math.random(0, 0x7fffffff), math.random(1, 0x7fffffff))
+  return wrk.format()
+end
+"""
+
+SIGHUPS_PER_SECOND = 10
+CA_BUNDLE_SIZE = 10_000
+
+
+def send_sighups(pid, stop, sent):
+    """SIGHUP to `pid` SIGHUPS_PER_SECOND times a second until `stop`."""
+    while not stop.wait(1 / SIGHUPS_PER_SECOND):
+        os.kill(pid, signal.SIGHUP)
+        sent.append(1)
+
+
+def reloads(metrics_port):
+    """catalog_reloads_total by outcome, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    found = re.findall(r'^catalog_reloads_total\{outcome="(\w+)"\} (\d+)', text, re.MULTILINE)
+    return {outcome: int(count) for outcome, count in found}
+
+
 def run_scenario(name, connections, args, keys, script):
     services_cpu = "0" if args.pin else None
     load_cpu = "1" if args.pin else None
-    discounts, catalog, killer, scraper, sink = [], None, None, None, None
-    scraping, scrape_failures = threading.Event(), []
+    discounts, catalog, killer, scraper, sink, hangups = [], None, None, None, None, None
+    scraping, scrape_failures, sighups = threading.Event(), [], []
     try:
-        observed = ["--metrics-addr", "127.0.0.1:0"] if name in ("observed", "traced") else []
+        scraped = name in ("observed", "traced", "caller")
+        # sighup: metrics on to read the reloads at the end, not scraped during the run.
+        observed = ["--metrics-addr", "127.0.0.1:0"] if scraped or name == "sighup" else []
         env = None
-        if name == "traced":
+        if name in ("traced", "caller"):
             sink = subprocess.Popen([f"{args.bin_dir}/otlp-sink"], stdout=subprocess.PIPE, text=True)
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.stdout.readline().strip()}
+        if name == "traced":
+            env["MAX_TRACES_PER_SECOND"] = "1000000"
+        if name == "caller":
+            env.update({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"})
+            script = f"{script}.caller.lua"
         for _ in range(REPLICAS.get(name, 1)):
             discounts.append(start_discount(args.bin_dir, keys, observed, cpu=services_cpu, env=env))
         if name == "grpc":
@@ -182,16 +239,17 @@ def run_scenario(name, connections, args, keys, script):
                 # One name for the whole list; the bench certificate is
                 # issued to DNS:localhost (and IP 127.0.0.1, ::1).
                 extra += ["--discount-server-name", "localhost"]
-            catalog = start_catalog(args.bin_dir, keys, [d.port for d in discounts], extra, cpu=services_cpu,
-                                    env=env)
+            # sighup: the catalog trusts the large bundle, discount its usual CA.
+            catalog_keys = f"{keys}-bundle" if name == "sighup" else keys
+            catalog = start_catalog(args.bin_dir, catalog_keys, [d.port for d in discounts], extra,
+                                    cpu=services_cpu, env=env)
             url = f"http://127.0.0.1:{catalog.port}/products"
             user, expect = (None, PLAIN_END) if name == "ceiling" else ("1", DISCOUNTED_END)
             # A listing priced while a replica dies may rightly go out
             # undiscounted (X-Discount-Status not "applied"): not an error.
             also = PLAIN_END if name == "kill3" else None
             drive = lambda seconds: wrk(url, connections, seconds, expect, user, script, load_cpu, also)
-        if args.warmup:
-            drive(args.warmup)  # connections, caches and the allocator settle
+        warm = drive(args.warmup) if args.warmup else {"requests": 0}  # connections, caches, allocator settle
         everyone = [*discounts, *([catalog] if catalog else [])]
         before = [s.cpu_seconds() for s in everyone]
         if name == "kill3":
@@ -204,12 +262,19 @@ def run_scenario(name, connections, args, keys, script):
             killer = threading.Timer(args.duration / 2, kill)
             start = time.monotonic()
             killer.start()
-        if observed:
+        if name == "sighup":
+            hangups = threading.Thread(target=send_sighups, args=(catalog.process.pid, scraping, sighups))
+            hangups.start()
+        if scraped:
             targets = [s.metrics_port for s in everyone]
             scraper = threading.Thread(target=scrape_every_second, args=(targets, scraping, scrape_failures))
             scraper.start()
         result = drive(args.duration)
         scraping.set()
+        if hangups:
+            hangups.join()
+            result["sighups"] = len(sighups)
+            result["reloads"] = reloads(catalog.metrics_port)
         if scraper:
             scraper.join()
             result["errors"] += len(scrape_failures)
@@ -236,6 +301,8 @@ def run_scenario(name, connections, args, keys, script):
                 service.stop()
             sink.terminate()
             result["spans_exported"] = json.loads(sink.communicate(timeout=10)[0].strip().splitlines()[-1])["spans"]
+            # The sink counted the warm-up's spans too.
+            result["listings_while_exporting"] = warm["requests"] + result["requests"]
             sink = None
         if name == "kill3":
             if victim.final is None:
@@ -248,6 +315,8 @@ def run_scenario(name, connections, args, keys, script):
             killer.cancel()
             killer.join()
         scraping.set()
+        if hangups:
+            hangups.join()
         if scraper:
             scraper.join()
         if sink:
@@ -266,6 +335,8 @@ LABELS = {
     "kill3": "6 the same, 1 of 3 replicas SIGKILLed mid-run",
     "observed": "7 as 2, metrics on and scraped every second",
     "traced": "8 as 7, spans exported over OTLP",
+    "sighup": "9 as 2, 10,000-CA --discount-ca, 10 SIGHUPs/s",
+    "caller": "10 as 8, default cap, 1% sampler, every request sampled by its caller",
 }
 SCENARIOS = tuple(LABELS)
 
@@ -296,6 +367,13 @@ def markdown(results, ratios, args):
         )
     if any(r["scenario"] in REPLICAS for r in results):
         lines += ["", "Rows 5 and 6: discount CPU µs/req is the sum over the three replicas, peak RSS the largest of them."]
+    for r in results:
+        if "spans_exported" in r:
+            lines.append(f"\n{LABELS[r['scenario']]} @ {r['connections']}: {r['spans_exported']:,} spans exported "
+                         f"for {r['listings_while_exporting']:,} listings (warm-up included)")
+        if "sighups" in r:
+            lines.append(f"\n{LABELS[r['scenario']]} @ {r['connections']}: {r['sighups']} SIGHUPs sent, "
+                         f"reloads {r['reloads']}")
     if ratios:
         lines += ["", "| ratio (same run) | conns | value |", "|---|---:|---:|"]
     for r in ratios:
@@ -358,6 +436,14 @@ def main():
         subprocess.run(["bash", str(REPO / "scripts" / "gen-keys.sh"), "--dir", keys], check=True, capture_output=True)
         script = f"{work}/check.lua"
         Path(script).write_text(WRK_CHECK)
+        Path(f"{script}.caller.lua").write_text(WRK_CHECK + WRK_TRACEPARENT)
+        if "sighup" in names:
+            # The catalog's keys with ca.pem made a bundle of CA_BUNDLE_SIZE
+            # certificates, the real CA first.
+            shutil.copytree(keys, f"{keys}-bundle")
+            with open(f"{keys}-bundle/ca.pem", "wb") as bundle:
+                subprocess.run([f"{args.bin_dir}/ca-bundle", str(CA_BUNDLE_SIZE - 1), f"{keys}/ca.pem"],
+                               stdout=bundle, check=True)
         for name in names:
             for connections in counts:
                 print(f"bench: {name} at {connections} connections ...", file=sys.stderr, flush=True)
@@ -370,7 +456,8 @@ def main():
                                   ("shared", "dial", "(2)/(3) shared channel vs dial per request"),
                                   ("replicas3", "shared", "(5)/(2) three discount replicas vs one"),
                                   ("observed", "shared", "(7)/(2) metrics on and scraped vs off"),
-                                  ("traced", "shared", "(8)/(2) metrics and traces exported vs off")):
+                                  ("traced", "shared", "(8)/(2) metrics and traces exported vs off"),
+                                  ("sighup", "shared", "(9)/(2) 10 SIGHUPs/s with a 10,000-CA bundle vs none")):
             if (top, c) in by and (bottom, c) in by:
                 ratios.append({"name": name, "connections": c, "value": by[(top, c)]["rps"] / by[(bottom, c)]["rps"]})
 

@@ -89,6 +89,16 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", default_value = "auto", value_parser = common::telemetry::LogFormat::parse)]
     pub log_format: common::telemetry::LogFormat,
 
+    /// The most traces a second this process records, whatever its
+    /// callers ask: each trace that starts here or arrives with a sampled
+    /// `traceparent` takes one of this many tokens a second (a burst of as
+    /// many); spans inside a recorded trace follow it, so traces are kept
+    /// or dropped whole. Those refused are counted in
+    /// `catalog_traces_dropped_total`. Only matters with
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` set.
+    #[arg(long, env = "MAX_TRACES_PER_SECOND", default_value = "100", value_parser = common::flags::traces_per_second)]
+    pub max_traces_per_second: std::num::NonZeroU32,
+
     /// Serve Prometheus metrics at `GET /metrics` on this address
     /// (`HOST:PORT`), in plaintext HTTP and apart from the API port, so a
     /// scraper needs no certificate and takes no API connection slot. Keep

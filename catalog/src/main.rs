@@ -21,6 +21,7 @@ async fn main() -> ExitCode {
         "catalog",
         "warn,h2=error,catalog=info,common=info,tower_http=info",
         config.log_format,
+        config.max_traces_per_second,
     );
     match Application::build(&config) {
         Ok(app) => {

@@ -284,3 +284,57 @@ async fn sigterm_or_sighup_right_after_the_start_up_line_is_handled() -> SetupRe
     }
     Ok(())
 }
+
+/// A reload that takes long (issue 25: a 10,000-certificate
+/// `--discount-ca`; here a CA file that cannot be read until the test lets
+/// it) must not stop the catalog answering: it runs off the runtime's
+/// workers. The catalog runs with one worker, so a reload on it would stop
+/// everything until it ended.
+#[tokio::test]
+async fn the_catalog_answers_while_a_sighup_reload_is_blocked_reading_a_file() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let path = |name: &str| pki.path(name).display().to_string();
+    let args: Vec<String> = [
+        "--listen-addr",
+        "127.0.0.1",
+        // Nothing answers there; /healthz does not depend on discount.
+        "--discount-host",
+        "127.0.0.1:9",
+        "--discount-ca",
+        &path("ca.pem"),
+        "--client-cert",
+        &path("client.pem"),
+        "--client-key",
+        &path("client.key"),
+        "0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_catalog"));
+    let mut catalog = testkit::Process::start_with_env(
+        binary,
+        &args,
+        "Server running on ",
+        &[("LOG_FORMAT", "text"), ("TOKIO_WORKER_THREADS", "1")],
+    )
+    .await?;
+
+    let ca = testkit::StalledFile::stall(&pki.path("ca.pem"))?;
+    catalog.signal("HUP").await?;
+    // Logged just before the reload starts, which now waits on the CA.
+    catalog.logged("received SIGHUP").await?;
+    let answered = tokio::time::timeout(
+        testkit::HANG,
+        reqwest::get(format!("http://{}/healthz", catalog.addr())),
+    )
+    .await;
+    ca.release();
+    catalog.logged("reloaded").await?;
+    let status = answered
+        .map_err(|_| "no answer while the reload was blocked: it ran on the only runtime worker")??
+        .status();
+    assert_eq!(status, StatusCode::OK);
+
+    assert!(catalog.terminate().await?.success());
+    Ok(())
+}

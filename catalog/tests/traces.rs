@@ -6,10 +6,15 @@
 //! telemetry set-up it would have, exporting under its own service name.
 //! Both export to an OTLP receiver in this process, on `127.0.0.1:0`.
 //!
-//! One test only: it installs this process's global subscriber.
+//! Only the first test installs this process's global subscriber; the
+//! other's discount, in the same process, then logs through it too, so the
+//! first looks only at lines of its own trace.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use common::telemetry::{LogFormat, exporting_provider, init_with};
 use reqwest::StatusCode;
@@ -66,7 +71,11 @@ fn find<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> Option<&'a R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_one_trace_across_both_services_and_both_logs() -> SetupResult<()> {
     let receiver = TraceReceiver::start().await?;
-    let provider = exporting_provider("discount", Some(&receiver.endpoint()))?;
+    let provider = exporting_provider(
+        "discount",
+        Some(&receiver.endpoint()),
+        NonZeroU32::new(100).ok_or("zero")?,
+    )?;
     let discount_log = Captured::default();
     let writer = discount_log.clone();
     init_with(
@@ -164,7 +173,7 @@ async fn a_request_is_one_trace_across_both_services_and_both_logs() -> SetupRes
     let answered: Vec<Value> = discount_log
         .lines()
         .into_iter()
-        .filter(|line| line["message"] == "call answered")
+        .filter(|line| line["message"] == "call answered" && line["trace_id"] == TRACE)
         .collect();
     assert_eq!(answered.len(), 1, "{answered:?}");
     let line = &answered[0];
@@ -186,4 +195,158 @@ async fn a_request_is_one_trace_across_both_services_and_both_logs() -> SetupRes
     let status = catalog.terminate().await?;
     assert!(status.success(), "{status}");
     Ok(())
+}
+
+/// `catalog_traces_dropped_total` as the catalog's `/metrics` says now.
+async fn traces_dropped(metrics: &str) -> SetupResult<u64> {
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("catalog_traces_dropped_total "))
+        .ok_or("no catalog_traces_dropped_total in /metrics")?;
+    Ok(value.trim().parse()?)
+}
+
+/// Issue 25: a caller whose every request carries a sampled `traceparent`
+/// made the catalog export every span, whatever its own 1% sampler. With
+/// `--max-traces-per-second`, the caller's decision is still followed but
+/// at most the cap of traces a second is recorded, each one whole, and the
+/// rest are counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_sampling_every_request_gets_at_most_the_cap_of_whole_traces() -> SetupResult<()> {
+    const CAP: u32 = 2;
+    const REQUESTS: u64 = 200;
+    const SPANS_PER_LISTING: usize = 2;
+    let receiver = TraceReceiver::start().await?;
+    let pki = Pki::generate()?;
+    let discount = DiscountServer::start(&pki).await?;
+    let path = |name: &str| pki.path(name).display().to_string();
+    let args: Vec<String> = [
+        "0",
+        "--listen-addr",
+        "127.0.0.1",
+        "--discount-host",
+        &discount.addr().to_string(),
+        "--discount-ca",
+        &path("ca.pem"),
+        "--client-cert",
+        &path("client.pem"),
+        "--client-key",
+        &path("client.key"),
+        "--discount-deadline",
+        "5s",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--max-traces-per-second",
+        &CAP.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let endpoint = receiver.endpoint();
+    // Before the catalog exists, so before its bucket does: every sampling
+    // decision falls between this and the last answer.
+    let began = Instant::now();
+    let catalog = Process::start_with_env(
+        env!("CARGO_BIN_EXE_catalog").as_ref(),
+        &args,
+        "Server running on ",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // The issue's set-up: 1% of new traces, the caller's decision
+            // followed.
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+        ],
+    )
+    .await?;
+    let metrics = catalog
+        .started_line()
+        .split("metrics=http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| format!("no metrics address in {}", catalog.started_line()))?
+        .to_owned();
+
+    let client = reqwest::Client::new();
+    for n in 1..=REQUESTS {
+        let answer = client
+            .get(format!("http://{}/products", catalog.addr()))
+            .header("X-USER-ID", "1")
+            // A trace of its own per request, sampled, as such a caller sends.
+            .header("traceparent", format!("00-{n:032x}-{CALLER}-01"))
+            .send()
+            .await?;
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    let elapsed = began.elapsed();
+
+    // Every listing is either recorded (its spans exported) or counted as
+    // dropped: wait until both add up, within HANG.
+    let deadline = Instant::now() + testkit::HANG;
+    let (spans, dropped) = loop {
+        let spans: Vec<ReceivedSpan> = receiver
+            .spans()
+            .into_iter()
+            .filter(|span| span.service == "catalog")
+            .collect();
+        let dropped = traces_dropped(&metrics).await?;
+        if spans.len() as u64 + dropped * SPANS_PER_LISTING as u64
+            >= REQUESTS * SPANS_PER_LISTING as u64
+        {
+            break (spans, dropped);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} spans and {dropped} dropped traces for {REQUESTS} listings",
+            spans.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut traces: BTreeMap<&str, Vec<&ReceivedSpan>> = BTreeMap::new();
+    for span in &spans {
+        traces.entry(span.trace_id.as_str()).or_default().push(span);
+    }
+    let recorded = traces.len() as u64;
+    assert_eq!(
+        recorded + dropped,
+        REQUESTS,
+        "each listing recorded or dropped, once"
+    );
+
+    // Whole traces: the request's span, the caller's child, and its call.
+    for (trace, spans) in &traces {
+        assert_eq!(spans.len(), SPANS_PER_LISTING, "trace {trace}: {spans:#?}");
+        let request = of_kind(spans, SERVER).ok_or("no server span")?;
+        let call = of_kind(spans, CLIENT).ok_or("no client span")?;
+        assert_eq!(request.parent_span_id, CALLER);
+        assert_eq!(call.parent_span_id, request.span_id);
+    }
+
+    // The bucket holds one second's worth and refills at CAP a second, so
+    // over `elapsed` it gave at most CAP * (elapsed + 1) tokens; + 1 for its
+    // floating-point arithmetic. A bound from above only: a slow machine
+    // sends fewer requests a second and so has fewer dropped, never more
+    // recorded.
+    let bound = f64::from(CAP) * (elapsed.as_secs_f64() + 1.0) + 1.0;
+    assert!(
+        (recorded as f64) <= bound,
+        "{recorded} traces recorded in {elapsed:?} at {CAP} a second"
+    );
+    assert!(recorded >= 1, "nothing was recorded");
+    assert!(
+        dropped > 0,
+        "nothing dropped: {REQUESTS} listings took {elapsed:?}"
+    );
+
+    let status = catalog.terminate().await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
+
+fn of_kind<'a>(spans: &[&'a ReceivedSpan], kind: i32) -> Option<&'a ReceivedSpan> {
+    spans.iter().copied().find(|span| span.kind == kind)
 }

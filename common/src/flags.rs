@@ -57,6 +57,23 @@ pub fn positive_duration(text: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// `--max-traces-per-second`: a whole number, 1 or more. Zero is refused
+/// rather than read as "no cap" or "no traces": either reading surprises
+/// someone, and `OTEL_TRACES_SAMPLER=always_off` already turns traces off.
+///
+/// # Errors
+/// Not a whole number, or zero; the message shows the expected form.
+pub fn traces_per_second(text: &str) -> Result<std::num::NonZeroU32, String> {
+    let form = "write a whole number of traces a second, 1 or more, like 100";
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err(format!(
+            "0 would record no trace at all; {form} (OTEL_TRACES_SAMPLER=always_off turns traces off)"
+        )),
+        Ok(n) => std::num::NonZeroU32::new(n).ok_or_else(|| form.to_owned()),
+        Err(e) => Err(format!("{text:?}: {e}; {form}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +91,14 @@ mod tests {
         assert!(zero.contains("above zero"), "{zero}");
         assert_eq!(positive_duration("1ms"), Ok(Duration::from_millis(1)));
         assert!(positive_duration("500000000years").is_err());
+    }
+
+    #[test]
+    fn traces_per_second_is_a_whole_number_above_zero() {
+        assert_eq!(traces_per_second("100").map(|n| n.get()), Ok(100));
+        assert!(traces_per_second("0").unwrap_err().contains("always_off"));
+        assert!(traces_per_second("1.5").unwrap_err().contains("like 100"));
+        assert!(traces_per_second("-1").unwrap_err().contains("like 100"));
     }
 
     #[test]

@@ -82,8 +82,9 @@ impl fmt::Debug for Metrics {
 
 impl Metrics {
     /// A registry for `service` with what every service exports:
-    /// `<service>_build_info{version}`, the `process_*` metrics, and
-    /// `tls_certificate_expiry_seconds`.
+    /// `<service>_build_info{version}`, the `process_*` metrics,
+    /// `tls_certificate_expiry_seconds`, and
+    /// `<service>_traces_dropped_total`.
     pub fn new(service: &str, version: &str) -> Self {
         let registry = Registry::new();
         let metrics = Self {
@@ -116,6 +117,16 @@ impl Metrics {
             "tls_certificate_expiry_seconds",
         );
         metrics.certificates.set_gauge(expiry);
+        // The cap belongs to the process's tracer, set up before any
+        // service: the count is read from it at each scrape.
+        let dropped = metrics.counter(
+            &format!("{service}_traces_dropped_total"),
+            "Traces not recorded because --max-traces-per-second was reached (each would have been exported).",
+        );
+        metrics.on_scrape(move || {
+            let more = crate::telemetry::cap::traces_dropped().saturating_sub(dropped.get());
+            dropped.inc_by(more);
+        });
         metrics
     }
 

@@ -11,11 +11,14 @@
 //! All of this happens when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, and spans are exported
 //! over OTLP (gRPC); without it there are no OpenTelemetry spans (see
-//! [`init`] for why).
+//! [`init`] for why). `--max-traces-per-second` caps the traces recorded,
+//! whatever callers ask ([`cap`]).
 
+pub mod cap;
 mod json;
 
 use std::io::IsTerminal;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -123,9 +126,17 @@ impl Telemetry {
 /// reached a reset limit) come once per offending connection, unthrottled,
 /// 50 to 70 a second from one attacker; `RUST_LOG=...,h2=warn` shows them.
 ///
+/// At most `traces_per_second` traces entering the process are recorded
+/// each second ([`cap`]).
+///
 /// Call it once, first thing in `main`, inside the Tokio runtime (the
 /// exporter runs on it); tests that do not call it stay quiet.
-pub fn init(service: &'static str, default_filter: &str, format: LogFormat) -> Telemetry {
+pub fn init(
+    service: &'static str,
+    default_filter: &str,
+    format: LogFormat,
+    traces_per_second: NonZeroU32,
+) -> Telemetry {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
             eprintln!("ignoring RUST_LOG={spec:?}: {e}; using {default_filter:?}");
@@ -145,7 +156,7 @@ pub fn init(service: &'static str, default_filter: &str, format: LogFormat) -> T
             .filter(|value| !value.trim().is_empty())
     });
     let (provider, export_error) = if endpoint.is_some() {
-        match exporting_provider(service, None) {
+        match exporting_provider(service, None, traces_per_second) {
             Ok(provider) => (Some(provider), None),
             Err(error) => (None, Some(error)),
         }
@@ -162,7 +173,7 @@ pub fn init(service: &'static str, default_filter: &str, format: LogFormat) -> T
     if let Some(error) = export_error {
         tracing::error!(%error, "cannot export traces; check OTEL_EXPORTER_OTLP_ENDPOINT (spans are not exported, everything else works)");
     } else if let (Some(endpoint), Some(_)) = (&endpoint, &provider) {
-        tracing::info!(%endpoint, "exporting traces over OTLP/gRPC; a failing export is logged as a warning");
+        tracing::info!(%endpoint, max_traces_per_second = traces_per_second.get(), "exporting traces over OTLP/gRPC; a failing export is logged as a warning");
     }
     Telemetry { provider }
 }
@@ -217,12 +228,16 @@ pub fn init_with<W>(
 /// A tracer provider exporting over OTLP/gRPC to `endpoint`, or, without
 /// one, to where the standard `OTEL_EXPORTER_OTLP_*` variables say. The
 /// resource's `service.name` is `OTEL_SERVICE_NAME` if set, else `service`.
+/// The sampler is the one `OTEL_TRACES_SAMPLER` names (parent-based, all
+/// new traces, by default), capped at `traces_per_second` traces entering
+/// the process ([`cap`]).
 ///
 /// # Errors
 /// The exporter could not be built (an endpoint that is not a URI).
 pub fn exporting_provider(
     service: &'static str,
     endpoint: Option<&str>,
+    traces_per_second: NonZeroU32,
 ) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::WithExportConfig;
     let resource = Resource::builder()
@@ -247,7 +262,11 @@ pub fn exporting_provider(
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
+    // The SDK's default configuration is read from the environment; its
+    // sampler is the one `OTEL_TRACES_SAMPLER` asks for.
+    let configured = opentelemetry_sdk::trace::Config::default().sampler;
     Ok(SdkTracerProvider::builder()
+        .with_sampler(cap::Capped::new(configured, traces_per_second.get()))
         .with_resource(resource)
         .with_span_processor(processor)
         .build())

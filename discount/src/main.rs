@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
         "discount",
         "warn,h2=error,discount=info,common=info",
         config.log_format,
+        config.max_traces_per_second,
     );
     let ran = run(&config).await;
     telemetry.shutdown().await;

@@ -139,3 +139,48 @@ async fn a_reloaded_certificate_with_another_identity_is_a_warning() -> SetupRes
     assert!(line.contains("spiffe://ecommerce.local/discount"), "{line}");
     Ok(())
 }
+
+/// A reload that takes long (a CA bundle of thousands of certificates;
+/// here a client CA that cannot be read until the test lets it) must not
+/// stop discount answering: it runs off the runtime's workers. Discount
+/// runs with one worker, so a reload on it would stop everything until it
+/// ended; its plaintext admin listener is the probe.
+#[tokio::test]
+async fn discount_answers_while_a_sighup_reload_is_blocked_reading_a_file() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let args = testkit::discount::command_line(pki.dir(), 0, &["--metrics-addr", "127.0.0.1:0"]);
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_discount"));
+    let mut discount = Process::start_with_env(
+        binary,
+        &args,
+        testkit::discount::STARTED,
+        &[("LOG_FORMAT", "text"), ("TOKIO_WORKER_THREADS", "1")],
+    )
+    .await?;
+    let admin: SocketAddr = discount
+        .started_line()
+        .split("metrics=http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| format!("no metrics address in {}", discount.started_line()))?
+        .parse()?;
+
+    let ca = testkit::StalledFile::stall(&pki.path("ca.pem"))?;
+    discount.signal("HUP").await?;
+    // Logged just before the reload starts, which now waits on the CA.
+    discount.logged("received SIGHUP").await?;
+    let answered = tokio::time::timeout(
+        testkit::HANG,
+        reqwest::get(format!("http://{admin}/healthz")),
+    )
+    .await;
+    ca.release();
+    discount.logged("reloaded").await?;
+    let status = answered
+        .map_err(|_| "no answer while the reload was blocked: it ran on the only runtime worker")??
+        .status();
+    assert_eq!(status, reqwest::StatusCode::OK);
+
+    assert!(discount.terminate().await?.success());
+    Ok(())
+}

@@ -15,6 +15,7 @@
 //! - [`otlp`]: an OTLP trace receiver, keeping the spans it is sent.
 //! - [`wire`]: raw TLS and hand-written HTTP/2 frames, for what no
 //!   well-behaved client sends.
+//! - [`stall`]: a file whose reading blocks until the test lets it go.
 //! - [`task`]: a server in a task, and the one stop handle that asserts a
 //!   clean exit.
 
@@ -27,6 +28,7 @@ pub mod process;
 pub mod proxy;
 pub mod readme;
 pub mod refusing;
+pub mod stall;
 pub mod task;
 pub mod wire;
 
@@ -43,6 +45,7 @@ pub use pki::{CATALOG_IDENTITY, ClientCert, DISCOUNT_IDENTITY, Pki, SERVER_NAMES
 pub use process::Process;
 pub use proxy::{CountingProxy, silent_peer};
 pub use refusing::RefusingPeer;
+pub use stall::StalledFile;
 pub use task::ServerTask;
 
 /// Result type for test set-up: any failure there is a failed test.

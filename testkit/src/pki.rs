@@ -280,6 +280,30 @@ impl Pki {
 /// "ecommerce test CA N", different for every CA of the test run, so that a
 /// certificate from another test CA is refused as UnknownIssuer (as it
 /// would be in production), not checked against a namesake's key.
+/// `count` self-signed CA certificates in PEM, each with a subject of its
+/// own: a large trust bundle, as an operator's `--discount-ca` can be.
+/// They share one key pair, since only parsing and storing them is being
+/// exercised, and signing 10,000 key pairs' worth would take a debug test
+/// minutes.
+///
+/// # Errors
+/// Key generation or signing failed.
+pub fn ca_bundle(count: usize) -> SetupResult<String> {
+    let key = KeyPair::generate()?;
+    let mut bundle = String::new();
+    for n in 0..count {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("{} bundle {n}", unique_ca_name()),
+        );
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        bundle.push_str(&params.self_signed(&key)?.pem());
+    }
+    Ok(bundle)
+}
+
 fn unique_ca_name() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
