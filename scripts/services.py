@@ -20,7 +20,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 class Service:
     """One of our binaries, started with its port chosen by the OS.
 
-    `cpu` pins it with taskset (for benchmarks); `log_level` is its RUST_LOG.
+    `cpu` pins it with taskset (for benchmarks); `log_level` is its RUST_LOG
+    (None: unset, so the binary's default filter).
     """
 
     def __init__(self, command, log_level="warn", cpu=None, env=None):
@@ -30,8 +31,9 @@ class Service:
         expected = 2 if "--metrics-addr" in command else 1
         if cpu is not None:
             command = ["taskset", "-c", cpu, *command]
-        env = {"RUST_LOG": log_level, "LOG_FORMAT": "text", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-               **(env or {})}
+        env = {"LOG_FORMAT": "text", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})}
+        if log_level is not None:  # None: the binary's own default filter
+            env["RUST_LOG"] = log_level
         if "TOKIO_WORKER_THREADS" in os.environ:
             env["TOKIO_WORKER_THREADS"] = os.environ["TOKIO_WORKER_THREADS"]
         self.process = subprocess.Popen(
