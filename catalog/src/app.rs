@@ -56,8 +56,7 @@ impl Application {
         // The bound address, not the configured one: with port 0 only this
         // says where the service really is.
         let addr = listener.local_addr().map_err(StartupError::Bind)?;
-        let admin =
-            common::metrics::bind(config.metrics_addr).map_err(StartupError::MetricsBind)?;
+        let admin = common::admin::bind(config.metrics_addr).map_err(StartupError::MetricsBind)?;
         let discount = client.clone();
         let replicas = metrics.discount.clone();
         metrics.common.on_scrape(move || {
@@ -129,11 +128,7 @@ impl Application {
         let metrics_addr = admin.as_ref().map(|(_, addr)| *addr);
         let admin = admin.map(|(listener, _)| {
             // No `/readyz` there: the catalog's is on its HTTP port.
-            tokio::spawn(common::metrics::serve(
-                listener,
-                metrics.common.clone(),
-                None,
-            ))
+            tokio::spawn(common::admin::serve(listener, metrics.common.clone(), None))
         });
         warn_about_ports(&config);
         tracing::info!(

@@ -1,6 +1,6 @@
 //! What the catalog counts, for Prometheus: its HTTP requests, its
 //! listings, its calls to discount, and the state of its replicas and
-//! connections. Served by [`common::metrics::serve`] on `--metrics-addr`.
+//! connections. Served by [`common::admin::serve`] on `--metrics-addr`.
 //!
 //! The metric names and labels are documented in `docs/observability.md`;
 //! the handles live here, and each is updated at the one place that knows

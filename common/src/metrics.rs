@@ -1,6 +1,6 @@
-//! Prometheus metrics: the registry each service fills, what both export
-//! (build information, the process, certificate expiry), and the plaintext
-//! admin listener that serves `GET /metrics`.
+//! Prometheus metrics: the registry each service fills, and what both
+//! export (build information, the process, certificate expiry). The
+//! plaintext listener that serves them is [`crate::admin`].
 //!
 //! Each running service owns its [`Metrics`] rather than a process-wide
 //! registry: the tests start a catalog and several discounts in one
@@ -13,32 +13,16 @@
 //! certificate files. Never a raw path, a customer or a client address.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
-use tokio_util::sync::CancellationToken;
-
-use crate::activity::Activity;
-use crate::connections::ConnectionTracker;
 use crate::pem::PemFile;
 
 /// Buckets of the duration histograms, in seconds: from 0.5 ms (a call
@@ -46,21 +30,6 @@ use crate::pem::PemFile;
 pub const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
-
-/// The most connections the admin listener serves at once; a newcomer
-/// closes the oldest idle one. A scraper needs one.
-const ADMIN_CONNECTIONS: usize = 16;
-
-/// The longest a scraper may take to send its request head.
-const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The longest one admin connection stays open, keep-alive included.
-const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
-
-/// How long a connection closed to make room gets to go quietly. Only one
-/// with no answer being written is picked, so this is short: a client
-/// dripping its request head must not hold the slot a probe needs.
-const ADMIN_EVICTION_GRACE: Duration = Duration::from_millis(20);
 
 /// A function run before each scrape, to set gauges read from state
 /// (replicas in rotation, health).
@@ -391,154 +360,10 @@ pub fn grpc_code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Binds the metrics listener at `addr`, if one is asked for: the listener
-/// and the address it really has (port 0 picks one).
-///
-/// # Errors
-/// The address cannot be bound.
-pub fn bind(addr: Option<SocketAddr>) -> std::io::Result<Option<(TcpListener, SocketAddr)>> {
-    let Some(addr) = addr else {
-        return Ok(None);
-    };
-    let listener = crate::listener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    Ok(Some((listener, bound)))
-}
-
-/// Serves `GET /metrics` from `metrics` on `listener`, in plaintext
-/// HTTP/1.1, until the task running it is aborted (which also ends the
-/// connections: they are its children). Beside it, the probes an
-/// orchestrator uses: `GET /healthz` (200 while the process answers) and,
-/// when `ready` is given, `GET /readyz` (200 while that gauge is 1, 503
-/// otherwise). They are here because discount's own port asks for a
-/// client certificate, which neither the kubelet nor Docker has.
-///
-/// Kept apart from the service's own port: Prometheus scrapes without a
-/// client certificate, and a scrape must not compete with real traffic
-/// for connection slots. At most [`ADMIN_CONNECTIONS`] are open. A
-/// newcomer at the limit closes the oldest connection with no answer
-/// being written (within [`ADMIN_EVICTION_GRACE`]), so neither a flood of
-/// empty connections nor clients dripping their request heads can cut a
-/// scrape off mid-answer or keep a probe waiting. Each connection must
-/// send its request head within [`ADMIN_HEADER_TIMEOUT`] and lives at
-/// most [`ADMIN_CONNECTION_LIFETIME`].
-pub async fn serve(listener: TcpListener, metrics: Metrics, ready: Option<IntGauge>) {
-    let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
-    // Connections with no request in flight: those a newcomer may close.
-    let idle = ConnectionTracker::new();
-    // Every connection, holding its slot.
-    let open = ConnectionTracker::new();
-    let mut tasks = JoinSet::new();
-    loop {
-        let (tcp, _peer) = crate::listener::accept(&listener).await;
-        while tasks.try_join_next().is_some() {}
-        let Some(slot) = idle.place_under(&slots, |_| {}).await else {
-            return;
-        };
-        let held = open.register().holding(slot);
-        let activity = Activity::new(idle.clone(), CancellationToken::new());
-        let metrics = metrics.clone();
-        let ready = ready.clone();
-        tasks.spawn(async move {
-            let _held = held;
-            let busy = Arc::clone(&activity);
-            let service = service_fn(move |request| {
-                // Busy until hyper drops the answer's body, that is until
-                // it is written: only then may a newcomer close this
-                // connection.
-                let guard = busy.begin();
-                let response = answer(&metrics, ready.as_ref(), &request).map(|body| {
-                    body.map_frame(move |frame| {
-                        let _busy = &guard;
-                        frame
-                    })
-                });
-                std::future::ready(Ok::<_, Infallible>(response))
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(connection);
-            // Errors end this connection only; a scraper retries.
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                () = tokio::time::sleep(ADMIN_CONNECTION_LIFETIME) => return,
-                () = activity.evicted() => {}
-            }
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(ADMIN_EVICTION_GRACE, connection).await;
-        });
-    }
-}
-
-/// The admin listener's answer to `request`.
-fn answer(
-    metrics: &Metrics,
-    ready: Option<&IntGauge>,
-    request: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let reply = |status: StatusCode, content_type: &'static str, body: String| {
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static(content_type),
-        );
-        response
-    };
-    let path = request.uri().path();
-    let known = match path {
-        "/metrics" | "/healthz" => true,
-        "/readyz" => ready.is_some(),
-        _ => false,
-    };
-    if !known {
-        let paths = if ready.is_some() {
-            "GET /metrics, /healthz and /readyz"
-        } else {
-            "GET /metrics and /healthz (this service's readiness is on its own port)"
-        };
-        return reply(
-            StatusCode::NOT_FOUND,
-            TEXT,
-            format!("not found: this listener serves {paths} only\n"),
-        );
-    }
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        let mut response = reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            TEXT,
-            format!("{path} answers GET only\n"),
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-        return response;
-    }
-    match (path, ready) {
-        ("/healthz", _) => reply(StatusCode::OK, TEXT, "ok\n".to_owned()),
-        ("/readyz", Some(serving)) if serving.get() == 1 => {
-            reply(StatusCode::OK, TEXT, "ready\n".to_owned())
-        }
-        ("/readyz", Some(_)) => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            TEXT,
-            "not ready: not serving (starting, or shutting down)\n".to_owned(),
-        ),
-        // `/metrics`: every other path was answered above.
-        _ => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn build_info_is_one_with_the_version() {

@@ -8,7 +8,9 @@ For deploy/k8s and deploy/k8s/cert-manager: `kubectl kustomize`, then
 it ships schemas for (cert-manager's kinds have none there, and are checked
 by hand below), then what the schemas cannot see: every Secret a pod mounts
 exists, every probe names a port of its container, discount's Service is
-headless, and the kubelet injects no service variables.
+headless, the kubelet injects no service variables, and the
+NetworkPolicies keep each admin port (plain HTTP, no authentication) to
+named scrapers while every other port stays reachable.
 
 deploy/k8s needs TLS files in deploy/k8s/keys; when there are none, this
 makes throw-away ones (with scripts/gen-keys.sh) and removes them after.
@@ -87,6 +89,91 @@ def consistent(checks, name, text):
     discount = kinds.get("Service", {}).get("discount", {})
     checks.check(f"{name}: the discount Service is headless",
                  discount.get("spec", {}).get("clusterIP") == "None")
+    network_policies(checks, name, kinds)
+
+
+def selects(selector, labels):
+    """Whether a label selector (matchLabels only, as ours are) selects
+    `labels`; an empty selector selects everything."""
+    if selector.get("matchExpressions"):
+        return False
+    return all(labels.get(key) == value for key, value in (selector.get("matchLabels") or {}).items())
+
+
+def covers(rule, port):
+    """Whether an ingress rule applies to the container port `port`: no
+    `ports` means every port; a port is named or numbered, perhaps with
+    an endPort."""
+    if not rule.get("ports"):
+        return True
+    for allowed in rule["ports"]:
+        if allowed.get("protocol", "TCP") != port.get("protocol", "TCP"):
+            continue
+        given = allowed.get("port")
+        if given is None or given == port.get("name"):
+            return True
+        if isinstance(given, int) and given <= port["containerPort"] <= allowed.get("endPort", given):
+            return True
+    return False
+
+
+def too_broad(peer):
+    """Why an ingress peer lets in more than a named scraper, or None.
+    Labels are no proof of who a pod is outside a namespace one controls:
+    anyone who can create a pod can give it any label in a namespace of
+    their own."""
+    if "ipBlock" in peer:
+        cidr = peer["ipBlock"].get("cidr", "")
+        return f"ipBlock {cidr} is every address" if cidr.endswith("/0") else None
+    namespaces = peer.get("namespaceSelector")
+    pods = peer.get("podSelector")
+    if namespaces is not None and not namespaces:
+        return "namespaceSelector {} is every namespace (any pod can carry any label in its own)"
+    if namespaces is None and pods is not None and not pods:
+        return "podSelector {} is every pod of the namespace"
+    return None
+
+
+def network_policies(checks, name, kinds):
+    """Every pod with an admin port is isolated for ingress, its admin
+    port reachable only from named peers (the kubelet's probes come from
+    the node, which NetworkPolicy always lets in), and every other port
+    still has a rule, so that the policy does not cut the service off."""
+    policies = [p for p in kinds.get("NetworkPolicy", {}).values()
+                if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    deployments = kinds.get("Deployment", {}).values()
+    for policy in policies:
+        checks.check(f"{name}: networkpolicy/{policy['metadata']['name']} selects the pods of a Deployment",
+                     any(selects(policy["spec"]["podSelector"], d["spec"]["template"]["metadata"].get("labels", {}))
+                         for d in deployments))
+    for deployment in deployments:
+        who = f"{name}: deployment/{deployment['metadata']['name']}"
+        labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+        mine = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+        rules = [rule for p in mine for rule in p["spec"].get("ingress", [])]
+        ports = [port for c in deployment["spec"]["template"]["spec"]["containers"] for port in c.get("ports", [])]
+        admin = [port for port in ports if port.get("name") == "admin"]
+        if not admin:
+            continue
+        checks.check(f"{who} is selected by a NetworkPolicy for Ingress", bool(mine),
+                     "" if mine else "none: its admin port is open to every pod in the cluster")
+        for port in admin:
+            reaching = [rule for rule in rules if covers(rule, port)]
+            problems = []
+            for rule in reaching:
+                if not rule.get("from"):
+                    problems.append(f"a rule with no `from` opens it to everything: {rule}")
+                problems += [why for why in map(too_broad, rule.get("from") or []) if why]
+            if not mine:
+                problems.append("no NetworkPolicy selects the pods")
+            checks.check(f"{who}: the admin port ({port['containerPort']}) is open only to named peers",
+                         not problems, "; ".join(problems))
+        for port in ports:
+            if port in admin:
+                continue
+            reachable = not mine or any(covers(rule, port) for rule in rules)
+            checks.check(f"{who}: port {port.get('name', port['containerPort'])} still has an ingress rule",
+                         reachable, "" if reachable else "the NetworkPolicy selects the pods and no rule allows this port")
 
 
 def main():

@@ -65,8 +65,7 @@ impl<S: Discount> Application<S> {
         // The bound address, not the configured one: with port 0 only this
         // says where the service really is.
         let addr = listener.local_addr().map_err(StartupError::Bind)?;
-        let admin =
-            common::metrics::bind(config.metrics_addr).map_err(StartupError::MetricsBind)?;
+        let admin = common::admin::bind(config.metrics_addr).map_err(StartupError::MetricsBind)?;
         Ok(Self {
             listener,
             addr,
@@ -125,7 +124,7 @@ impl<S: Discount> Application<S> {
             |(_, addr)| format!("http://{addr}/metrics"),
         );
         let admin = admin.map(|(listener, _)| {
-            tokio::spawn(common::metrics::serve(
+            tokio::spawn(common::admin::serve(
                 listener,
                 metrics.common.clone(),
                 Some(metrics.serving.clone()),

@@ -1,7 +1,7 @@
 //! What discount counts, for Prometheus: every gRPC call by method and
 //! code, how long it took, the calls in flight and shed, refused TLS
 //! handshakes and callers, connections, health. Served by
-//! [`common::metrics::serve`] on `--metrics-addr`; the names are listed in
+//! [`common::admin::serve`] on `--metrics-addr`; the names are listed in
 //! `docs/observability.md`.
 //!
 //! [`ObserveCalls`] is the outermost layer of the router, so a call the
