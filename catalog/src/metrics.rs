@@ -140,7 +140,7 @@ impl CatalogMetrics {
             ),
             retries: common.counter(
                 "catalog_discount_retries_total",
-                "Listings whose failed products were sent a second time, to another replica (or, for a call never processed, the same one on a new connection).",
+                "Listings sent a second time: the products a replica failed, to another replica (or, for a call never processed, the same one on a new connection), or the whole listing to another replica when the first had not answered within a third of the deadline (hedged).",
             ),
             refused_answers: common.counter(
                 "catalog_discount_answers_refused_total",

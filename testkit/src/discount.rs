@@ -141,6 +141,10 @@ impl DiscountServer {
     }
 }
 
+/// How long a call that [`ScriptedDiscount::hang_every`] picks hangs: past
+/// any deadline the tests set.
+pub const HUNG: Duration = Duration::from_secs(10);
+
 /// A discount that misbehaves on request: it answers like the real one,
 /// but after `delay`, and with an error for `fail_product`. It reports each
 /// product id it receives on `received`, so a test can act at the moment a
@@ -163,6 +167,10 @@ pub struct ScriptedDiscount {
     pub failing: Arc<AtomicBool>,
     /// What `failing` answers with; `INTERNAL` when not set.
     pub fail_code: Option<tonic::Code>,
+    /// When not 0, every call whose number is a multiple of it (counted in
+    /// `calls`) hangs for [`HUNG`] before it is answered: a replica that is
+    /// mostly fine, and never fails twice in a row.
+    pub hang_every: usize,
     /// Changes every product of every answer before it is sent: a replica
     /// that holds discount's certificate and lies.
     pub tamper: Option<fn(&mut Product)>,
@@ -211,7 +219,10 @@ impl Discount for ScriptedDiscount {
         &self,
         request: Request<DiscountsRequest>,
     ) -> Result<Response<DiscountsResponse>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if call.is_multiple_of(self.hang_every) {
+            tokio::time::sleep(HUNG).await;
+        }
         if !self.batch {
             return Err(Status::unimplemented(
                 "this discount predates ApplyDiscounts",

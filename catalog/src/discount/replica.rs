@@ -9,10 +9,10 @@
 //!
 //! It is *ejected* when it cannot be reached (connection refused or lost,
 //! TLS refused, the health check unanswered or refused twice in a row) or
-//! when calls to it keep failing ([`EJECT_AFTER`] in a row past their
-//! deadline, with any status but OK, UNIMPLEMENTED included, with the
-//! stream refused, or with an unusable answer) while another replica is in
-//! rotation. Only a call caught by the replica retiring its connection
+//! when calls to it keep failing ([`EJECT_AFTER`] of its last
+//! [`RECENT_CALLS`], in a row or not: past their deadline, with any status
+//! but OK, UNIMPLEMENTED included, with the stream refused, or with an
+//! unusable answer) while another replica is in rotation. Only a call caught by the replica retiring its connection
 //! (GOAWAY) is not held against it.
 //!
 //! Before that, every failure costs it in the pick: its *failure score*
@@ -47,10 +47,15 @@ use crate::error::StartupError;
 use crate::metrics::{ClientMetrics, ReplicaSeries};
 use crate::tls::ClientTls;
 
-/// Calls in a row that fail (past the deadline, an error status, an
-/// unusable answer) before a replica that still answers its health check
-/// is ejected.
+/// Calls that fail (past the deadline, an error status, an unusable
+/// answer) among a replica's last [`RECENT_CALLS`] before it is ejected
+/// although it still answers its health check: three in a row, or three
+/// spread among answers, as a replica that hangs one call in three does
+/// (it never failed three in a row, and cost a listing each time).
 pub(crate) const EJECT_AFTER: u32 = 3;
+
+/// How many of its last calls a replica's ejection looks at.
+const RECENT_CALLS: u32 = u8::BITS;
 
 /// How much more loaded a replica whose calls all fail looks to the pick
 /// than one whose calls succeed: the power of two choices prefers the good
@@ -171,8 +176,9 @@ struct Connection {
 #[derive(Debug)]
 struct State {
     health: Health,
-    /// Calls in a row that failed.
-    failures: u32,
+    /// Its last [`RECENT_CALLS`] calls, the newest in the lowest bit: 1
+    /// for a failure.
+    recent: u8,
     /// Health checks in a row whose stream the replica refused.
     refused_checks: u8,
     /// Ejected until then...
@@ -270,7 +276,7 @@ impl Replica {
             batch: AtomicBool::new(true),
             state: Mutex::new(State {
                 health: Health::Unknown,
-                failures: 0,
+                recent: 0,
                 refused_checks: 0,
                 ejected_until: None,
                 ejected_for: "",
@@ -395,7 +401,7 @@ impl Replica {
         let Some(error) = error else {
             self.score(false);
             let mut state = self.lock();
-            state.failures = 0;
+            state.recent <<= 1;
             if state.probation {
                 state.probation = false;
                 self.ejection.succeeded();
@@ -411,7 +417,7 @@ impl Replica {
         let mut state = self.lock();
         match error {
             // Refused streams are held against it only as failing calls
-            // (EJECT_AFTER in a row), not at once as an unreachable replica,
+            // (EJECT_AFTER of the last few), not at once as an unreachable replica,
             // whose code (UNAVAILABLE) they share: one may be a race at a
             // connection's start; a replica that refuses every stream
             // fails every call.
@@ -441,11 +447,11 @@ impl Replica {
             // neither method...), the stream refused, or an unusable
             // answer.
             error => {
-                state.failures = state.failures.saturating_add(1);
-                if state.failures >= EJECT_AFTER && may_eject() {
+                state.recent = state.recent << 1 | 1;
+                if state.recent.count_ones() >= EJECT_AFTER && may_eject() {
                     let cause = format!(
-                        "{} calls in a row failed, the last with: {error}",
-                        state.failures
+                        "{} of its last {RECENT_CALLS} calls failed, the last with: {error}",
+                        state.recent.count_ones()
                     );
                     self.eject(&mut state, "calls failing", &cause);
                 }
@@ -468,7 +474,10 @@ impl Replica {
             state.ejected_until = Some(now + wait);
             state.ejected_for = why;
             self.metrics.ejected(why);
-            state.failures = 0;
+            // The calls that failed stay in `recent` until answers push
+            // them out: a replica back from an ejection that fails again
+            // among its next few calls is ejected again at once, for
+            // longer, rather than after three more lost listings.
             if state.down_logged {
                 tracing::debug!(replica = %self.addr, ?cause, ejected_for = ?wait,
                     "discount replica still failing; ejected again");
@@ -553,9 +562,9 @@ impl Replica {
             state.ejected_until = None;
             state.probation = true;
         }
-        // A passing check does not clear the calls failed in a row: a
-        // replica whose checks pass while its calls fail, and which the
-        // pick therefore seldom tries, must still reach EJECT_AFTER.
+        // A passing check does not clear the calls that failed: a replica
+        // whose checks pass while its calls fail, and which the pick
+        // therefore seldom tries, must still reach EJECT_AFTER.
         if health.takes_calls() {
             state.down_logged = false;
         }
