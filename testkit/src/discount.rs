@@ -167,9 +167,10 @@ pub struct ScriptedDiscount {
     pub failing: Arc<AtomicBool>,
     /// What `failing` answers with; `INTERNAL` when not set.
     pub fail_code: Option<tonic::Code>,
-    /// When not 0, every call whose number is a multiple of it (counted in
-    /// `calls`) hangs for [`HUNG`] before it is answered: a replica that is
-    /// mostly fine, and never fails twice in a row.
+    /// When not 0, every `ApplyDiscounts` call whose number is a multiple
+    /// of it (counted in `calls`) hangs for [`HUNG`] before it is
+    /// answered: a replica that is mostly fine, and never fails twice in a
+    /// row.
     pub hang_every: usize,
     /// Changes every product of every answer before it is sent: a replica
     /// that holds discount's certificate and lies.
