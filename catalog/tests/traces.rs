@@ -62,6 +62,31 @@ impl Captured {
     }
 }
 
+/// The catalog's command line: port 0 on loopback, `discount` with the
+/// keys of `pki`, a deadline no debug build misses, then `extra`.
+fn command_line(pki: &Pki, discount: &DiscountServer, extra: &[&str]) -> Vec<String> {
+    let path = |name: &str| pki.path(name).display().to_string();
+    let mut args: Vec<String> = [
+        "0",
+        "--listen-addr",
+        "127.0.0.1",
+        "--discount-host",
+        &discount.addr().to_string(),
+        "--discount-ca",
+        &path("ca.pem"),
+        "--client-cert",
+        &path("client.pem"),
+        "--client-key",
+        &path("client.key"),
+        "--discount-deadline",
+        "5s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    args
+}
+
 fn find<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> Option<&'a ReceivedSpan> {
     spans
         .iter()
@@ -89,24 +114,7 @@ async fn a_request_is_one_trace_across_both_services_and_both_logs() -> SetupRes
 
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
-    let path = |name: &str| pki.path(name).display().to_string();
-    let args: Vec<String> = [
-        "0",
-        "--listen-addr",
-        "127.0.0.1",
-        "--discount-host",
-        &discount.addr().to_string(),
-        "--discount-ca",
-        &path("ca.pem"),
-        "--client-cert",
-        &path("client.pem"),
-        "--client-key",
-        &path("client.key"),
-        "--discount-deadline",
-        "5s",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let args = command_line(&pki, &discount, &[]);
     let endpoint = receiver.endpoint();
     let mut catalog = Process::start_with_env(
         env!("CARGO_BIN_EXE_catalog").as_ref(),
@@ -223,28 +231,16 @@ async fn a_caller_sampling_every_request_gets_at_most_the_cap_of_whole_traces() 
     let receiver = TraceReceiver::start().await?;
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
-    let path = |name: &str| pki.path(name).display().to_string();
-    let args: Vec<String> = [
-        "0",
-        "--listen-addr",
-        "127.0.0.1",
-        "--discount-host",
-        &discount.addr().to_string(),
-        "--discount-ca",
-        &path("ca.pem"),
-        "--client-cert",
-        &path("client.pem"),
-        "--client-key",
-        &path("client.key"),
-        "--discount-deadline",
-        "5s",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--max-traces-per-second",
-        &CAP.to_string(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let args = command_line(
+        &pki,
+        &discount,
+        &[
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--max-traces-per-second",
+            &CAP.to_string(),
+        ],
+    );
     let endpoint = receiver.endpoint();
     // Before the catalog exists, so before its bucket does: every sampling
     // decision falls between this and the last answer.
