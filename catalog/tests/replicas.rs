@@ -1024,7 +1024,23 @@ async fn a_replica_failing_every_call_at_once_is_ejected_and_costs_nothing() -> 
 #[tokio::test]
 async fn a_replica_hanging_one_call_in_three_is_ejected_and_costs_at_most_one_percent()
 -> SetupResult<()> {
-    a_bad_replica_costs_at_most_one_percent(Bad::HangsEvery(3)).await?;
+    let catalog = a_bad_replica_costs_at_most_one_percent(Bad::HangsEvery(3)).await?;
+    // The hung calls a hedge abandoned are in the replica's series.
+    let metrics = reqwest::get(format!(
+        "http://{}/metrics",
+        catalog.metrics_addr.ok_or("no metrics listener")?
+    ))
+    .await?
+    .text()
+    .await?;
+    let cancelled: f64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("catalog_discount_calls_total{") && line.contains("code=\"CANCELLED\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(cancelled >= 1.0, "{cancelled}");
     Ok(())
 }
 

@@ -506,15 +506,29 @@ impl DiscountClient {
         answers
     }
 
+    /// Counts the call to `replica` that a hedge abandoned, cancelled after
+    /// `took`: dropped unfinished, it would be in no per-replica series,
+    /// and the slowest calls are the ones those are for.
+    fn abandoned(&self, replica: &Replica, took: Duration) {
+        let method = if replica.batch.load(Ordering::Relaxed) {
+            "ApplyDiscounts"
+        } else {
+            "ApplyDiscount"
+        };
+        self.metrics
+            .call(&replica.series, method, tonic::Code::Cancelled, took);
+    }
+
     /// `first` has not answered the listing within `hedge_after` (a
     /// [`HEDGE_AFTER`]th of the deadline, far beyond a healthy answer):
     /// sends it to another replica too, when there is one and the retry
-    /// budget allows, and takes the first whole answer. A replica that
-    /// hangs one call in three never fails three in a row and is never
-    /// ejected, and a call that waits out the deadline has no time left to
-    /// be sent again: four such replicas beside a good one left 3% of
-    /// listings undiscounted. The abandoned call is cancelled; when it is
-    /// `first`'s, it is held against `first` as a slow answer.
+    /// budget allows, and takes the first whole answer. A call that waits
+    /// out the deadline has no time left to be sent again, so a replica
+    /// that hangs one call in three cost a listing each time until it was
+    /// ejected: four of them beside a good one left 3% of listings
+    /// undiscounted. The abandoned call is cancelled and counted as
+    /// CANCELLED in its replica's metrics; when it is `first`'s, it is held
+    /// against `first` as a slow answer.
     async fn hedge<F>(
         &self,
         (first, hedge_after): (&Arc<Replica>, Duration),
@@ -536,17 +550,24 @@ impl DiscountClient {
         tracing::debug!(replica = %first.addr, to = %second.addr, ?hedge_after, "no answer from discount yet; asking another replica too");
         self.counts.retries.fetch_add(1, Ordering::Relaxed);
         self.metrics.retried();
+        let started = Instant::now();
         let second_call = self.price_on(&second, deadline, customer, products);
         tokio::pin!(second_call);
         let whole = |answers: &Answers| answers.iter().all(Result::is_ok);
         tokio::select! {
             answers = first_call.as_mut() => {
-                if whole(&answers) { answers } else { second_call.await }
+                if whole(&answers) {
+                    self.abandoned(&second, started.elapsed());
+                    answers
+                } else {
+                    second_call.await
+                }
             }
             answers = second_call.as_mut() => {
                 if whole(&answers) {
                     let slow = CallError::Deadline(hedge_after);
                     first.record_call(Some(&slow), || self.pool.others_in_rotation(first));
+                    self.abandoned(first, hedge_after + started.elapsed());
                     answers
                 } else {
                     first_call.await
