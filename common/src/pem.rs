@@ -226,16 +226,19 @@ mod tests {
         PemSource::new(path, "--cert")
     }
 
-    fn scratch_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("common-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        dir
+    /// A directory removed when the test ends (these left one in the
+    /// system's temporary directory per run).
+    fn scratch_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("common-tls-{name}-"))
+            .tempdir()
+            .expect("mkdir")
     }
 
     #[test]
     fn a_missing_file_names_the_file_the_flag_and_the_fix() {
         let dir = scratch_dir("missing");
-        let source = source_in(&dir, "nope.pem", None);
+        let source = source_in(dir.path(), "nope.pem", None);
         let error = PemFile::read(&source)
             .and_then(|f| f.certificates())
             .err()
@@ -265,7 +268,7 @@ mod tests {
     #[test]
     fn a_file_without_the_right_block_says_which_block_was_wanted() {
         let dir = scratch_dir("noblock");
-        let source = source_in(&dir, "garbage.pem", Some("this is not PEM\n"));
+        let source = source_in(dir.path(), "garbage.pem", Some("this is not PEM\n"));
         let message = PemFile::read(&source)
             .and_then(|f| f.certificates())
             .err()
