@@ -99,10 +99,11 @@ pub struct Config {
     #[arg(long, env = "MAX_TRACES_PER_SECOND", default_value = "100", value_parser = common::flags::traces_per_second)]
     pub max_traces_per_second: std::num::NonZeroU32,
 
-    /// Serve Prometheus metrics at `GET /metrics` on this address
-    /// (`HOST:PORT`), in plaintext HTTP and apart from the API port, so a
-    /// scraper needs no certificate and takes no API connection slot. Keep
-    /// it off public networks. Unset: no metrics listener.
+    /// Serve Prometheus metrics at `GET /metrics`, and the liveness probe
+    /// `GET /healthz`, on this address (`HOST:PORT`), in plaintext HTTP and
+    /// apart from the API port, so a scraper needs no certificate and takes
+    /// no API connection slot, and a probe is answered whatever crowds the
+    /// API. Keep it off public networks. Unset: no metrics listener.
     #[arg(long, env = "CATALOG_METRICS_ADDR", value_parser = common::flags::listen_addr)]
     pub metrics_addr: Option<SocketAddr>,
 
