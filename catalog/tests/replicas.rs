@@ -1008,6 +1008,21 @@ async fn bad_replicas_cost_at_most_one_percent(bad: Bad, copies: usize) -> Setup
     Ok(catalog)
 }
 
+/// The sum of the catalog's series whose line starts with `name` and
+/// holds `labels` (`""`: any), from its `/metrics`.
+async fn metric(catalog: &Catalog, name: &str, labels: &str) -> SetupResult<f64> {
+    let addr = catalog.metrics_addr.ok_or("no metrics listener")?;
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 #[tokio::test]
 async fn a_replica_answering_unimplemented_to_both_methods_is_ejected_and_costs_nothing()
 -> SetupResult<()> {
@@ -1026,20 +1041,12 @@ async fn a_replica_hanging_one_call_in_three_is_ejected_and_costs_at_most_one_pe
 -> SetupResult<()> {
     let catalog = a_bad_replica_costs_at_most_one_percent(Bad::HangsEvery(3)).await?;
     // The hung calls a hedge abandoned are in the replica's series.
-    let metrics = reqwest::get(format!(
-        "http://{}/metrics",
-        catalog.metrics_addr.ok_or("no metrics listener")?
-    ))
-    .await?
-    .text()
+    let cancelled = metric(
+        &catalog,
+        "catalog_discount_calls_total{",
+        "code=\"CANCELLED\"",
+    )
     .await?;
-    let cancelled: f64 = metrics
-        .lines()
-        .filter(|line| {
-            line.starts_with("catalog_discount_calls_total{") && line.contains("code=\"CANCELLED\"")
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
     assert!(cancelled >= 1.0, "{cancelled}");
     Ok(())
 }
@@ -1095,18 +1102,7 @@ async fn a_replica_answering_impossible_discounts_is_never_listed_and_is_ejected
 {
     for lie in LIES {
         let catalog = a_bad_replica_costs_at_most_one_percent(Bad::Tampered(lie)).await?;
-        let metrics = reqwest::get(format!(
-            "http://{}/metrics",
-            catalog.metrics_addr.ok_or("no metrics listener")?
-        ))
-        .await?
-        .text()
-        .await?;
-        let refused: f64 = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("catalog_discount_answers_refused_total "))
-            .ok_or("no catalog_discount_answers_refused_total")?
-            .parse()?;
+        let refused = metric(&catalog, "catalog_discount_answers_refused_total ", "").await?;
         assert!(refused >= 3.0, "{refused}");
     }
     Ok(())
