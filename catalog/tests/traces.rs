@@ -206,7 +206,7 @@ async fn a_request_is_one_trace_across_both_services_and_both_logs() -> SetupRes
 }
 
 /// `catalog_traces_dropped_total` as the catalog's `/metrics` says now.
-async fn traces_dropped(metrics: &str) -> SetupResult<u64> {
+async fn traces_dropped(metrics: std::net::SocketAddr) -> SetupResult<u64> {
     let text = reqwest::get(format!("http://{metrics}/metrics"))
         .await?
         .text()
@@ -259,13 +259,7 @@ async fn a_caller_sampling_every_request_gets_at_most_the_cap_of_whole_traces() 
         ],
     )
     .await?;
-    let metrics = catalog
-        .started_line()
-        .split("metrics=http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| format!("no metrics address in {}", catalog.started_line()))?
-        .to_owned();
+    let metrics = catalog.metrics_addr()?;
 
     let client = reqwest::Client::new();
     for n in 1..=REQUESTS {
@@ -289,7 +283,7 @@ async fn a_caller_sampling_every_request_gets_at_most_the_cap_of_whole_traces() 
             .into_iter()
             .filter(|span| span.service == "catalog")
             .collect();
-        let dropped = traces_dropped(&metrics).await?;
+        let dropped = traces_dropped(metrics).await?;
         if spans.len() as u64 + dropped * SPANS_PER_LISTING as u64
             >= REQUESTS * SPANS_PER_LISTING as u64
         {

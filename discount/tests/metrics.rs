@@ -119,13 +119,7 @@ async fn sighup_reloads_are_counted_by_outcome() -> SetupResult<()> {
     let binary = Path::new(env!("CARGO_BIN_EXE_discount"));
     let mut discount = Process::start(binary, &args, testkit::discount::STARTED).await?;
     // The start-up line says where the metrics are.
-    let admin: SocketAddr = discount
-        .started_line()
-        .split("metrics=http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| format!("no metrics address in {}", discount.started_line()))?
-        .parse()?;
+    let admin = discount.metrics_addr()?;
     let reloads = |outcome: &str| format!("discount_reloads_total{{outcome=\"{outcome}\"}}");
     assert_eq!(sample(admin, &reloads("success")).await?, 0.0);
 

@@ -157,13 +157,7 @@ async fn discount_answers_while_a_sighup_reload_is_blocked_reading_a_file() -> S
         &[("LOG_FORMAT", "text"), ("TOKIO_WORKER_THREADS", "1")],
     )
     .await?;
-    let admin: SocketAddr = discount
-        .started_line()
-        .split("metrics=http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| format!("no metrics address in {}", discount.started_line()))?
-        .parse()?;
+    let admin = discount.metrics_addr()?;
 
     let ca = testkit::StalledFile::stall(&pki.path("ca.pem"))?;
     discount.signal("HUP").await?;

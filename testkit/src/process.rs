@@ -90,6 +90,21 @@ impl Process {
         &self.started
     }
 
+    /// Where its `--metrics-addr` listener is, as its start-up line says
+    /// (`metrics=http://ADDR/metrics`).
+    ///
+    /// # Errors
+    /// The line names no metrics address.
+    pub fn metrics_addr(&self) -> SetupResult<std::net::SocketAddr> {
+        Ok(self
+            .started
+            .split("metrics=http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .ok_or_else(|| format!("no metrics address in {}", self.started))?
+            .parse()?)
+    }
+
     /// Its process id.
     ///
     /// # Errors
