@@ -457,7 +457,13 @@ impl DiscountClient {
         let hedge_after = deadline.saturating_duration_since(Instant::now()) / HEDGE_AFTER;
         let first_call = self.price_on(&first, deadline, customer, products);
         tokio::pin!(first_call);
-        let mut answers = match tokio::time::timeout(hedge_after, first_call.as_mut()).await {
+        // No timer when there is no other replica to hedge to.
+        let hedged = if self.pool.others_in_rotation(&first) {
+            tokio::time::timeout(hedge_after, first_call.as_mut()).await
+        } else {
+            Ok(first_call.as_mut().await)
+        };
+        let mut answers = match hedged {
             Ok(answers) => answers,
             Err(_) => {
                 let hedge = (&first, hedge_after);
