@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use support::{CUSTOMER_1, Catalog};
 use testkit::{CountingProxy, DiscountServer, HANG, Pki, ScriptedDiscount, SetupResult};
-use tokio::sync::Mutex;
 
 /// One listing under load: when it started (from the start of the load),
 /// how long it took, and its `X-Discount-Status` (or the error, if there
@@ -28,21 +28,64 @@ impl Listing {
     }
 }
 
-/// Customer 1's listing from `concurrency` clients at once, each asking
-/// again as soon as it has its answer, for `period`. Every listing must
-/// have every product (discounted or not); what each said is returned.
-async fn load(
-    catalog: &Catalog,
-    concurrency: usize,
-    period: Duration,
-) -> SetupResult<Vec<Listing>> {
-    let start = Instant::now();
-    let listings = Arc::new(Mutex::new(Vec::new()));
-    let clients = (0..concurrency).map(|_| {
-        let listings = Arc::clone(&listings);
-        async move {
-            while start.elapsed() < period {
-                let started = start.elapsed();
+/// Customer 1's listing asked by many clients at once, each asking again
+/// as soon as it has its answer, until the test has seen what it needs.
+/// Stopping on a state rather than after a time keeps the tests true on a
+/// machine of any speed.
+struct Load {
+    start: Instant,
+    listings: Mutex<Vec<Listing>>,
+}
+
+impl Load {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            listings: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Time since the load started.
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The listings so far.
+    fn listings(&self) -> Vec<Listing> {
+        self.listings.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Listings applied that started at or after `from`.
+    fn applied_since(&self, from: Duration) -> usize {
+        self.listings
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|l| l.started >= from && l.applied())
+                    .count()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until `count` listings have been applied since `from`.
+    async fn until_applied_since(&self, from: Duration, count: usize) {
+        while self.applied_since(from) < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Runs `concurrency` clients until `done` (at most `HANG * 3`). Every
+    /// listing must have every product (discounted or not); what each said
+    /// is returned.
+    async fn run(
+        &self,
+        catalog: &Catalog,
+        concurrency: usize,
+        done: impl Fn() -> bool,
+    ) -> SetupResult<Vec<Listing>> {
+        let clients = (0..concurrency).map(|_| async {
+            while !done() {
+                let started = self.elapsed();
                 let status = match catalog.priced("1").await {
                     Ok((body, status)) => {
                         let status = status.unwrap_or_default();
@@ -54,22 +97,25 @@ async fn load(
                     }
                     Err(error) => format!("no answer: {error}"),
                 };
-                listings.lock().await.push(Listing {
+                let listing = Listing {
                     started,
-                    took: start.elapsed() - started,
+                    took: self.elapsed() - started,
                     status,
-                });
+                };
+                self.listings.lock().map(|mut l| l.push(listing)).ok();
+            }
+        });
+        tokio::time::timeout(HANG * 3, futures_util::future::join_all(clients))
+            .await
+            .map_err(|_| "the load never reached what the test waits for")?;
+        let listings = self.listings();
+        for listing in &listings {
+            if !matches!(listing.status.as_str(), "applied" | "unavailable") {
+                return Err(format!("a listing went wrong: {listing:?}").into());
             }
         }
-    });
-    futures_util::future::join_all(clients).await;
-    let listings = listings.lock().await.clone();
-    for listing in &listings {
-        if !matches!(listing.status.as_str(), "applied" | "unavailable") {
-            return Err(format!("a listing went wrong: {listing:?}").into());
-        }
+        Ok(listings)
     }
-    Ok(listings)
 }
 
 #[tokio::test]
@@ -92,26 +138,32 @@ async fn a_discount_stall_under_load_loses_only_the_calls_that_expired() -> Setu
     .await?;
     assert_eq!(catalog.priced("1").await?.1.as_deref(), Some("applied"));
 
+    // The stall comes once the load is flowing, and the load runs until
+    // 50 listings that started after the stall were applied.
+    let load = Load::new();
+    let resumed = Arc::new(OnceLock::new());
     let stall = {
-        let proxy = Arc::clone(&proxy);
+        let (proxy, load, resumed) = (Arc::clone(&proxy), Arc::clone(&load), Arc::clone(&resumed));
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            proxy.stall(Duration::from_millis(500)).await;
+            load.until_applied_since(Duration::ZERO, 32).await;
+            proxy.stall(deadline * 5 / 2).await;
+            resumed.set(load.elapsed()).ok();
         })
     };
-    let listings = load(&catalog, 32, Duration::from_millis(2500)).await?;
+    let after_stall = || {
+        resumed
+            .get()
+            .is_some_and(|&at| load.applied_since(at) >= 50)
+    };
+    let listings = load.run(&catalog, 32, after_stall).await?;
     stall.await?;
 
     let lost: Vec<&Listing> = listings.iter().filter(|l| !l.applied()).collect();
-    let after: Vec<&Listing> = listings
-        .iter()
-        .filter(|l| l.started > Duration::from_millis(1200))
-        .collect();
     eprintln!(
-        "{} listings, {} not applied, {} after the stall",
+        "{} listings, {} not applied, the stall ended at {:?}",
         listings.len(),
         lost.len(),
-        after.len()
+        resumed.get()
     );
     assert!(!lost.is_empty(), "the stall made no call expire");
     for listing in &lost {
@@ -120,7 +172,6 @@ async fn a_discount_stall_under_load_loses_only_the_calls_that_expired() -> Setu
             "a call was lost before its deadline: {listing:?}"
         );
     }
-    assert!(!after.is_empty() && after.iter().all(|l| l.applied()));
     assert_eq!(proxy.connections(), 1, "the shared connection was lost");
     // An expired call says nothing about whether discount can be reached:
     // no backoff, which would have listed the next requests undiscounted.
@@ -153,17 +204,16 @@ async fn connections_discount_retires_under_load_cost_no_listing() -> SetupResul
     )
     .await?;
 
-    let listings = load(&catalog, 32, Duration::from_secs(2)).await?;
+    // Until discount has retired five connections under the load.
+    let listings = Load::new()
+        .run(&catalog, 32, || proxy.connections() > 5)
+        .await?;
     let lost: Vec<&Listing> = listings.iter().filter(|l| !l.applied()).collect();
-    let connections = proxy.connections();
     eprintln!(
-        "{} listings over {connections} connections, {} not applied",
+        "{} listings over {} connections, {} not applied",
         listings.len(),
+        proxy.connections(),
         lost.len()
-    );
-    assert!(
-        connections >= 5,
-        "discount retired only {connections} connections"
     );
     assert!(
         lost.is_empty(),
@@ -180,7 +230,8 @@ async fn connections_discount_retires_under_load_cost_no_listing() -> SetupResul
 
 #[tokio::test]
 async fn a_graceful_discount_stop_under_load_fails_no_call_in_flight() -> SetupResult<()> {
-    // Calls take 200 ms, so at any moment dozens are being processed. When
+    // Calls take a second, so at any moment dozens are being processed,
+    // however late this test gets to count them. When
     // the shutdown delay ends discount sends GOAWAY: the calls it had
     // taken finish, those that raced the GOAWAY are sent again (and find
     // the port closed, as discount is gone), and nothing fails with the
@@ -188,11 +239,11 @@ async fn a_graceful_discount_stop_under_load_fails_no_call_in_flight() -> SetupR
     let (logs, _capturing) = testkit::Logs::capture();
     let pki = Pki::generate()?;
     let slow = ScriptedDiscount {
-        delay: Duration::from_millis(200),
+        delay: Duration::from_secs(1),
         batch: true,
         ..ScriptedDiscount::default()
     };
-    let delay = Duration::from_millis(500);
+    let (taken, answered) = (Arc::clone(&slow.calls), Arc::clone(&slow.answered));
     let mut discount =
         DiscountServer::start_with(&pki, &["--shutdown-delay", "500ms"], slow).await?;
     let catalog = Catalog::start(
@@ -202,35 +253,50 @@ async fn a_graceful_discount_stop_under_load_fails_no_call_in_flight() -> SetupR
     )
     .await?;
 
-    let stop_at = Duration::from_millis(300);
-    let stop = tokio::spawn(async move {
-        tokio::time::sleep(stop_at).await;
-        discount.begin_stop();
-        discount.stopped_within(HANG).await
-    });
-    let listings = load(&catalog, 32, Duration::from_millis(1500)).await?;
-    stop.await??;
+    // Once the load flows, discount begins to stop; the calls it is
+    // processing when it stops taking new ones are counted then, and the
+    // load runs until discount is gone.
+    let load = Load::new();
+    let in_flight = Arc::new(OnceLock::new());
+    let stopped = Arc::new(OnceLock::new());
+    let stop = {
+        let (load, in_flight, stopped) = (
+            Arc::clone(&load),
+            Arc::clone(&in_flight),
+            Arc::clone(&stopped),
+        );
+        let (taken, answered, logs) = (Arc::clone(&taken), Arc::clone(&answered), logs.clone());
+        tokio::spawn(async move {
+            load.until_applied_since(Duration::ZERO, 32).await;
+            discount.begin_stop();
+            logs.line_with("no longer accepting").await;
+            in_flight
+                .set(taken.load(Ordering::SeqCst) - answered.load(Ordering::SeqCst))
+                .ok();
+            let result = discount.stopped_within(HANG).await;
+            stopped.set(result).ok();
+        })
+    };
+    let listings = load.run(&catalog, 32, || stopped.get().is_some()).await?;
+    stop.await?;
+    stopped.get().cloned().ok_or("discount never stopped")??;
 
-    // The GOAWAY goes out at stop_at + delay; everything sent well before
-    // it, and so taken by discount, must have been answered.
-    let goaway = stop_at + delay;
-    let before: Vec<&Listing> = listings
-        .iter()
-        .filter(|l| l.started + Duration::from_millis(50) < goaway)
-        .collect();
-    let in_flight = before
-        .iter()
-        .filter(|l| l.started + l.took > goaway)
-        .count();
-    let lost: Vec<&&Listing> = before.iter().filter(|l| !l.applied()).collect();
-    eprintln!(
-        "{} listings, {} sent before the GOAWAY ({in_flight} of them still in flight when it came), {} of those not applied",
-        listings.len(),
-        before.len(),
-        lost.len()
+    // Every call discount took was answered, and every answer reached the
+    // listing that asked; the listings that failed were never taken.
+    let (taken, answered) = (
+        taken.load(Ordering::SeqCst),
+        answered.load(Ordering::SeqCst),
     );
-    assert!(in_flight > 0, "no call was in flight at the GOAWAY");
-    assert!(lost.is_empty(), "lost before the GOAWAY: {lost:?}");
+    let applied = listings.iter().filter(|l| l.applied()).count();
+    let in_flight = in_flight.get().copied().unwrap_or_default();
+    eprintln!(
+        "{} listings, {applied} applied; discount took {taken} calls and answered {answered}, \
+         {in_flight} of them in flight when it stopped taking new ones",
+        listings.len(),
+    );
+    assert!(in_flight > 0, "no call was in flight when discount stopped");
+    assert_eq!(answered, taken, "discount dropped calls it had taken");
+    assert_eq!(applied, answered, "answers were lost on the way");
     assert_eq!(
         logs.lines_with("connection error received"),
         Vec::<String>::new()
@@ -330,9 +396,12 @@ async fn late_answerer(
 }
 
 /// Listings whose calls all expire (deadline 30 ms), from 100 clients at
-/// once, against a [`late_answerer`] with `lag`, until it has sent
-/// `wanted` late answers; what it saw.
-async fn listings_answered_late(lag: usize, wanted: usize) -> SetupResult<LateAnswers> {
+/// once, against a [`late_answerer`] with `lag`, until what it saw passes
+/// `done`; what it saw.
+async fn listings_answered_late(
+    lag: usize,
+    done: impl Fn(&LateAnswers) -> bool,
+) -> SetupResult<LateAnswers> {
     let pki = Pki::generate()?;
     let (addr, seen) = late_answerer(lag).await?;
     let catalog = Catalog::start_with(
@@ -344,9 +413,9 @@ async fn listings_answered_late(lag: usize, wanted: usize) -> SetupResult<LateAn
         &["--discount-plaintext", "--discount-health-interval", "1h"],
     )
     .await?;
-    let sent = || seen.lock().map_or(0, |s| s.sent);
+    let finished = || seen.lock().map_or(true, |s| done(&s));
     let clients = (0..100).map(|_| async {
-        while sent() < wanted {
+        while !finished() {
             let (_, status) = catalog.priced("1").await?;
             if status.as_deref() != Some("unavailable") {
                 return Err(format!("X-Discount-Status {status:?}").into());
@@ -354,7 +423,9 @@ async fn listings_answered_late(lag: usize, wanted: usize) -> SetupResult<LateAn
         }
         SetupResult::Ok(())
     });
-    for result in tokio::time::timeout(HANG * 3, futures_util::future::join_all(clients)).await? {
+    // A bound, not a wait: on a machine that cancels about 1,100 calls a
+    // second, only a few answers in a hundred miss the catalog's memory.
+    for result in tokio::time::timeout(HANG * 6, futures_util::future::join_all(clients)).await? {
         result?;
     }
     let seen = std::mem::take(&mut *seen.lock().map_err(|_| "poisoned")?);
@@ -370,7 +441,7 @@ async fn answers_that_cross_a_cancel_do_not_cost_the_connection() -> SetupResult
     // those tore the connection down itself (GOAWAY ENHANCE_YOUR_CALM): a
     // `/products` flood with deadline cancellations did this to the
     // catalog's connection to discount.
-    let seen = listings_answered_late(200, 1100).await?;
+    let seen = listings_answered_late(200, |seen| seen.sent >= 1100).await?;
     assert_eq!(
         seen.goaways,
         Vec::<u32>::new(),
@@ -379,8 +450,11 @@ async fn answers_that_cross_a_cancel_do_not_cost_the_connection() -> SetupResult
     assert_eq!(seen.connections, 1, "{seen:?}");
 
     // Later still than the catalog remembers: its resets are no longer
-    // counted against the connection's life.
-    let seen = listings_answered_late(1100, 2400).await?;
+    // counted against the connection's life. How many answers land on a
+    // stream the catalog still remembers depends on how fast the machine
+    // cancels (h2 forgets a cancelled stream after a second), so this runs
+    // until the catalog has sent more resets than h2's old lifetime cap.
+    let seen = listings_answered_late(1100, |seen| seen.stream_closed > 1024).await?;
     assert!(seen.stream_closed > 1024, "{seen:?}");
     assert_eq!(
         seen.goaways,

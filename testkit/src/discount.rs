@@ -160,8 +160,11 @@ pub struct ScriptedDiscount {
     /// Whether it has `ApplyDiscounts`; without, it answers UNIMPLEMENTED,
     /// as a peer built from the seed's proto does.
     pub batch: bool,
-    /// How many calls it has answered, of either method.
+    /// How many calls it has taken, of either method.
     pub calls: Arc<AtomicUsize>,
+    /// How many of those it has answered: a call whose handler was dropped
+    /// first (its connection torn down) is taken and never answered.
+    pub answered: Arc<AtomicUsize>,
     /// While set, every call of either method is answered `fail_code`
     /// (after `delay`); its health service, if any, still says SERVING.
     pub failing: Arc<AtomicBool>,
@@ -198,6 +201,28 @@ impl Discount for ScriptedDiscount {
         request: Request<DiscountRequest>,
     ) -> Result<Response<DiscountResponse>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let answer = self.apply_discount_now(request).await;
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        answer
+    }
+
+    async fn apply_discounts(
+        &self,
+        request: Request<DiscountsRequest>,
+    ) -> Result<Response<DiscountsResponse>, Status> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = self.apply_discounts_now(call, request).await;
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        answer
+    }
+}
+
+impl ScriptedDiscount {
+    /// `ApplyDiscount` as scripted.
+    async fn apply_discount_now(
+        &self,
+        request: Request<DiscountRequest>,
+    ) -> Result<Response<DiscountResponse>, Status> {
         let product_id = request.get_ref().product.as_ref().map(|p| p.id);
         if let (Some(received), Some(id)) = (&self.received, product_id) {
             let _ = received.send(id);
@@ -216,11 +241,12 @@ impl Discount for ScriptedDiscount {
         Ok(answer)
     }
 
-    async fn apply_discounts(
+    /// `ApplyDiscounts` as scripted; `call` is its number in `calls`.
+    async fn apply_discounts_now(
         &self,
+        call: usize,
         request: Request<DiscountsRequest>,
     ) -> Result<Response<DiscountsResponse>, Status> {
-        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if call.is_multiple_of(self.hang_every) {
             tokio::time::sleep(HUNG).await;
         }
@@ -239,9 +265,7 @@ impl Discount for ScriptedDiscount {
         }
         Ok(answer)
     }
-}
 
-impl ScriptedDiscount {
     /// The status every call gets while `failing`.
     fn failure(&self) -> Status {
         Status::new(
