@@ -24,7 +24,7 @@ for arg in "$@"; do
   case "$arg" in
     --release) profile=release ;;
     --smoke) smoke=yes ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "run: unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -140,7 +140,10 @@ if [ "$smoke" = yes ]; then
   for check in "$catalog_metrics_port catalog_listings_total{discount_status=\"applied\"} 1" \
                "$discount_metrics_port discount_grpc_calls_total{code=\"OK\",method=\"ecommerce.Discount/ApplyDiscounts\"} 1"; do
     port=${check%% *} line=${check#* }
-    if ! curl -sS "http://127.0.0.1:$port/metrics" | grep -qxF "$line"; then
+    # Read the whole page first: `grep -q` exits at the first match, and
+    # under pipefail curl's write error would then read as a missing line.
+    metrics=$(curl -sS "http://127.0.0.1:$port/metrics") || metrics=
+    if ! grep -qxF "$line" <<<"$metrics"; then
       echo "run: smoke test FAILED: http://127.0.0.1:$port/metrics has no line: $line" >&2
       exit 1
     fi
