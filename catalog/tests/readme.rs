@@ -1,17 +1,20 @@
-//! The README's catalog flag table says what `catalog --help` says: every
-//! flag, its environment variable and its default, and nothing else.
+//! docs/configuration.md's catalog flag table says what `catalog --help` says:
+//! every flag, its environment variable and its default, and nothing else.
 
 use clap::CommandFactory;
 
 #[test]
 fn the_readme_flag_table_matches_the_command_line() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md at the repository root");
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .expect("docs/configuration.md in the repository");
     let mismatches =
         testkit::readme::flag_table_mismatches(&readme, "catalog", &catalog::Config::command());
     assert!(
         mismatches.is_empty(),
-        "README.md's catalog flag table is out of date:\n  {}",
+        "docs/configuration.md's catalog flag table is out of date:\n  {}",
         mismatches.join("\n  ")
     );
 }

@@ -8,7 +8,8 @@
 //! - [`grpc`]: requests, channels and answers, as a client of discount.
 //! - [`proxy`]: a connection-counting forwarder and a peer that never
 //!   answers.
-//! - [`readme`]: the README's flag tables checked against the code.
+//! - [`readme`]: the flag tables of `docs/configuration.md` checked against
+//!   the code.
 //! - [`refusing`]: a discount replica that refuses every call's stream.
 //! - [`process`]: a service binary as a child process (peak memory,
 //!   signals).

@@ -1,6 +1,7 @@
-//! The README's flag tables, checked against the clap definitions (what
-//! `--help` prints), so that a default changed in the code cannot leave the
-//! documentation stale, and a flag cannot be added or removed without it.
+//! The flag tables of `docs/configuration.md`, checked against the clap
+//! definitions (what `--help` prints), so that a default changed in the code
+//! cannot leave the documentation stale, and a flag cannot be added or
+//! removed without it.
 //!
 //! A table is the one under `### <section>` with the columns flag, env,
 //! default, meaning. Each row's first cell names the flag in backticks
@@ -95,7 +96,7 @@ fn table(readme: &str, section: &str) -> Result<Vec<Row>, String> {
     let heading = format!("### {section}");
     let mut lines = readme.lines().skip_while(|line| line.trim() != heading);
     if lines.next().is_none() {
-        return Err(format!("no {heading:?} heading in the README"));
+        return Err(format!("no {heading:?} heading in the document"));
     }
     let rows: Vec<Row> = lines
         .skip_while(|line| !line.starts_with('|'))
@@ -203,6 +204,6 @@ mod tests {
     #[test]
     fn a_missing_section_is_reported() {
         let mismatches = flag_table_mismatches(GOOD, "other", &Demo::command());
-        assert_eq!(mismatches, ["no \"### other\" heading in the README"]);
+        assert_eq!(mismatches, ["no \"### other\" heading in the document"]);
     }
 }
