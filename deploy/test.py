@@ -4,7 +4,7 @@ are built.
     python3 deploy/test.py
 
 Brings deploy/compose.yaml up under a throw-away project name with keys made
-for the run, through deploy/up.sh (the README's quick start), then checks
+for the run, through deploy/up.sh (docs/deploy.md's quick start), then checks
 the golden bodies, that calls spread over the three discount replicas, and
 what a steady load sees while one replica is killed, frozen, cut off the
 network, and while all three are restarted one by one; then the catalog's

@@ -88,7 +88,7 @@ if [ -n "$owner" ] && { ! [[ "$owner" =~ ^[0-9]{1,10}:[0-9]{1,10}$ ]] \
   exit 2
 fi
 if [ -n "$owner" ] && [ "$(id -u)" != 0 ]; then
-  echo "gen-keys: --owner needs root (chown); without it, run the containers as your own user instead (see README, Deploy)" >&2
+  echo "gen-keys: --owner needs root (chown); without it, run the containers as your own user instead (see docs/deploy.md, Compose)" >&2
   exit 2
 fi
 
