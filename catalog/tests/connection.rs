@@ -74,7 +74,7 @@ impl Load {
         }
     }
 
-    /// Runs `concurrency` clients until `done` (at most `HANG * 3`). Every
+    /// Runs `concurrency` clients until `done` (at most `HANG * 6`). Every
     /// listing must have every product (discounted or not); what each said
     /// is returned.
     async fn run(
@@ -105,7 +105,7 @@ impl Load {
                 self.listings.lock().map(|mut l| l.push(listing)).ok();
             }
         });
-        tokio::time::timeout(HANG * 3, futures_util::future::join_all(clients))
+        tokio::time::timeout(HANG * 6, futures_util::future::join_all(clients))
             .await
             .map_err(|_| "the load never reached what the test waits for")?;
         let listings = self.listings();
@@ -125,21 +125,27 @@ async fn a_discount_stall_under_load_loses_only_the_calls_that_expired() -> Setu
     // When discount wakes up it finds dozens of streams opened and reset
     // at once, which h2's reset-flood guard used to answer with GOAWAY
     // ENHANCE_YOUR_CALM, failing the healthy calls on the connection too.
-    let deadline = Duration::from_millis(200);
+    // Long enough that the calls outside the stall are answered in time on
+    // a machine busy with other tests; the stall is longer still.
+    let deadline = Duration::from_secs(1);
     let (logs, _capturing) = testkit::Logs::capture();
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
     let proxy = Arc::new(CountingProxy::start(discount.addr()).await?);
-    let catalog = Catalog::start(
+    let catalog = Catalog::start_with(
         &proxy.addr().to_string(),
         &pki.path("ca.pem"),
         &format!("{}ms", deadline.as_millis()),
+        // The stall outlasts a health check and a keepalive ping, which
+        // would take the replica out or close the connection: this is
+        // about the calls, so neither runs during the test.
+        &["--discount-health-interval", "1h"],
     )
     .await?;
     assert_eq!(catalog.priced("1").await?.1.as_deref(), Some("applied"));
 
     // The stall comes once the load is flowing, and the load runs until
-    // 50 listings that started after the stall were applied.
+    // 20 listings that started after the stall were applied.
     let load = Load::new();
     let resumed = Arc::new(OnceLock::new());
     let stall = {
@@ -153,7 +159,7 @@ async fn a_discount_stall_under_load_loses_only_the_calls_that_expired() -> Setu
     let after_stall = || {
         resumed
             .get()
-            .is_some_and(|&at| load.applied_since(at) >= 50)
+            .is_some_and(|&at| load.applied_since(at) >= 20)
     };
     let listings = load.run(&catalog, 32, after_stall).await?;
     stall.await?;
@@ -424,8 +430,10 @@ async fn listings_answered_late(
         SetupResult::Ok(())
     });
     // A bound, not a wait: on a machine that cancels about 1,100 calls a
-    // second, only a few answers in a hundred miss the catalog's memory.
-    for result in tokio::time::timeout(HANG * 6, futures_util::future::join_all(clients)).await? {
+    // second, only a few answers in a hundred miss the catalog's memory,
+    // and a machine busy with other tests may list only a few dozen a
+    // second.
+    for result in tokio::time::timeout(HANG * 12, futures_util::future::join_all(clients)).await? {
         result?;
     }
     let seen = std::mem::take(&mut *seen.lock().map_err(|_| "poisoned")?);
