@@ -19,6 +19,7 @@ pub mod app;
 pub mod config;
 pub mod customer;
 pub mod discount;
+pub mod discount_status;
 pub mod error;
 pub mod json;
 pub mod metrics;

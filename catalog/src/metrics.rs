@@ -27,7 +27,7 @@ use http::Method;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use tower::{Layer, Service};
 
-use crate::discount::DiscountStatus;
+use crate::discount_status::DiscountStatus;
 
 /// Every metric of one catalog.
 #[derive(Debug, Clone)]

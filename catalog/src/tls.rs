@@ -7,7 +7,7 @@
 //! it reads the files once, checks those bytes with the certificate doctor,
 //! and builds the TLS settings of the endpoint from the same bytes, so
 //! broken replacement files are refused and the old generation stays in
-//! use (see `DiscountClient::reload` in [`crate::discount`]).
+//! use (see the discount client's `reload`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -17,41 +17,46 @@
 //! message for a refused connection or a TLS failure is a bare
 //! "transport error".
 //!
-//! - [`outcome`]: judging the answers, the listing's status, call errors.
-//! - The TLS of the connections is [`crate::tls`].
+//! Where each part is:
+//! - [`target`], [`resolve`]: what `--discount-host` names, found again and
+//!   again; [`pool`]: the replicas known now, the pick, and what an outcome
+//!   does to a replica (record, eject, resolve again), in one place.
+//! - [`replica`]: one replica's connection, health checks and standing;
+//!   [`dial`]: how it is dialled (endpoint settings, the TLS of
+//!   [`crate::tls`]); [`backoff`]: how long an ejection lasts.
+//! - [`call`]: one gRPC call to one replica; [`failover`]: which replicas
+//!   price a listing (first pick, retry, hedge).
+//! - [`outcome`]: judging the answers, call errors, the merged listing.
 
 mod backoff;
+mod call;
+mod dial;
+mod failover;
 mod outcome;
 mod pool;
 mod replica;
 mod resolve;
 mod target;
 
-pub use outcome::{CallError, DiscountStatus, Priced};
+pub use outcome::{CallError, Priced};
 pub use replica::ReplicaState;
 pub use resolve::{Resolve, Resolving, SystemResolver};
 pub use target::{DEFAULT_PORT, DiscountAddr, Targets};
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::reload::Reloadable;
-use ecommerce_proto::pb::discount_client::DiscountClient as GrpcClient;
-use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, DiscountsRequest, Product};
-use futures_util::future::join_all;
-use tonic::transport::Channel;
-use tower::retry::budget::{Budget, TpsBudget};
-use tracing::Instrument;
+use ecommerce_proto::pb::{Customer, DiscountValue, Product};
+use tower::retry::budget::TpsBudget;
 
 use crate::error::StartupError;
 use crate::metrics::ClientMetrics;
 use crate::tls::Security;
 use common::quiet::Quiet;
-use outcome::check_answer;
+use dial::Dialer;
 use pool::Pool;
-use replica::{Dialer, Replica};
 use resolve::Discovery;
 
 /// How to reach discount.
@@ -90,13 +95,6 @@ const RETRY_SHARE: f32 = 0.2;
 /// Retries a second allowed whatever the traffic, so that a quiet catalog
 /// fails over too.
 const RETRY_RESERVE: u32 = 10;
-/// The largest answer decoded: a listing's is a few hundred bytes, and
-/// tonic's default (4 MiB) let three hostile replicas pin 4 MiB per
-/// listing in flight.
-const MAX_ANSWER_SIZE: usize = 64 * 1024;
-/// A listing not answered within this share of the deadline (a third) is
-/// sent to a second replica as well ([`DiscountClient::hedge`]).
-const HEDGE_AFTER: u32 = 3;
 /// How long a call counts towards the retry budget.
 const RETRY_WINDOW: Duration = Duration::from_secs(10);
 
@@ -131,27 +129,6 @@ pub struct CallCounts {
     pub attempts: u64,
     /// Of those, calls sent again on another replica.
     pub retries: u64,
-}
-
-impl Dialer {
-    /// One generation of the connection set-up: the TLS material as it is
-    /// now ([`Security::client_tls`] reads and checks it). Runs at start
-    /// and on every reload.
-    fn new(settings: &DiscountSettings, metrics: &ClientMetrics) -> Result<Self, StartupError> {
-        Ok(Self {
-            scheme: settings.security.scheme(),
-            tls: settings.security.client_tls(
-                &settings.server_name,
-                settings.connect_timeout,
-                &metrics.certificates,
-            )?,
-            metrics: metrics.clone(),
-            connect_timeout: settings.connect_timeout,
-            health_interval: settings.health_interval,
-            backoff: (settings.backoff_min, settings.backoff_max),
-            dial_per_request: settings.dial_per_request,
-        })
-    }
 }
 
 impl DiscountClient {
@@ -208,222 +185,6 @@ impl DiscountClient {
         }
     }
 
-    /// Sends `message` through `call` (the gRPC method `method`) to
-    /// `replica`, with what is left until `deadline`. The deadline travels
-    /// to discount as `grpc-timeout`, and is enforced here as well, so a
-    /// replica that accepts the connection and then says nothing costs at
-    /// most the deadline. Counted and timed in the metrics.
-    async fn within_deadline<M, T, F>(
-        &self,
-        method: &'static str,
-        replica: &Arc<Replica>,
-        deadline: Instant,
-        message: M,
-        call: impl FnOnce(GrpcClient<Channel>, tonic::Request<M>) -> F,
-    ) -> Result<T, CallError>
-    where
-        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        self.counts.attempts.fetch_add(1, Ordering::Relaxed);
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let client = GrpcClient::new(replica.channel()).max_decoding_message_size(MAX_ANSWER_SIZE);
-        // The call's client span; discount's server span becomes its child
-        // through the trace context sent in the metadata.
-        let span = tracing::info_span!(
-            "discount call",
-            otel.name = %format_args!("ecommerce.Discount/{method}"),
-            otel.kind = "client",
-            rpc.system = "grpc",
-            rpc.service = "ecommerce.Discount",
-            rpc.method = method,
-            server.address = %replica.addr,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
-        let started = Instant::now();
-        let call = tokio::time::timeout_at(deadline.into(), async move {
-            // Without traces (no OTLP endpoint) the span is disabled:
-            // nothing to send or to enter.
-            if span.is_disabled() {
-                call(client, request).await
-            } else {
-                common::telemetry::propagate(&span, request.metadata_mut());
-                let answer = call(client, request).instrument(span.clone()).await;
-                let code = answer
-                    .as_ref()
-                    .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
-                span.record("rpc.grpc.status_code", code as i32);
-                answer
-            }
-        });
-        let answer = call
-            .await
-            .map_err(|_| CallError::Deadline(self.deadline))
-            .and_then(|answer| {
-                answer.map_err(|status| CallError::from_status(status, self.deadline))
-            })
-            .map(tonic::Response::into_inner);
-        let code = match &answer {
-            Ok(_) => tonic::Code::Ok,
-            Err(error) => error.code(),
-        };
-        self.metrics
-            .call(&replica.series, method, code, started.elapsed());
-        answer
-    }
-
-    /// [`check_answer`], with each refused answer counted.
-    fn checked(
-        &self,
-        sent: &Product,
-        priced: Option<Product>,
-    ) -> Result<Option<DiscountValue>, CallError> {
-        let answer = check_answer(sent, priced);
-        if answer.is_err() {
-            self.metrics.refused_answer();
-        }
-        answer
-    }
-
-    /// One `ApplyDiscount` call to `replica` for `customer`'s discount on
-    /// `product`.
-    async fn call(
-        &self,
-        replica: &Arc<Replica>,
-        deadline: Instant,
-        customer: &Customer,
-        product: &Product,
-    ) -> Result<Option<DiscountValue>, CallError> {
-        let message = DiscountRequest {
-            customer: Some(customer.clone()),
-            product: Some(product.clone()),
-        };
-        let response = self
-            .within_deadline(
-                "ApplyDiscount",
-                replica,
-                deadline,
-                message,
-                |mut grpc, request| async move { grpc.apply_discount(request).await },
-            )
-            .await?;
-        self.checked(product, response.product)
-    }
-
-    /// Asks `replica` for `customer`'s discounts on all of `products` in
-    /// one `ApplyDiscounts` call. Each product gets its own answer, checked
-    /// as [`DiscountClient::call`] checks one.
-    async fn call_batch(
-        &self,
-        replica: &Arc<Replica>,
-        deadline: Instant,
-        customer: &Customer,
-        products: &[Product],
-    ) -> Result<Answers, CallError> {
-        let message = DiscountsRequest {
-            customer: Some(customer.clone()),
-            products: products.to_vec(),
-        };
-        let priced = self
-            .within_deadline(
-                "ApplyDiscounts",
-                replica,
-                deadline,
-                message,
-                |mut grpc, request| async move { grpc.apply_discounts(request).await },
-            )
-            .await?
-            .products;
-        if priced.len() != products.len() {
-            return Err(CallError::Invalid(
-                "the response has a different number of products",
-            ));
-        }
-        Ok(products
-            .iter()
-            .zip(priced)
-            .map(|(sent, priced)| self.checked(sent, Some(priced)))
-            .collect())
-    }
-
-    /// One `ApplyDiscount` per product to `replica`, concurrently: for peers
-    /// without `ApplyDiscounts`. When every call failed the same way
-    /// before reaching discount, that is the whole listing's error, so
-    /// that it can be sent elsewhere.
-    async fn call_each(
-        &self,
-        replica: &Arc<Replica>,
-        deadline: Instant,
-        customer: &Customer,
-        products: &[Product],
-    ) -> Result<Answers, CallError> {
-        let answers = join_all(
-            products
-                .iter()
-                .map(|product| self.call(replica, deadline, customer, product)),
-        )
-        .await;
-        match answers.first() {
-            Some(Err(error)) if error.retryable() && answers.iter().all(Result::is_err) => {
-                Err(error.clone())
-            }
-            _ => Ok(answers),
-        }
-    }
-
-    /// `products` priced by `replica`, one answer per product (a failed
-    /// call is every product's error), the outcome noted on the replica
-    /// once for the listing, as its load is counted once: a seed-built
-    /// replica is not three times as busy, nor three times as failing, when
-    /// one listing is slow.
-    async fn price_on(
-        &self,
-        replica: &Arc<Replica>,
-        deadline: Instant,
-        customer: &Customer,
-        products: &[Product],
-    ) -> Answers {
-        let pending = replica.begin();
-        let answers = match self.ask(replica, deadline, customer, products).await {
-            Ok(answers) => answers,
-            Err(error) => products.iter().map(|_| Err(error.clone())).collect(),
-        };
-        drop(pending);
-        let error = answers.iter().find_map(|answer| answer.as_ref().err());
-        let may_eject = || self.pool.others_in_rotation(replica);
-        if replica.record_call(error, may_eject) {
-            self.pool.resolve_soon();
-        }
-        answers
-    }
-
-    /// One `ApplyDiscounts` call, or one `ApplyDiscount` per product for a
-    /// replica built from the seed's proto. Such a replica answers
-    /// UNIMPLEMENTED to the batch; from then on (until its health check
-    /// finds it serving again after a restart) it is sent one call per
-    /// product.
-    async fn ask(
-        &self,
-        replica: &Arc<Replica>,
-        deadline: Instant,
-        customer: &Customer,
-        products: &[Product],
-    ) -> Result<Answers, CallError> {
-        if !replica.batch.load(Ordering::Relaxed) {
-            return self.call_each(replica, deadline, customer, products).await;
-        }
-        match self.call_batch(replica, deadline, customer, products).await {
-            Err(CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
-                replica.batch.store(false, Ordering::Relaxed);
-                tracing::info!(replica = %replica.addr,
-                    "discount replica has no ApplyDiscounts (a peer built from the seed's proto); calling ApplyDiscount per product from now on"
-                );
-                self.call_each(replica, deadline, customer, products).await
-            }
-            answer => answer,
-        }
-    }
-
     /// Returns every product of `products`, in order, each with the discount
     /// `customer` gets on it; where discount failed, the product as it was.
     ///
@@ -445,141 +206,6 @@ impl DiscountClient {
         let deadline = Instant::now() + self.deadline;
         let answers = self.price(deadline, customer, &products).await;
         outcome::merge(customer.id, products, answers, &self.quiet)
-    }
-
-    /// [`DiscountClient::apply_to_all`]'s attempts.
-    async fn price(&self, deadline: Instant, customer: &Customer, products: &[Product]) -> Answers {
-        self.pool.resolved(deadline).await;
-        let Some(first) = self.pool.pick(None) else {
-            return products.iter().map(|_| Err(CallError::NoReplica)).collect();
-        };
-        self.budget.deposit();
-        let hedge_after = deadline.saturating_duration_since(Instant::now()) / HEDGE_AFTER;
-        let first_call = self.price_on(&first, deadline, customer, products);
-        tokio::pin!(first_call);
-        // No timer when there is no other replica to hedge to.
-        let hedged = if self.pool.others_in_rotation(&first) {
-            tokio::time::timeout(hedge_after, first_call.as_mut()).await
-        } else {
-            Ok(first_call.as_mut().await)
-        };
-        let mut answers = match hedged {
-            Ok(answers) => answers,
-            Err(_) => {
-                let hedge = (&first, hedge_after);
-                return self
-                    .hedge(hedge, first_call, deadline, customer, products)
-                    .await;
-            }
-        };
-        let failed: Vec<usize> = (0..answers.len())
-            .filter(|&i| answers[i].is_err())
-            .collect();
-        let Some(error) = failed.first().and_then(|&i| answers[i].as_ref().err()) else {
-            return answers;
-        };
-        let unprocessed = failed
-            .iter()
-            .all(|&i| answers[i].as_ref().is_err_and(CallError::retryable));
-        // Another replica, or the same one when it is the only one and
-        // never processed the call (at a GOAWAY, a new connection will).
-        let second = self
-            .pool
-            .pick(Some(first.addr))
-            .or_else(|| (unprocessed && first.takes_calls()).then(|| first.clone()));
-        let Some(second) = second else {
-            return answers;
-        };
-        if Instant::now() >= deadline || !self.budget.withdraw() {
-            return answers;
-        }
-        if unprocessed {
-            tracing::debug!(%error, replica = %second.addr, "discount did not process the call; sending it again");
-        } else {
-            let cause = format!("{} from {}", error, first.addr);
-            if let Some(unlogged) = self.quiet.should_log(&cause, Instant::now()) {
-                tracing::warn!(replica = %first.addr, ?cause, failed = failed.len(), of = products.len(), to = %second.addr, unlogged,
-                    "discount replica failed; sending the products it failed to another replica");
-            }
-        }
-        self.counts.retries.fetch_add(1, Ordering::Relaxed);
-        self.metrics.retried();
-        let again: Vec<Product> = failed.iter().map(|&i| products[i].clone()).collect();
-        let retried = self.price_on(&second, deadline, customer, &again).await;
-        for (i, answer) in failed.into_iter().zip(retried) {
-            answers[i] = answer;
-        }
-        answers
-    }
-
-    /// Counts the call to `replica` that a hedge abandoned, cancelled after
-    /// `took`: dropped unfinished, it would be in no per-replica series,
-    /// and the slowest calls are the ones those are for.
-    fn abandoned(&self, replica: &Replica, took: Duration) {
-        let method = if replica.batch.load(Ordering::Relaxed) {
-            "ApplyDiscounts"
-        } else {
-            "ApplyDiscount"
-        };
-        self.metrics
-            .call(&replica.series, method, tonic::Code::Cancelled, took);
-    }
-
-    /// `first` has not answered the listing within `hedge_after` (a
-    /// [`HEDGE_AFTER`]th of the deadline, far beyond a healthy answer):
-    /// sends it to another replica too, when there is one and the retry
-    /// budget allows, and takes the first whole answer. A call that waits
-    /// out the deadline has no time left to be sent again, so a replica
-    /// that hangs one call in three cost a listing each time until it was
-    /// ejected: four of them beside a good one left 3% of listings
-    /// undiscounted. The abandoned call is cancelled and counted as
-    /// CANCELLED in its replica's metrics; when it is `first`'s, it is held
-    /// against `first` as a slow answer.
-    async fn hedge<F>(
-        &self,
-        (first, hedge_after): (&Arc<Replica>, Duration),
-        mut first_call: std::pin::Pin<&mut F>,
-        deadline: Instant,
-        customer: &Customer,
-        products: &[Product],
-    ) -> Answers
-    where
-        F: Future<Output = Answers>,
-    {
-        let second = self
-            .pool
-            .pick(Some(first.addr))
-            .filter(|_| self.budget.withdraw());
-        let Some(second) = second else {
-            return first_call.await;
-        };
-        tracing::debug!(replica = %first.addr, to = %second.addr, ?hedge_after, "no answer from discount yet; asking another replica too");
-        self.counts.retries.fetch_add(1, Ordering::Relaxed);
-        self.metrics.retried();
-        let started = Instant::now();
-        let second_call = self.price_on(&second, deadline, customer, products);
-        tokio::pin!(second_call);
-        let whole = |answers: &Answers| answers.iter().all(Result::is_ok);
-        tokio::select! {
-            answers = first_call.as_mut() => {
-                if whole(&answers) {
-                    self.abandoned(&second, started.elapsed());
-                    answers
-                } else {
-                    second_call.await
-                }
-            }
-            answers = second_call.as_mut() => {
-                if whole(&answers) {
-                    let slow = CallError::Deadline(hedge_after);
-                    first.record_call(Some(&slow), || self.pool.others_in_rotation(first));
-                    self.abandoned(first, hedge_after + started.elapsed());
-                    answers
-                } else {
-                    first_call.await
-                }
-            }
-        }
     }
 }
 

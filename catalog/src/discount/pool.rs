@@ -23,7 +23,9 @@ use common::reload::Reloadable;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
-use super::replica::{Dialer, Replica, ReplicaState, Tier};
+use super::dial::Dialer;
+use super::outcome::CallError;
+use super::replica::{Replica, ReplicaState, Tier};
 use super::resolve::Discovery;
 
 /// The least time between two resolutions that a failure asked for.
@@ -129,10 +131,15 @@ impl Pool {
             .any(|other| other.addr != replica.addr && other.in_rotation())
     }
 
-    /// Asks the resolver to look again soon: a replica could not be
-    /// reached, and may have been replaced.
-    pub(crate) fn resolve_soon(&self) {
-        self.resolve_soon.notify_one();
+    /// Notes how a listing sent to `replica` ended (`None`: answered). A
+    /// failing replica is ejected only while another is in rotation: a
+    /// discount that is merely slow everywhere is still asked. One that
+    /// could not be reached may have been replaced, so names are resolved
+    /// again soon.
+    pub(crate) fn record(&self, replica: &Replica, error: Option<&CallError>) {
+        if replica.record_call(error, || self.others_in_rotation(replica)) {
+            self.resolve_soon.notify_one();
+        }
     }
 
     /// Replaces the replica set with one for `addrs`, keeping the replicas
