@@ -2,12 +2,10 @@
 //! server in-process, on `127.0.0.1:0`, talking TLS gRPC with certificates
 //! made when the test runs.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 
+use crate::support::{CUSTOMER_1, CUSTOMER_2, Catalog, HEALTHY_DEADLINE, PLAIN, system};
 use reqwest::StatusCode;
-use support::{CUSTOMER_1, CUSTOMER_2, Catalog, HEALTHY_DEADLINE, PLAIN, system};
 use testkit::{DiscountServer, Pki, ScriptedDiscount, SetupResult};
 
 #[tokio::test]

@@ -3,8 +3,6 @@
 //! discount that sheds load. Real servers in-process on `127.0.0.1:0`,
 //! TLS with certificates made at run time.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -12,10 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN};
 use catalog::discount::{Resolve, Resolving};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN};
 use testkit::{CountingProxy, DiscountServer, Pki, ScriptedDiscount, SeedStylePeer, SetupResult};
 
 /// Health checks five times a second, so that the tests do not wait long.
@@ -83,7 +81,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, answer: SetupResult<support::Answer>, took: Duration) {
+    fn add(&mut self, answer: SetupResult<crate::support::Answer>, took: Duration) {
         self.slowest = self.slowest.max(took);
         match answer {
             Ok(answer)
