@@ -9,6 +9,12 @@
 //! Only the first test installs this process's global subscriber; the
 //! other's discount, in the same process, then logs through it too, so the
 //! first looks only at lines of its own trace.
+//!
+//! A test binary of its own, not a module of `tests/it`: a process has one
+//! global subscriber, and discount's telemetry set-up (`init_with`, as its
+//! `main` calls it) installs it. Among the other tests it would take the
+//! place of the one `testkit::Logs` installs for the tests that read their
+//! log, or be refused when one of those came first.
 
 use std::collections::BTreeMap;
 use std::io::Write;

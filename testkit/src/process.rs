@@ -169,13 +169,45 @@ impl Process {
         }
     }
 
+    /// Whether it catches `signal` (`"HUP"`, `"INT"`, `"TERM"`) now, as the
+    /// kernel records it (`SigCgt` in `/proc/PID/status`): a caught signal
+    /// runs the process's handler; one not caught meets its default
+    /// action, which for these three ends the process.
+    ///
+    /// # Errors
+    /// An unknown signal name, or `/proc` could not be read.
+    pub fn catches(&self, signal: &str) -> SetupResult<bool> {
+        let number = match signal {
+            "HUP" => 1,
+            "INT" => 2,
+            "TERM" => 15,
+            other => return Err(format!("unknown signal {other:?}").into()),
+        };
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
+        let mask = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .ok_or("no SigCgt line in /proc/PID/status")?;
+        let mask = u64::from_str_radix(mask.trim(), 16)?;
+        Ok(mask & (1 << (number - 1)) != 0)
+    }
+
+    /// Waits for it to exit, within [`HANG`]; what it logged until then
+    /// can still be read with [`Process::logged`].
+    ///
+    /// # Errors
+    /// It did not exit in time.
+    pub async fn exited(&mut self) -> SetupResult<ExitStatus> {
+        Ok(tokio::time::timeout(HANG, self.child.wait()).await??)
+    }
+
     /// Sends SIGTERM and waits for the exit, within [`HANG`].
     ///
     /// # Errors
     /// It did not exit in time.
     pub async fn terminate(mut self) -> SetupResult<ExitStatus> {
         self.signal("TERM").await?;
-        Ok(tokio::time::timeout(HANG, self.child.wait()).await??)
+        self.exited().await
     }
 }
 

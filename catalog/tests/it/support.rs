@@ -1,9 +1,6 @@
 //! What the catalog's integration tests share: the expected bodies, and the
 //! real catalog started in-process on `127.0.0.1:0`.
 
-// Each test binary uses a different part of this module.
-#![allow(dead_code, unreachable_pub)]
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,7 +16,7 @@ use tokio::task::JoinHandle;
 
 /// The seed's three products with no discount: what anyone without a known
 /// `X-USER-ID` gets, and what everyone gets when discount is unavailable.
-pub const PLAIN: &str = concat!(
+pub(crate) const PLAIN: &str = concat!(
     r#"[{"id":1,"slug":"iphone-x","description":"64GB, black and iOS 12","price_in_cents":99999},"#,
     r#"{"id":2,"slug":"notebook-avell-g1511","description":"Notebook Gamer Intel Core i7","price_in_cents":150000},"#,
     r#"{"id":3,"slug":"playstation-4-slim","description":"1TB Console","price_in_cents":32999}]"#,
@@ -27,7 +24,7 @@ pub const PLAIN: &str = concat!(
 );
 
 /// The seed README's output for `X-USER-ID: 1`, compact as Go writes it.
-pub const CUSTOMER_1: &str = concat!(
+pub(crate) const CUSTOMER_1: &str = concat!(
     r#"[{"id":1,"slug":"iphone-x","description":"64GB, black and iOS 12","price_in_cents":99999,"discount_value":{"pct":0.1,"value_in_cents":89999}},"#,
     r#"{"id":2,"slug":"notebook-avell-g1511","description":"Notebook Gamer Intel Core i7","price_in_cents":150000,"discount_value":{"pct":0.1,"value_in_cents":135000}},"#,
     r#"{"id":3,"slug":"playstation-4-slim","description":"1TB Console","price_in_cents":32999,"discount_value":{"pct":0.1,"value_in_cents":29699}}]"#,
@@ -35,7 +32,7 @@ pub const CUSTOMER_1: &str = concat!(
 );
 
 /// Customer 2: discount answers, with an empty discount for every product.
-pub const CUSTOMER_2: &str = concat!(
+pub(crate) const CUSTOMER_2: &str = concat!(
     r#"[{"id":1,"slug":"iphone-x","description":"64GB, black and iOS 12","price_in_cents":99999,"discount_value":{}},"#,
     r#"{"id":2,"slug":"notebook-avell-g1511","description":"Notebook Gamer Intel Core i7","price_in_cents":150000,"discount_value":{}},"#,
     r#"{"id":3,"slug":"playstation-4-slim","description":"1TB Console","price_in_cents":32999,"discount_value":{}}]"#,
@@ -45,38 +42,38 @@ pub const CUSTOMER_2: &str = concat!(
 /// Deadline for discount calls in tests where discount is healthy: generous,
 /// because a debug build on a loaded CI machine is slow, and a pass never
 /// waits for it.
-pub const HEALTHY_DEADLINE: &str = "5s";
+pub(crate) const HEALTHY_DEADLINE: &str = "5s";
 
 /// One HTTP answer: status, `Content-Type`, `X-Discount-Status`, body.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub content_type: String,
-    pub discount_status: Option<String>,
-    pub body: String,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: String,
+    pub(crate) discount_status: Option<String>,
+    pub(crate) body: String,
 }
 
 /// The catalog, serving on `127.0.0.1:<port>` until dropped or stopped.
-pub struct Catalog {
-    pub addr: SocketAddr,
+pub(crate) struct Catalog {
+    pub(crate) addr: SocketAddr,
     /// Where `GET /metrics` is served, when started with `--metrics-addr`.
-    pub metrics_addr: Option<SocketAddr>,
-    pub http: reqwest::Client,
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    pub(crate) http: reqwest::Client,
     /// The catalog's own client of discount, to reload its TLS material.
-    pub discount: DiscountClient,
+    pub(crate) discount: DiscountClient,
     task: ServerTask<Infallible>,
 }
 
 impl Catalog {
     /// Starts the catalog pointed at `discount` and trusting `ca`.
-    pub async fn start(discount: &str, ca: &Path, deadline: &str) -> SetupResult<Self> {
+    pub(crate) async fn start(discount: &str, ca: &Path, deadline: &str) -> SetupResult<Self> {
         Self::start_with(discount, ca, deadline, &[]).await
     }
 
     /// Starts the catalog as `main` does, from its real command line:
     /// `--discount-host discount --discount-ca ca --discount-deadline
     /// deadline`, then `extra`.
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         discount: &str,
         ca: &Path,
         deadline: &str,
@@ -88,7 +85,7 @@ impl Catalog {
 
     /// [`Catalog::start_with`], with discount's names resolved by
     /// `resolver`.
-    pub async fn start_resolving(
+    pub(crate) async fn start_resolving(
         discount: &str,
         ca: &Path,
         deadline: &str,
@@ -116,7 +113,7 @@ impl Catalog {
         }
     }
 
-    pub async fn get(&self, path: &str, user_id: Option<&[u8]>) -> SetupResult<Answer> {
+    pub(crate) async fn get(&self, path: &str, user_id: Option<&[u8]>) -> SetupResult<Answer> {
         let mut request = self.http.get(format!("http://{}{path}", self.addr));
         if let Some(user_id) = user_id {
             request = request.header(
@@ -141,13 +138,16 @@ impl Catalog {
     }
 
     /// `GET /products` as `user_id`: status and body.
-    pub async fn products(&self, user_id: Option<&str>) -> SetupResult<(StatusCode, String)> {
+    pub(crate) async fn products(
+        &self,
+        user_id: Option<&str>,
+    ) -> SetupResult<(StatusCode, String)> {
         let answer = self.get("/products", user_id.map(str::as_bytes)).await?;
         Ok((answer.status, answer.body))
     }
 
     /// `GET /products` as `user_id`: body and `X-Discount-Status`.
-    pub async fn priced(&self, user_id: &str) -> SetupResult<(String, Option<String>)> {
+    pub(crate) async fn priced(&self, user_id: &str) -> SetupResult<(String, Option<String>)> {
         let answer = self.get("/products", Some(user_id.as_bytes())).await?;
         if answer.status != StatusCode::OK {
             return Err(format!("status {}: {}", answer.status, answer.body).into());
@@ -157,7 +157,7 @@ impl Catalog {
 
     /// `GET /products` as `user_id`, sent from a task of its own, so the
     /// test can act while the request is in flight.
-    pub fn spawn_products(
+    pub(crate) fn spawn_products(
         &self,
         user_id: &'static str,
     ) -> JoinHandle<reqwest::Result<reqwest::Response>> {
@@ -170,13 +170,13 @@ impl Catalog {
 
     /// `GET /readyz`: its body says why discount cannot be used, with the
     /// whole cause chain.
-    pub async fn readiness(&self) -> SetupResult<Answer> {
+    pub(crate) async fn readiness(&self) -> SetupResult<Answer> {
         self.get("/readyz", None).await
     }
 
     /// `GET /readyz` until it answers `status`, for 10 s at most (the
     /// replicas' health is checked every second): the last answer.
-    pub async fn readiness_becomes(&self, status: StatusCode) -> SetupResult<Answer> {
+    pub(crate) async fn readiness_becomes(&self, status: StatusCode) -> SetupResult<Answer> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let answer = self.readiness().await?;
@@ -188,13 +188,13 @@ impl Catalog {
     }
 
     /// Sends the shutdown signal, as SIGTERM would, without waiting.
-    pub fn begin_stop(&mut self) {
+    pub(crate) fn begin_stop(&mut self) {
         self.task.begin_stop();
     }
 
     /// Waits for the catalog to stop; `Ok` only if it did, cleanly, within
     /// `limit`.
-    pub async fn stopped_within(self, limit: Duration) -> Result<(), String> {
+    pub(crate) async fn stopped_within(self, limit: Duration) -> Result<(), String> {
         self.task.stopped_within(limit).await
     }
 }
@@ -203,7 +203,7 @@ impl Catalog {
 ///
 /// The client certificate and key are `client.pem` and `client.key` beside
 /// `ca`, as `testkit::Pki` lays them out.
-pub fn config(
+pub(crate) fn config(
     discount: &str,
     ca: &Path,
     deadline: &str,
@@ -237,12 +237,12 @@ pub fn config(
 }
 
 /// discount and a catalog pointed at it.
-pub async fn system() -> SetupResult<(Pki, DiscountServer, Catalog)> {
+pub(crate) async fn system() -> SetupResult<(Pki, DiscountServer, Catalog)> {
     system_with(&[]).await
 }
 
 /// discount and a catalog pointed at it, with the catalog flags `extra`.
-pub async fn system_with(extra: &[&str]) -> SetupResult<(Pki, DiscountServer, Catalog)> {
+pub(crate) async fn system_with(extra: &[&str]) -> SetupResult<(Pki, DiscountServer, Catalog)> {
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
     let catalog = Catalog::start_with(

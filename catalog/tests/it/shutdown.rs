@@ -3,13 +3,11 @@
 //! under a request. Raw HTTP/1.1 over TCP, so that no client library
 //! retries a reset away. Loopback only, bounded in count and time.
 
-mod support;
-
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{Catalog, HEALTHY_DEADLINE, PLAIN};
+use crate::support::{Catalog, HEALTHY_DEADLINE, PLAIN};
 use testkit::wire::{self, Frame, flag, kind};
 use testkit::{DiscountServer, HANG, Pki, SetupResult};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

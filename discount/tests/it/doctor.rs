@@ -181,7 +181,7 @@ fn a_client_ca_of_ten_thousand_cas_is_reported_as_trusting_them_all() -> SetupRe
     let report = text(&checked.stdout);
     eprintln!("--check-certs took {:?}:\n{report}", started.elapsed());
     assert!(checked.status.success(), "{report}");
-    // It works (tests/mtls.rs), and trusts every one of them: a warning,
+    // It works (mtls.rs), and trusts every one of them: a warning,
     // not an error.
     let ca = keys.path().join("ca.pem").display().to_string();
     assert!(

@@ -180,7 +180,7 @@ async fn optional_client_auth_admits_clients_without_a_certificate_but_not_bad_o
     let pki = Pki::generate()?;
     pki.issue_client("expired", ClientCert::Expired)?;
     // Anonymous clients get past TLS, and are then refused by the
-    // allow-list unless it says `any` (tests/allow.rs).
+    // allow-list unless it says `any` (allow.rs).
     let server = DiscountServer::start_with(
         &pki,
         &["--client-auth", "optional", "--allow-client", "any"],

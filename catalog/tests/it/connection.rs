@@ -3,13 +3,11 @@
 //! only ones lost. Real servers in-process on loopback, bounded in count and
 //! time.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use support::{CUSTOMER_1, Catalog};
+use crate::support::{CUSTOMER_1, Catalog};
 use testkit::{CountingProxy, DiscountServer, HANG, Pki, ScriptedDiscount, SetupResult};
 
 /// One listing under load: when it started (from the start of the load),
@@ -206,7 +204,7 @@ async fn connections_discount_retires_under_load_cost_no_listing() -> SetupResul
     let catalog = Catalog::start(
         &proxy.addr().to_string(),
         &pki.path("ca.pem"),
-        support::HEALTHY_DEADLINE,
+        crate::support::HEALTHY_DEADLINE,
     )
     .await?;
 
@@ -255,7 +253,7 @@ async fn a_graceful_discount_stop_under_load_fails_no_call_in_flight() -> SetupR
     let catalog = Catalog::start(
         &discount.addr().to_string(),
         &pki.path("ca.pem"),
-        support::HEALTHY_DEADLINE,
+        crate::support::HEALTHY_DEADLINE,
     )
     .await?;
 

@@ -2,14 +2,12 @@
 //! scraped over HTTP from their `--metrics-addr` listeners, on
 //! `127.0.0.1:0`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use crate::support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE};
 use discount::DiscountService;
 use reqwest::StatusCode;
-use support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE};
 use testkit::{DiscountServer, Pki, SetupResult};
 
 /// One sample: its name and labels.

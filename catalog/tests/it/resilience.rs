@@ -3,14 +3,12 @@
 //! graceful shutdown. Real servers in-process on loopback, bounded in count
 //! and time.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN, system};
 use discount::DiscountService;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN, system};
 use testkit::{
     CountingProxy, DiscountServer, HANG, Logs, Pki, ScriptedDiscount, SetupResult, silent_peer,
 };

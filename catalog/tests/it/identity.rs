@@ -4,13 +4,11 @@
 //! keeps or loses its place by the identity it carries. Real TLS sockets
 //! on loopback, certificates made when the test runs.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN};
 use discount::DiscountService;
-use support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN};
 use testkit::{CountingProxy, DiscountServer, Logs, Pki, SetupResult};
 
 const APPLIED: Option<&str> = Some("applied");
@@ -38,7 +36,7 @@ async fn listing(catalog: &Catalog) -> SetupResult<(String, Option<String>)> {
 
 #[tokio::test]
 async fn with_the_dev_identities_the_catalog_gets_its_discounts() -> SetupResult<()> {
-    let (_pki, _discount, catalog) = support::system().await?;
+    let (_pki, _discount, catalog) = crate::support::system().await?;
     assert_eq!(
         listing(&catalog).await?,
         (CUSTOMER_1.to_owned(), APPLIED.map(str::to_owned))

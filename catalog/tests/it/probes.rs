@@ -2,12 +2,10 @@
 //! (the image has no shell or curl), against a catalog serving on
 //! loopback; and the probes of the admin listener.
 
-mod support;
-
 use std::process::Output;
 use std::time::Duration;
 
-use support::system_with;
+use crate::support::system_with;
 use testkit::SetupResult;
 
 /// The real binary, run as `catalog --healthcheck` with `args`.

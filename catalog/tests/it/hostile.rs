@@ -2,13 +2,11 @@
 //! library tidies the bytes up. Each case leaves the catalog answering the
 //! next good request correctly. Loopback only, bounded in count and time.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::{CUSTOMER_2, Catalog, PLAIN, system, system_with};
 use catalog::server::{MAX_HEADERS, MAX_REQUEST_HEAD};
-use support::{CUSTOMER_2, Catalog, PLAIN, system, system_with};
 use testkit::{HANG, SetupResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
