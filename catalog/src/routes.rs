@@ -308,7 +308,7 @@ mod tests {
     }
 
     /// The seed's products without discounts, as `json::products` writes
-    /// them (the exact bytes are tested in `json.rs` and `tests/api.rs`).
+    /// them (the exact bytes are tested in `json.rs` and `tests/it/api.rs`).
     fn plain() -> String {
         String::from_utf8(json::products(&products::all())).unwrap()
     }

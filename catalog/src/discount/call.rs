@@ -38,7 +38,6 @@ impl DiscountClient {
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.counts.attempts.fetch_add(1, Ordering::Relaxed);
         let mut request = tonic::Request::new(message);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let client = GrpcClient::new(replica.channel()).max_decoding_message_size(MAX_ANSWER_SIZE);

@@ -78,7 +78,6 @@ impl DiscountClient {
                     "discount replica failed; sending the products it failed to another replica");
             }
         }
-        self.counts.retries.fetch_add(1, Ordering::Relaxed);
         self.metrics.retried();
         let again: Vec<Product> = failed.iter().map(|&i| products[i].clone()).collect();
         let retried = self.price_on(&second, deadline, customer, &again).await;
@@ -130,7 +129,6 @@ impl DiscountClient {
             return first_call.await;
         };
         tracing::debug!(replica = %first.addr, to = %second.addr, ?hedge_after, "no answer from discount yet; asking another replica too");
-        self.counts.retries.fetch_add(1, Ordering::Relaxed);
         self.metrics.retried();
         let started = Instant::now();
         let second_call = self.price_on(&second, deadline, customer, products);

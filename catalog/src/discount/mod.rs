@@ -44,7 +44,6 @@ pub use resolve::{Resolve, Resolving, SystemResolver};
 pub use target::{DEFAULT_PORT, DiscountAddr, Targets};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::reload::Reloadable;
@@ -108,27 +107,10 @@ pub struct DiscountClient {
     pool: Arc<Pool>,
     deadline: Duration,
     budget: Arc<TpsBudget>,
-    counts: Arc<Counts>,
     quiet: Arc<Quiet>,
     /// Behind an `Arc`: the client is cloned with the state of every
     /// request.
     metrics: Arc<ClientMetrics>,
-}
-
-/// What the client sent, for tests and, later, metrics.
-#[derive(Debug, Default)]
-struct Counts {
-    attempts: AtomicU64,
-    retries: AtomicU64,
-}
-
-/// The calls a client has sent so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallCounts {
-    /// Calls sent, first attempts and retries.
-    pub attempts: u64,
-    /// Of those, calls sent again on another replica.
-    pub retries: u64,
 }
 
 impl DiscountClient {
@@ -151,7 +133,6 @@ impl DiscountClient {
             pool: Pool::start(dialer, discovery, settings.resolve_interval),
             deadline: settings.deadline,
             budget: Arc::new(TpsBudget::new(RETRY_WINDOW, RETRY_RESERVE, RETRY_SHARE)),
-            counts: Arc::new(Counts::default()),
             quiet: Arc::new(Quiet::default()),
             metrics: Arc::new(metrics),
         })
@@ -175,14 +156,6 @@ impl DiscountClient {
     /// Each replica known now and its state.
     pub fn replicas(&self) -> Vec<ReplicaState> {
         self.pool.reports()
-    }
-
-    /// The calls sent so far.
-    pub fn counts(&self) -> CallCounts {
-        CallCounts {
-            attempts: self.counts.attempts.load(Ordering::Relaxed),
-            retries: self.counts.retries.load(Ordering::Relaxed),
-        }
     }
 
     /// Returns every product of `products`, in order, each with the discount

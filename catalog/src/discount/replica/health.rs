@@ -58,7 +58,7 @@ impl Replica {
             // saw the check, which says nothing about it, as for a call
             // (record_call). The next check uses the new connection.
             // Counted as unreachable, this ejected a healthy replica under
-            // load in catalog/tests/connection.rs.
+            // load in catalog/tests/it/connection.rs.
             Err(error) if error.connection_retired() => {
                 tracing::debug!(replica = %self.addr, %error, "health check not processed by discount (connection retired); checking again at the next interval");
                 return;
