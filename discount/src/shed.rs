@@ -1,6 +1,6 @@
 //! Load shedding: one budget of calls in flight for the whole server.
 //!
-//! The per-connection bounds of [`crate::server::Http2Limits`] do not add up
+//! The per-connection bounds of the server's `Http2Limits` do not add up
 //! to a bound on the process: every call in flight may hold up to a message
 //! (64 KiB) being received, and 1,024 connections × 256 streams is a quarter
 //! of a million calls. A client that sends part of a message on every
