@@ -69,8 +69,8 @@ pub struct ServerOptions {
 }
 
 /// The bounds on one HTTP/2 connection, so that no client can make the
-/// server hold more than these whatever it sends. The flags of
-/// [`crate::Config`] say what each is for.
+/// server hold more than these whatever it sends. The flags of `Config`
+/// say what each is for.
 #[derive(Debug, Clone, Copy)]
 pub struct Http2Limits {
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
