@@ -20,11 +20,12 @@ use std::time::Instant;
 
 use common::metrics::{Metrics, Open, grpc_code_name};
 use common::quiet::Quiet;
-use http_body::{Body, Frame, SizeHint};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use tonic::codegen::http;
 use tower::{Layer, Service};
 use tracing::Instrument;
+
+use crate::body::{End, Watched, Watcher};
 
 /// The identities `discount_authz_refusals_total` names one by one; any
 /// further one is counted as `other`. Identities come from certificates
@@ -377,12 +378,7 @@ where
                     call.ended(code);
                     return Ok(response);
                 }
-                Ok(response.map(|body| {
-                    tonic::body::Body::new(Watched {
-                        body,
-                        call: Some(call),
-                    })
-                }))
+                Ok(response.map(|body| tonic::body::Body::new(Watched::new(body, call))))
             }
             .instrument(span),
         )
@@ -437,62 +433,21 @@ impl Call {
     }
 }
 
-/// An answer's body, watched for the status in its trailers.
-struct Watched {
-    body: tonic::body::Body,
-    call: Option<Call>,
-}
+impl Watcher for Call {
+    /// An answer's status comes in its trailers, after its last data.
+    const END_STREAM_ENDS: bool = false;
 
-impl Body for Watched {
-    type Data = <tonic::body::Body as Body>::Data;
-    type Error = <tonic::body::Body as Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    let code = grpc_status(trailers).unwrap_or(tonic::Code::Unknown);
-                    if let Some(call) = self.call.take() {
-                        call.ended(code);
-                    }
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(call) = self.call.take() {
-                    call.ended(tonic::Code::Internal);
-                }
-            }
+    fn on_end(self, end: End<'_>) {
+        let code = match end {
+            End::Trailers(trailers) => grpc_status(trailers).unwrap_or(tonic::Code::Unknown),
+            End::Failed => tonic::Code::Internal,
             // An answer that ended without trailers carried no status.
-            Poll::Ready(None) => {
-                if let Some(call) = self.call.take() {
-                    call.ended(tonic::Code::Unknown);
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for Watched {
-    /// The answer was dropped before its status was sent: the client went
-    /// away, or the connection was closed.
-    fn drop(&mut self) {
-        if let Some(call) = self.call.take() {
-            call.ended(tonic::Code::Cancelled);
-        }
+            End::Finished => tonic::Code::Unknown,
+            // The answer was dropped before its status was sent: the client
+            // went away, or the connection was closed.
+            End::Dropped => tonic::Code::Cancelled,
+        };
+        self.ended(code);
     }
 }
 
