@@ -1,8 +1,5 @@
-//! What discount counts, for Prometheus: every gRPC call by method and
-//! code, how long it took, the calls in flight and shed, refused TLS
-//! handshakes and callers, connections, health. Served by
-//! [`common::admin::serve`] on `--metrics-addr`; the names are listed in
-//! `docs/observability.md`.
+//! Every call counted and timed, by method and the code sent; for
+//! `ecommerce.Discount`, also its span and its `call answered` line.
 //!
 //! [`ObserveCalls`] is the outermost layer of the router, so a call the
 //! allow-list refuses or the budget sheds is counted like any other, with
@@ -11,14 +8,13 @@
 //! one connection refused 14,546 times in 5 s wrote as many lines, and
 //! rotated the one warning that mattered out of the log in about 25 s.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use common::metrics::{Metrics, Open, grpc_code_name};
+use common::metrics::{Open, grpc_code_name};
 use common::quiet::Quiet;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use tonic::codegen::http;
@@ -26,31 +22,6 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::body::{End, Watched, Watcher};
-
-/// The identities `discount_authz_refusals_total` names one by one; any
-/// further one is counted as `other`. Identities come from certificates
-/// the client CA signed, so they are few, but the label set must stay
-/// bounded whatever is presented.
-const NAMED_IDENTITIES: usize = 32;
-
-/// Every metric of one discount.
-#[derive(Debug, Clone)]
-pub struct DiscountMetrics {
-    /// The registry, with what both services export.
-    pub common: Metrics,
-    calls: IntCounterVec,
-    duration: HistogramVec,
-    in_flight: IntGauge,
-    /// Calls refused with RESOURCE_EXHAUSTED by the call budget.
-    pub(crate) shed: IntCounter,
-    handshakes_refused: IntCounterVec,
-    /// Connections open now, TLS handshakes included.
-    pub(crate) connections: IntGauge,
-    /// 1 while health says SERVING, 0 from the start of shutdown.
-    pub(crate) serving: IntGauge,
-    refusals: Refusals,
-    reloads: IntCounterVec,
-}
 
 /// Set on an answer by a layer that refused the call and logs that at most
 /// once per cause an interval (the allow-list, per identity; the call
@@ -60,190 +31,6 @@ pub struct DiscountMetrics {
 /// every few seconds, not one per call. Answered calls keep a line each.
 #[derive(Debug, Clone)]
 pub(crate) struct Quieted(pub(crate) String);
-
-/// Calls refused by the allow-list, by the identity presented.
-#[derive(Debug, Clone)]
-pub(crate) struct Refusals {
-    counter: IntCounterVec,
-    named: Arc<Mutex<HashSet<String>>>,
-}
-
-/// Why a TLS handshake was refused, for `discount_tls_handshakes_refused_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HandshakeRefusal {
-    /// The client presented no certificate where one is required.
-    NoCertificate,
-    /// Its certificate is not signed by `--client-ca`.
-    UnknownIssuer,
-    /// Its certificate has expired or is not valid yet.
-    Expired,
-    /// Its certificate is not for client authentication.
-    WrongPurpose,
-    /// It did not finish within `--tls-handshake-timeout`.
-    Timeout,
-    /// It refused discount's certificate (sent an alert).
-    ClientRefused,
-    /// Anything else: not TLS, a protocol error, another certificate error.
-    Other,
-}
-
-impl HandshakeRefusal {
-    const ALL: [Self; 7] = [
-        Self::NoCertificate,
-        Self::UnknownIssuer,
-        Self::Expired,
-        Self::WrongPurpose,
-        Self::Timeout,
-        Self::ClientRefused,
-        Self::Other,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::NoCertificate => "no_certificate",
-            Self::UnknownIssuer => "unknown_issuer",
-            Self::Expired => "expired",
-            Self::WrongPurpose => "wrong_purpose",
-            Self::Timeout => "timeout",
-            Self::ClientRefused => "client_refused",
-            Self::Other => "other",
-        }
-    }
-
-    /// The reason rustls gave, sorted.
-    pub(crate) fn of(error: &rustls::Error) -> Self {
-        use rustls::CertificateError as Cert;
-        match error {
-            rustls::Error::NoCertificatesPresented => Self::NoCertificate,
-            rustls::Error::AlertReceived(_) => Self::ClientRefused,
-            rustls::Error::InvalidCertificate(certificate) => match certificate {
-                Cert::UnknownIssuer | Cert::BadSignature => Self::UnknownIssuer,
-                Cert::Expired
-                | Cert::ExpiredContext { .. }
-                | Cert::NotValidYet
-                | Cert::NotValidYetContext { .. } => Self::Expired,
-                Cert::InvalidPurpose | Cert::InvalidPurposeContext { .. } => Self::WrongPurpose,
-                _ => Self::Other,
-            },
-            _ => Self::Other,
-        }
-    }
-}
-
-impl DiscountMetrics {
-    /// Discount's metrics, registered, all at zero.
-    pub fn new() -> Self {
-        let common = Metrics::new("discount", env!("CARGO_PKG_VERSION"));
-        let handshakes_refused = common.counter_vec(
-            "discount_tls_handshakes_refused_total",
-            "TLS handshakes that failed, by reason: no_certificate, unknown_issuer, expired, wrong_purpose, timeout, client_refused (it refused discount's certificate), other.",
-            &["reason"],
-        );
-        for reason in HandshakeRefusal::ALL {
-            handshakes_refused.with_label_values(&[reason.label()]);
-        }
-        let reloads = common.counter_vec(
-            "discount_reloads_total",
-            "Reloads of the TLS material (SIGHUP), by outcome: success, or failure (the old material stays).",
-            &["outcome"],
-        );
-        for outcome in ["success", "failure"] {
-            reloads.with_label_values(&[outcome]);
-        }
-        Self {
-            calls: common.counter_vec(
-                "discount_grpc_calls_total",
-                "gRPC calls answered, by method (unknown for a path no service has) and the code sent.",
-                &["method", "code"],
-            ),
-            duration: common.duration_vec(
-                "discount_grpc_call_duration_seconds",
-                "Time from a call's headers to the end of its answer, by method.",
-                &["method"],
-            ),
-            in_flight: common.gauge(
-                "discount_grpc_calls_in_flight",
-                "gRPC calls being answered now.",
-            ),
-            shed: common.counter(
-                "discount_calls_shed_total",
-                "Calls refused with RESOURCE_EXHAUSTED at the limit of calls in flight (--max-concurrent-calls).",
-            ),
-            handshakes_refused,
-            connections: common.gauge(
-                "discount_connections_open",
-                "Connections open now, TLS handshakes in progress included.",
-            ),
-            serving: common.gauge(
-                "discount_serving",
-                "1 while the health service says SERVING; 0 once shutting down.",
-            ),
-            refusals: Refusals {
-                counter: common.counter_vec(
-                    "discount_authz_refusals_total",
-                    "Calls refused PERMISSION_DENIED by the allow-list (--allow-client), by the identity presented (other past the first 32).",
-                    &["identity"],
-                ),
-                named: Arc::default(),
-            },
-            reloads,
-            common,
-        }
-    }
-
-    /// One handshake refused for `reason`.
-    pub(crate) fn handshake_refused(&self, reason: HandshakeRefusal) {
-        self.handshakes_refused
-            .with_label_values(&[reason.label()])
-            .inc();
-    }
-
-    /// Where refusals by the allow-list are counted.
-    pub(crate) fn refusals(&self) -> Refusals {
-        self.refusals.clone()
-    }
-
-    /// One reload of the TLS material, and whether it worked.
-    pub fn reloaded(&self, ok: bool) {
-        let outcome = if ok { "success" } else { "failure" };
-        self.reloads.with_label_values(&[outcome]).inc();
-    }
-
-    /// The layer that counts every call.
-    pub(crate) fn observe_calls(&self) -> ObserveCalls {
-        ObserveCalls {
-            series: Arc::new(CallSeries {
-                ok: METHODS.map(|method| self.calls.with_label_values(&[method, "OK"])),
-                duration: METHODS.map(|method| self.duration.with_label_values(&[method])),
-                calls: self.calls.clone(),
-                in_flight: self.in_flight.clone(),
-                quiet: Quiet::default(),
-            }),
-        }
-    }
-}
-
-impl Default for DiscountMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Refusals {
-    /// One call refused for `identity` (as the log shows it).
-    pub(crate) fn refused(&self, identity: &str) {
-        let mut named = self.named.lock().unwrap_or_else(PoisonError::into_inner);
-        let label = if named.contains(identity) {
-            identity
-        } else if named.len() < NAMED_IDENTITIES {
-            named.insert(identity.to_owned());
-            identity
-        } else {
-            "other"
-        };
-        self.counter.with_label_values(&[label]).inc();
-    }
-}
 
 /// The `method` label values: the services this server has, by their
 /// full gRPC names, and `unknown` for any other path, so a client sending
@@ -295,6 +82,26 @@ struct CallSeries {
 #[derive(Debug, Clone)]
 pub(crate) struct ObserveCalls {
     series: Arc<CallSeries>,
+}
+
+impl ObserveCalls {
+    /// Counts calls in `calls` (by method and code) and `in_flight`, and
+    /// times them in `duration` (by method).
+    pub(super) fn new(
+        calls: &IntCounterVec,
+        duration: &HistogramVec,
+        in_flight: &IntGauge,
+    ) -> Self {
+        Self {
+            series: Arc::new(CallSeries {
+                ok: METHODS.map(|method| calls.with_label_values(&[method, "OK"])),
+                duration: METHODS.map(|method| duration.with_label_values(&[method])),
+                calls: calls.clone(),
+                in_flight: in_flight.clone(),
+                quiet: Quiet::default(),
+            }),
+        }
+    }
 }
 
 impl<S> Layer<S> for ObserveCalls {
@@ -469,18 +276,5 @@ mod tests {
         ] {
             assert_eq!(method_label(path), "unknown", "{path}");
         }
-    }
-
-    #[test]
-    fn refusals_name_at_most_32_identities() {
-        let metrics = DiscountMetrics::new();
-        let refusals = metrics.refusals();
-        for n in 0..40 {
-            refusals.refused(&format!("spiffe://x/{n}"));
-        }
-        refusals.refused("spiffe://x/3");
-        let counter = &metrics.refusals.counter;
-        assert_eq!(counter.with_label_values(&["other"]).get(), 8);
-        assert_eq!(counter.with_label_values(&["spiffe://x/3"]).get(), 2);
     }
 }
