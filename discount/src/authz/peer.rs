@@ -30,7 +30,7 @@ impl<IO> Authenticated<IO> {
 
 /// What tonic is told of an [`Authenticated`] connection: what the stream
 /// inside says, and the identity (moved into each request's extensions by
-/// `server::expose_peer`).
+/// `server::connect_info::expose_peer`).
 #[derive(Debug, Clone)]
 pub struct AuthenticatedInfo<I> {
     /// The inner stream's own information (`TlsConnectInfo`).
