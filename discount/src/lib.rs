@@ -12,12 +12,15 @@
 //! - [`shed`] is the budget of calls in flight for the whole server, and
 //!   the RESOURCE_EXHAUSTED answer past it.
 //! - [`metrics`] counts calls, refusals and connections for Prometheus.
+//! - `body` is the one wrapper of a tonic body that the layers share: it
+//!   tells them how the body ended.
 //! - [`config`] turns the command line into typed settings.
 //! - [`app`] puts them together; `main.rs` and the tests both start the
 //!   service through [`Application`].
 
 pub mod app;
 pub mod authz;
+mod body;
 pub mod config;
 pub mod error;
 pub mod metrics;

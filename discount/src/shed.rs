@@ -1,6 +1,6 @@
 //! Load shedding: one budget of calls in flight for the whole server.
 //!
-//! The per-connection bounds of [`crate::server::Http2Limits`] do not add up
+//! The per-connection bounds of the server's `Http2Limits` do not add up
 //! to a bound on the process: every call in flight may hold up to a message
 //! (64 KiB) being received, and 1,024 connections × 256 streams is a quarter
 //! of a million calls. A client that sends part of a message on every
@@ -33,13 +33,13 @@ use std::time::{Duration, Instant};
 use common::activity::Activity;
 use common::connections::{Closer, ConnectionTracker, Registration};
 use common::quiet::Quiet;
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
+use crate::body::{End, Watched, Watcher};
 use crate::metrics::Quieted;
 
 /// How long a newcomer waits for the place of the call it displaced.
@@ -198,10 +198,8 @@ where
                 .and_then(Option::as_ref)
                 .map(Activity::begin);
             let request = request.map(|body| {
-                tonic::body::Body::new(Receiving {
-                    body,
-                    registration: Some(budget.receiving.register_as(&displaced)),
-                })
+                let receiving = Receiving(budget.receiving.register_as(&displaced));
+                tonic::body::Body::new(Watched::new(body, receiving))
             });
             let response = tokio::select! {
                 response = inner.call(request) => response?,
@@ -230,39 +228,16 @@ where
     }
 }
 
-/// A request body that counts as "still receiving" in the budget's
-/// tracker until it ends.
-struct Receiving {
-    body: tonic::body::Body,
-    registration: Option<Registration>,
-}
+/// A request that counts as "still receiving" in the budget's tracker
+/// until its body ends.
+struct Receiving(Registration);
 
-impl Body for Receiving {
-    type Data = <tonic::body::Body as Body>::Data;
-    type Error = <tonic::body::Body as Body>::Error;
+impl Watcher for Receiving {
+    const END_STREAM_ENDS: bool = true;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None | Some(Err(_))) => true,
-            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
-            Poll::Pending => false,
-        };
-        if ended || self.body.is_end_stream() {
-            self.registration = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+    /// Leaves the tracker.
+    fn on_end(self, _: End<'_>) {
+        drop(self.0);
     }
 }
 
