@@ -49,10 +49,11 @@ impl Application {
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, StartupError> {
         common::crypto::install_default_provider();
-        let open_files = common::limits::raise_open_files_limit();
+        let open_files = common::serve::open_files::raise_open_files_limit();
         let metrics = CatalogMetrics::new();
         let client = DiscountClient::start(&config.discount(), resolver, metrics.discount.clone())?;
-        let listener = common::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
+        let listener =
+            common::serve::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
         // The bound address, not the configured one: with port 0 only this
         // says where the service really is.
         let addr = listener.local_addr().map_err(StartupError::Bind)?;

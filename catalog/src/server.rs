@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::activity::Activity;
-use common::connections::{ConnectionTracker, Registration};
 use common::quiet::Quiet;
+use common::serve::activity::Activity;
+use common::serve::connections::{ConnectionTracker, Registration};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -88,7 +88,7 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// which sets no timer and so no header timeout, and no connection limit.
 ///
 /// Serving itself cannot fail: a connection's errors end that connection
-/// only, and accept errors are retried ([`common::listener::accept`]).
+/// only, and accept errors are retried ([`common::serve::listener::accept`]).
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -170,7 +170,7 @@ async fn serve(
         while tasks.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
             () = &mut signal => break,
-            accepted = common::listener::accept(&listener) => accepted,
+            accepted = common::serve::listener::accept(&listener) => accepted,
         };
         // At the limit, make room as nginx does: a client waiting for its
         // first answer counts for more than one idling between requests.

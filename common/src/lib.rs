@@ -6,21 +6,17 @@
 //! Kept deliberately small: anything specific to one service, and each
 //! side's TLS configuration, lives in that service's crate.
 
-pub mod activity;
 pub mod admin;
-pub mod backlog;
-pub mod connections;
 pub mod crypto;
 pub mod doctor;
 pub mod flags;
 pub mod identity;
-pub mod limits;
-pub mod listener;
 pub mod metrics;
 pub mod pem;
 pub mod probe;
 pub mod quiet;
 pub mod reload;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,6 +1,6 @@
 //! Prometheus metrics: the registry each service fills, and what both
 //! export (build information, the process, certificate expiry). The
-//! plaintext listener that serves them is [`crate::admin`].
+//! plaintext listener that serves them is the admin listener.
 //!
 //! Each running service owns its [`Metrics`] rather than a process-wide
 //! registry: the tests start a catalog and several discounts in one

@@ -50,7 +50,7 @@ impl<S: Discount> Application<S> {
     /// As [`Application::build`].
     pub fn build_with(config: &Config, service: S) -> Result<Self, StartupError> {
         common::crypto::install_default_provider();
-        let open_files = common::limits::raise_open_files_limit();
+        let open_files = common::serve::open_files::raise_open_files_limit();
         let metrics = DiscountMetrics::new();
         let tls = if config.insecure_plaintext {
             None
@@ -61,7 +61,8 @@ impl<S: Discount> Application<S> {
                     .reloadable(metrics.common.certificates())?,
             ))
         };
-        let listener = common::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
+        let listener =
+            common::serve::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
         // The bound address, not the configured one: with port 0 only this
         // says where the service really is.
         let addr = listener.local_addr().map_err(StartupError::Bind)?;

@@ -30,9 +30,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use common::activity::Activity;
-use common::connections::{Closer, ConnectionTracker, Registration};
 use common::quiet::Quiet;
+use common::serve::activity::Activity;
+use common::serve::connect_info::Closer;
+use common::serve::connections::{ConnectionTracker, Registration};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -191,7 +192,7 @@ where
             let displaced = CancellationToken::new();
             let closer = request.extensions().get::<Closer>().cloned();
             // The connection is busy for as long as the call holds its
-            // place (see [`common::activity`]).
+            // place (see [`common::serve::activity`]).
             let busy = request
                 .extensions()
                 .get::<Option<Arc<Activity>>>()

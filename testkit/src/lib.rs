@@ -23,6 +23,8 @@
 pub mod discount;
 pub mod grpc;
 pub mod logs;
+#[cfg(test)]
+mod modules;
 pub mod otlp;
 pub mod pki;
 pub mod process;

@@ -92,7 +92,7 @@ pub fn bind(addr: Option<SocketAddr>) -> io::Result<Option<(TcpListener, SocketA
     let Some(addr) = addr else {
         return Ok(None);
     };
-    let listener = crate::listener::bind(addr)?;
+    let listener = crate::serve::listener::bind(addr)?;
     let bound = listener.local_addr()?;
     Ok(Some((listener, bound)))
 }

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::connections::{ConnectionTracker, Tracked, place_under};
 use common::quiet::Quiet;
+use common::serve::connections::{ConnectionTracker, Tracked, place_under};
 use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -80,7 +80,7 @@ where
         loop {
             let (tcp, peer) = tokio::select! {
                 () = ready.closed() => break,
-                accepted = common::listener::accept(&listener) => accepted,
+                accepted = common::serve::listener::accept(&listener) => accepted,
             };
             // Operators need to know the limit is reached, once an
             // interval, not once a connection.

@@ -1,7 +1,7 @@
 //! What a call is told of its connection: the details the accept loop and
 //! the TLS handshake gathered, put where tonic and the layers look for them.
 
-use common::connections::TrackedInfo;
+use common::serve::connect_info::TrackedInfo;
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -11,10 +11,10 @@ use crate::authz::AuthenticatedInfo;
 /// from [`Tracked`]) apart: the stream's own details go where tonic's
 /// accessors (`Request::remote_addr`, the peer's certificates) look for
 /// them, the client's identity where [`Authorize`] looks for it, and the
-/// connection's [`common::connections::Closer`] and
-/// [`common::activity::Activity`] beside them, for [`CallBudget`].
+/// connection's [`common::serve::connect_info::Closer`] and
+/// [`common::serve::activity::Activity`] beside them, for [`CallBudget`].
 ///
-/// [`Tracked`]: common::connections::Tracked
+/// [`Tracked`]: common::serve::connections::Tracked
 /// [`Authorize`]: crate::authz::Authorize
 /// [`CallBudget`]: crate::shed::CallBudget
 pub(super) fn expose_peer(

@@ -17,8 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::connections::ConnectionTracker;
 use common::quiet::Quiet;
+use common::serve::connections::ConnectionTracker;
 use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;

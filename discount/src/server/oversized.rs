@@ -16,7 +16,7 @@ use tonic::codegen::http;
 /// discount handlers answer INVALID_ARGUMENT ([`crate::DiscountError`]), and
 /// health and reflection never use it. A handler that one day needs
 /// OUT_OF_RANGE must narrow this. `a_message_over_the_size_limit_is_resource_exhausted`
-/// in `tests/hostile.rs` checks the result over the wire.
+/// in `tests/it/hostile.rs` checks the result over the wire.
 pub(super) fn oversized_is_resource_exhausted(
     response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {

@@ -323,7 +323,7 @@ async fn probes_are_answered_at_once_while_a_thousand_slow_clients_reconnect() -
         DiscountServer::start_with(&pki, &["--metrics-addr", "127.0.0.1:0"], DiscountService)
             .await?;
     // The server raised the open-files limit to the hard limit as it
-    // started (common::limits); the crowd needs one descriptor a client
+    // started (common::serve::open_files); the crowd needs one descriptor a client
     // here, and the server one per connection it holds.
     let (open_files, _) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
     assert!(

@@ -29,9 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::activity::Activity;
-use crate::backlog::Backlog;
 use crate::metrics::Open;
+use crate::serve::activity::Activity;
+use crate::serve::backlog::Backlog;
 
 /// The set of open connections of one server, oldest first.
 #[derive(Debug, Clone, Default)]
@@ -149,7 +149,7 @@ pub async fn place_under(
 /// A connection being tracked; dropping it (or what it wraps) ends that.
 #[derive(Debug)]
 pub struct Registration {
-    token: CancellationToken,
+    pub(super) token: CancellationToken,
     /// Held for its `Drop`: leaves the registry.
     _guard: Guard,
     /// Held for its `Drop`: frees the place under the limit.
@@ -206,7 +206,7 @@ impl Registration {
     /// `by_last_request`, ranked by when its last request began
     /// ([`Activity::ranked`]); closing it there closes it. The requests
     /// are counted by whoever holds its [`Activity`] (which
-    /// [`TrackedInfo`] hands to tonic).
+    /// [`TrackedInfo`](super::connect_info::TrackedInfo) hands to tonic).
     pub fn wrap_watched<T>(self, io: T, by_last_request: &ConnectionTracker) -> Tracked<T> {
         let activity = Activity::ranked(by_last_request.clone(), self.token.clone());
         Tracked {
@@ -235,14 +235,14 @@ impl Drop for Guard {
 /// see end-of-stream and writes fail.
 #[derive(Debug)]
 pub struct Tracked<T> {
-    io: T,
+    pub(super) io: T,
     backlog: Backlog,
     /// When the connection ends whatever it is doing, if it has an end of
     /// life ([`Tracked::closing_at`]).
     end_of_life: Option<Pin<Box<Sleep>>>,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
-    activity: Option<Arc<Activity>>,
-    registration: Registration,
+    pub(super) activity: Option<Arc<Activity>>,
+    pub(super) registration: Registration,
 }
 
 impl<T> Tracked<T> {
@@ -287,7 +287,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
             return Poll::Ready(Ok(())); // end of stream
         }
         // Take in no more requests while the process cannot start the
-        // ones it has (see [`crate::backlog`]).
+        // ones it has (see [`crate::serve::backlog`]).
         std::task::ready!(self.backlog.poll_ready(cx));
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
@@ -326,47 +326,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// Lets tonic see the peer address (and TLS details) of a tracked stream,
-/// and the handlers close its connection.
-impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Tracked<T> {
-    type ConnectInfo = TrackedInfo<T::ConnectInfo>;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        TrackedInfo {
-            info: self.io.connect_info(),
-            closer: Closer(self.registration.token.clone()),
-            activity: self.activity.clone(),
-        }
-    }
-}
-
-/// What tonic puts in each request's extensions for a tracked connection:
-/// what the stream inside says of itself (tonic's own `TcpConnectInfo` or
-/// `TlsConnectInfo`, which `Request::remote_addr` looks for, so move it
-/// out to its own extension), and the [`Closer`] of the connection.
-#[derive(Debug, Clone)]
-pub struct TrackedInfo<I> {
-    /// The stream's own connection details.
-    pub info: I,
-    /// Closes the connection.
-    pub closer: Closer,
-    /// Counts its requests, if it is watched
-    /// ([`Registration::wrap_watched`]).
-    pub activity: Option<Arc<Activity>>,
-}
-
-/// Closes one tracked connection from outside, as its tracker would.
-#[derive(Debug, Clone)]
-pub struct Closer(CancellationToken);
-
-impl Closer {
-    /// Adds the connection to `tracker` too (for as long as the returned
-    /// registration lives), so that the tracker can pick it to close.
-    pub fn register_in(&self, tracker: &ConnectionTracker) -> Registration {
-        tracker.register_as(&self.0)
     }
 }
 

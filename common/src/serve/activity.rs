@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::connections::{ConnectionTracker, Registration};
+use crate::serve::connections::{ConnectionTracker, Registration};
 
 /// One connection's requests in flight, and its place in the tracker where
 /// [`ConnectionTracker::close_oldest`] can pick it, cancelling `evict`:
