@@ -14,6 +14,10 @@
 # CATALOG_HOST_PORT (default 11080). Uses `docker compose` when it exists,
 # else Debian's `docker-compose`.
 set -euo pipefail
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
+  awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+  exit 0
+fi
 
 deploy=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$deploy")

@@ -60,6 +60,22 @@ elif [ -e keys/client.pem ] && ! openssl x509 -in keys/client.pem -noout -ext su
   exit 1
 fi
 
+# port_free NAME PORT VARIABLE: stops here if something already listens on
+# PORT; wait_for would take it for the service just started. Checked before
+# the build, which can take minutes.
+port_free() {
+  local name=$1 port=$2 variable=$3
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "run: port $port for $name is already in use (an earlier run still going?); stop it, or pick another port with $variable=..." >&2
+    exit 1
+  fi
+}
+
+port_free discount "$discount_port" DISCOUNT_PORT
+port_free catalog "$catalog_port" CATALOG_PORT
+port_free "discount's metrics" "$discount_metrics_port" DISCOUNT_METRICS_PORT
+port_free "catalog's metrics" "$catalog_metrics_port" CATALOG_METRICS_PORT
+
 echo "run: building ($profile)"
 build_flags=()
 [ "$profile" = release ] && build_flags+=(--release)
@@ -101,20 +117,6 @@ wait_for() {
   exit 1
 }
 
-# port_free NAME PORT VARIABLE: stops here if something already listens on
-# PORT; wait_for would take it for the service just started.
-port_free() {
-  local name=$1 port=$2 variable=$3
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "run: port $port for $name is already in use (an earlier run still going?); stop it, or pick another port with $variable=..." >&2
-    exit 1
-  fi
-}
-
-port_free discount "$discount_port" DISCOUNT_PORT
-port_free catalog "$catalog_port" CATALOG_PORT
-port_free "discount's metrics" "$discount_metrics_port" DISCOUNT_METRICS_PORT
-port_free "catalog's metrics" "$catalog_metrics_port" CATALOG_METRICS_PORT
 DISCOUNT_METRICS_ADDR="127.0.0.1:$discount_metrics_port" start discount "$discount_port"
 wait_for discount "${pids[0]}" "$discount_port"
 DISCOUNT_SERVICE_HOST="localhost:$discount_port" CATALOG_METRICS_ADDR="127.0.0.1:$catalog_metrics_port" \

@@ -3,6 +3,10 @@
 # validates them offline (deploy/k8s/check.py), in a virtual environment
 # with the pinned kubernetes-validate (target/k8s-venv, or K8S_VENV).
 set -euo pipefail
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
+  awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+  exit 0
+fi
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
