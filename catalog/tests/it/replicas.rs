@@ -14,7 +14,9 @@ use crate::support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE, PLAIN};
 use catalog::discount::{Resolve, Resolving};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use testkit::{CountingProxy, DiscountServer, Pki, ScriptedDiscount, SeedStylePeer, SetupResult};
+use testkit::{
+    CountingProxy, DiscountServer, HANG, Pki, ScriptedDiscount, SeedStylePeer, SetupResult,
+};
 
 /// Health checks five times a second, so that the tests do not wait long.
 const FAST_CHECKS: [&str; 2] = ["--discount-health-interval", "200ms"];
@@ -431,43 +433,44 @@ async fn an_overloaded_replica_sheds_at_once_and_the_catalog_lists_what_it_could
 -> SetupResult<()> {
     const LIMIT: usize = 4;
     let pki = Pki::generate()?;
-    let (slow, _arrivals) = ScriptedDiscount::reporting(Duration::from_millis(500));
+    let (slow, _arrivals) = ScriptedDiscount::reporting(Duration::from_secs(2));
     let slow = ScriptedDiscount {
         batch: true,
         ..slow
     };
+    let answered = Arc::clone(&slow.answered);
     let discount = DiscountServer::start_with(&pki, &["--max-concurrent-calls", "4"], slow).await?;
 
     // Straight to discount: LIMIT calls taken, the rest refused at once.
     let channel = testkit::grpc_channel(discount.addr(), &pki).await?;
     let calls = (0..LIMIT * 10).map(|_| {
         let mut client = ecommerce_proto::pb::discount_client::DiscountClient::new(channel.clone());
+        let answered = Arc::clone(&answered);
         async move {
             let started = Instant::now();
             let request = testkit::discount_request(1, testkit::product(1, 1000));
             let answer = client.apply_discount(request).await;
-            (answer.err().map(|status| status.code()), started.elapsed())
+            // Whether a held call had ended (freeing a place) by then.
+            let place_freed = answered.load(Ordering::SeqCst) > 0;
+            let code = answer.err().map(|status| status.code());
+            (code, started.elapsed(), place_freed)
         }
     });
     let answers = futures_util::future::join_all(calls).await;
-    let mut shed: Vec<Duration> = answers
+    let shed: Vec<&(Option<tonic::Code>, Duration, bool)> = answers
         .iter()
-        .filter(|(code, _)| *code == Some(tonic::Code::ResourceExhausted))
-        .map(|(_, took)| *took)
+        .filter(|(code, ..)| *code == Some(tonic::Code::ResourceExhausted))
         .collect();
-    shed.sort();
-    let served = answers.iter().filter(|(code, _)| code.is_none()).count();
-    eprintln!("{served} served, {} shed, in {shed:?}", shed.len());
+    let served = answers.iter().filter(|(code, ..)| code.is_none()).count();
+    eprintln!("{served} served, {} shed: {shed:?}", shed.len());
     assert_eq!((served, shed.len()), (LIMIT, LIMIT * 9));
     // Refused at once, not after waiting for a place: a place frees only
-    // when a held call ends, 500 ms after it began. (Bounds in tens of
-    // milliseconds failed on a busy 2-core machine, where the run queue
-    // alone delays a call that much.)
-    let median = shed[shed.len() / 2];
-    assert!(median < Duration::from_millis(100), "median {median:?}");
+    // when a held call ends (2 s after it began), and every refusal came
+    // while all of them were still held. (Bounds in milliseconds failed on
+    // a busy 2-core machine, where the run queue alone delays a call.)
     assert!(
-        shed.iter().all(|took| *took < Duration::from_millis(250)),
-        "a shed call waited: {shed:?}"
+        shed.iter().all(|(_, _, place_freed)| !place_freed),
+        "a shed call waited for a place: {shed:?}"
     );
 
     // Through the catalog: nothing dropped, the excess listed plain.
@@ -882,8 +885,14 @@ fn whole_and_honest(body: &str) -> bool {
             .all(|(product, (priced, plain))| product == priced || product == plain)
 }
 
+/// Listings judged after the first second, at least: a share of 1% needs
+/// many, which a busy machine lists more slowly; and a bad replica costs
+/// less the longer the test runs, as its ejections grow longer.
+const JUDGED: usize = 1000;
+
 /// Listings for customer 1 from `workers` clients one after the other for
-/// `period`, while `/readyz` is polled for what it says of `bad`.
+/// `period` and until [`JUDGED`] were sent after the first second (at most
+/// [`HANG`] * 3), while `/readyz` is polled for what it says of `bad`.
 async fn exposure(
     catalog: &Catalog,
     bad: SocketAddr,
@@ -892,10 +901,18 @@ async fn exposure(
 ) -> Exposure {
     let started = Instant::now();
     let end = started + period;
-    let load = futures_util::future::join_all((0..workers).map(|_| async move {
+    let judged = AtomicUsize::new(0);
+    let running = || {
+        (Instant::now() < end || judged.load(Ordering::SeqCst) < JUDGED)
+            && started.elapsed() < HANG * 3
+    };
+    let load = futures_util::future::join_all((0..workers).map(|_| async {
         let mut seen = Vec::new();
-        while Instant::now() < end {
+        while running() {
             let sent = Instant::now();
+            if sent.duration_since(started) >= Duration::from_secs(1) {
+                judged.fetch_add(1, Ordering::SeqCst);
+            }
             let answer = catalog.get("/products", Some(b"1")).await;
             seen.push((sent.duration_since(started), answer));
         }
@@ -903,7 +920,7 @@ async fn exposure(
     }));
     let watch = async {
         let (mut said_out, mut last) = (false, String::new());
-        while Instant::now() < end {
+        while running() {
             if let Ok(ready) = catalog.readiness().await {
                 let line = ready
                     .body

@@ -5,6 +5,8 @@
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::{Catalog, HEALTHY_DEADLINE, PLAIN};
@@ -59,7 +61,12 @@ async fn response(
 /// Asks for the product list over and over on one keep-alive connection
 /// until `period` is over or the catalog asks it to close; after a
 /// connection was cut off, on a new one.
-async fn keep_alive_client(addr: SocketAddr, start: Instant, period: Duration) -> Client {
+async fn keep_alive_client(
+    addr: SocketAddr,
+    start: Instant,
+    period: Duration,
+    answers: Arc<AtomicUsize>,
+) -> Client {
     let mut seen = Client::default();
     'connections: while start.elapsed() < period {
         let Ok(tcp) = TcpStream::connect(addr).await else {
@@ -76,6 +83,7 @@ async fn keep_alive_client(addr: SocketAddr, start: Instant, period: Duration) -
             match answer {
                 Ok(Some((head, body))) if head[0].starts_with("HTTP/1.1 200") && body == PLAIN => {
                     seen.answered += 1;
+                    answers.fetch_add(1, Ordering::SeqCst);
                     if head
                         .iter()
                         .any(|h| h.eq_ignore_ascii_case("connection: close"))
@@ -112,11 +120,19 @@ async fn a_catalog_stopping_under_load_closes_keep_alive_connections_politely() 
     .await?;
     let addr = catalog.addr;
 
-    let (start, period) = (Instant::now(), Duration::from_secs(2));
+    // The clients run until the catalog tells them to close (the period
+    // only bounds them); it begins to stop once they have had 100 answers.
+    let (start, period) = (Instant::now(), HANG);
+    let answers = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..32)
-        .map(|_| tokio::spawn(keep_alive_client(addr, start, period)))
+        .map(|_| tokio::spawn(keep_alive_client(addr, start, period, Arc::clone(&answers))))
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    while answers.load(Ordering::SeqCst) <= 100 {
+        if start.elapsed() > HANG {
+            return Err("the clients never had 100 answers".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     catalog.begin_stop();
     catalog.stopped_within(HANG).await?;
     let mut seen = Vec::new();

@@ -322,7 +322,9 @@ async fn a_flood_of_shed_calls_writes_a_handful_of_lines_in_all() -> SetupResult
         })
         .collect();
     for _ in 0..2 {
-        tokio::time::timeout(HANG, arrivals.recv()).await?;
+        tokio::time::timeout(HANG, arrivals.recv())
+            .await
+            .map_err(|_| "the two calls to hold never arrived")?;
     }
 
     // Everything logged from here on, at the default level (INFO).
@@ -334,7 +336,8 @@ async fn a_flood_of_shed_calls_writes_a_handful_of_lines_in_all() -> SetupResult
             HANG,
             client.apply_discount(discount_request(1, product(i as i32, 1000))),
         )
-        .await?;
+        .await
+        .map_err(|_| format!("call {i} of the flood had no answer within {HANG:?}"))?;
         assert_eq!(
             answer.err().map(|status| status.code()),
             Some(Code::ResourceExhausted)
