@@ -60,7 +60,7 @@ impl AppState {
 /// `/`, `/products` and everything unknown (404, 405) go through the
 /// access log; `/healthz` and `/readyz` are for orchestrators and stay out
 /// of it, which probes would otherwise fill. (Requests the HTTP parser
-/// rejects never reach the router; `server.rs` logs those.) The seed answered every unknown path
+/// rejects never reach the router; `server/connection.rs` logs those.) The seed answered every unknown path
 /// with `It is working.` because Go's `ServeMux` treats the `/` pattern as
 /// a catch-all; here unknown paths get 404 and other methods 405. A request
 /// still unanswered after `request_timeout` gets 503. Every answer, the

@@ -34,11 +34,16 @@
 //! full, so the kernel drops new connections, probes' too, until their
 //! client tries again a second later. Keep the port to the kubelet and the
 //! scraper (the Kubernetes manifests' NetworkPolicies do).
+//!
+//! This file is that task; `answer.rs` parses heads and builds answers,
+//! `waiting.rs` keeps the connections whose head is not whole, and
+//! `socket.rs` reads and writes their sockets.
 
 mod answer;
+mod socket;
 mod waiting;
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,8 +51,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus::IntGauge;
-use socket2::SockRef;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -55,17 +58,18 @@ use tokio::time::{Instant, Sleep};
 
 use crate::metrics::Metrics;
 use crate::quiet::Quiet;
-use answer::{Head, MAX_HEAD, Reply};
-use waiting::{Table, Waiting};
+use answer::Reply;
+use socket::{Step, close_abruptly, finish, pull, write_now};
+use waiting::Table;
 
 /// The most connections waiting for the rest of their request head. Real
 /// clients send theirs in one packet and are answered before they would
 /// wait; the bound is on what a crowd holds (a file descriptor and at most
-/// [`MAX_HEAD`] bytes each: 2 MiB in all, half the services' default
-/// connection limit in descriptors). Below it a crowd is held without
-/// reconnecting; past it every newcomer closes one, and a probe whose
-/// head is still on its way is picked only after this many newcomers,
-/// milliseconds even at tens of thousands a second.
+/// [`MAX_HEAD`](answer::MAX_HEAD) bytes each: 2 MiB in all, half the
+/// services' default connection limit in descriptors). Below it a crowd is
+/// held without reconnecting; past it every newcomer closes one, and a
+/// probe whose head is still on its way is picked only after this many
+/// newcomers, milliseconds even at tens of thousands a second.
 const MAX_WAITING: usize = 512;
 
 /// The longest a client may take to send its request head.
@@ -75,9 +79,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// (rendered there) and answers the socket could not take at once.
 /// Prometheus needs one; past this a scrape is answered 503.
 const MAX_WRITERS: usize = 4;
-
-/// The longest one of those answers may take to be written.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long accepting pauses after it fails (out of file descriptors),
 /// instead of spinning on the error.
@@ -139,16 +140,6 @@ struct Admin {
     writers: JoinSet<()>,
     writer_slots: Arc<Semaphore>,
     quiet: Quiet,
-}
-
-/// Where reading a connection got to.
-enum Step {
-    /// Its head is not whole, and nothing more has come.
-    Wait,
-    /// Its head is whole: the reply.
-    Answer(Reply),
-    /// It closed, or failed.
-    Gone,
 }
 
 impl Admin {
@@ -292,78 +283,4 @@ impl Admin {
     fn writer_slot(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.writer_slots).try_acquire_owned().ok()
     }
-}
-
-/// Reads what `conn` has sent: at once if `fresh` (just accepted: its head
-/// may have been waiting in the kernel while it was queued), else once the
-/// runtime has seen the socket readable. Whatever it returns, the socket
-/// is registered to wake the listener naming `conn` when more comes.
-fn pull(conn: &mut Waiting, fresh: bool, ready: Option<&IntGauge>) -> Step {
-    let mut buffer = [0_u8; MAX_HEAD];
-    let mut fresh = fresh;
-    loop {
-        // Below MAX_HEAD: a head that reaches it is answered 431.
-        let room = MAX_HEAD.saturating_sub(conn.head.len()).max(1);
-        let read = if std::mem::take(&mut fresh) {
-            read_now(&conn.tcp, &mut buffer[..room])
-        } else {
-            match conn
-                .tcp
-                .poll_read_ready(&mut Context::from_waker(conn.waker()))
-            {
-                Poll::Pending => return Step::Wait,
-                Poll::Ready(Err(_)) => return Step::Gone,
-                Poll::Ready(Ok(())) => conn.tcp.try_read(&mut buffer[..room]),
-            }
-        };
-        match read {
-            Ok(0) => return Step::Gone,
-            Ok(n) => {
-                let new = conn.head.len();
-                conn.head.extend_from_slice(&buffer[..n]);
-                if let Head::Complete(reply) = answer::read(&conn.head, new, ready) {
-                    return Step::Answer(reply);
-                }
-            }
-            // Readiness is cleared: the next poll registers for more.
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Step::Gone,
-        }
-    }
-}
-
-/// One non-blocking read straight from the socket, whatever readiness the
-/// runtime has recorded for it: for a socket it has not polled yet.
-fn read_now(tcp: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
-    let socket = SockRef::from(tcp);
-    (&*socket).read(buffer)
-}
-
-/// One non-blocking write straight to the socket, as [`read_now`] reads.
-fn write_now(tcp: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    SockRef::from(tcp).send(bytes)
-}
-
-/// Writes `bytes` and closes, within [`WRITE_TIMEOUT`]; `slot` is held
-/// until then.
-async fn finish(mut tcp: TcpStream, bytes: Vec<u8>, slot: OwnedSemaphorePermit) {
-    let _slot = slot;
-    // The last segment of an answer leaves at once, not after the client
-    // acknowledges the ones before. (An answer written whole at once is a
-    // single send, which Nagle's algorithm does not hold: no need to set
-    // this on every connection, one system call less for each.)
-    let _ = tcp.set_nodelay(true);
-    // A client that does not read its answer in time is closed all the same.
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
-        tcp.write_all(&bytes).await?;
-        tcp.shutdown().await
-    })
-    .await;
-}
-
-/// Closes with a reset: a client that never finished its request leaves
-/// no TIME_WAIT behind, however many of them there are.
-fn close_abruptly(tcp: &TcpStream) {
-    let _ = SockRef::from(tcp).set_linger(Some(Duration::ZERO));
 }

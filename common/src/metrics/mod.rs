@@ -11,19 +11,28 @@
 //! Labels are bounded by construction: route templates, method and status
 //! names, gRPC codes, replica addresses the catalog was told about,
 //! certificate files. Never a raw path, a customer or a client address.
+//!
+//! This file holds the registry and what fills it at each scrape; the
+//! `process_*` series are read in `process.rs`, certificates' expiry kept
+//! in `certificates.rs`.
 
-use std::collections::BTreeMap;
+mod certificates;
+#[cfg(target_os = "linux")]
+mod process;
+
+pub use certificates::Certificates;
+#[cfg(target_os = "linux")]
+use process::Process;
+
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::pem::PemFile;
 
 /// Buckets of the duration histograms, in seconds: from 0.5 ms (a call
 /// on a warm connection takes about that) to the 5 s request timeout.
@@ -173,149 +182,6 @@ impl Metrics {
     }
 }
 
-/// The standard `process_*` metrics, read from `/proc` at each scrape.
-#[cfg(target_os = "linux")]
-struct Process {
-    cpu: prometheus::Counter,
-    resident: IntGauge,
-    virtual_memory: IntGauge,
-    open_fds: IntGauge,
-    max_fds: IntGauge,
-    threads: IntGauge,
-    start_time: prometheus::Gauge,
-}
-
-#[cfg(target_os = "linux")]
-impl Process {
-    fn register(metrics: &Metrics) -> Self {
-        Self {
-            cpu: metrics.add(
-                prometheus::Counter::new(
-                    "process_cpu_seconds_total",
-                    "Total user and system CPU time spent in seconds.",
-                ),
-                "process_cpu_seconds_total",
-            ),
-            resident: metrics.gauge(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-            ),
-            virtual_memory: metrics.gauge(
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes.",
-            ),
-            open_fds: metrics.gauge("process_open_fds", "Number of open file descriptors."),
-            max_fds: metrics.gauge(
-                "process_max_fds",
-                "Maximum number of open file descriptors (the soft limit).",
-            ),
-            threads: metrics.gauge("process_threads", "Number of OS threads in the process."),
-            start_time: metrics.add(
-                prometheus::Gauge::new(
-                    "process_start_time_seconds",
-                    "Start time of the process since the Unix epoch in seconds.",
-                ),
-                "process_start_time_seconds",
-            ),
-        }
-    }
-
-    /// Reads `/proc/self`; what cannot be read keeps its last value.
-    fn read(&self) {
-        let Ok(me) = procfs::process::Process::myself() else {
-            return;
-        };
-        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        if let Ok(stat) = me.stat() {
-            // Fractions of a second count: rate() over a minute of a
-            // lightly loaded service is a few hundredths.
-            #[allow(clippy::cast_precision_loss)] // clock ticks, far below 2^53
-            let total = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
-            let delta = total - self.cpu.get();
-            if delta > 0.0 {
-                self.cpu.inc_by(delta);
-            }
-            self.resident
-                .set(count(stat.rss.saturating_mul(procfs::page_size())));
-            self.virtual_memory.set(count(stat.vsize));
-            self.threads.set(stat.num_threads);
-            if let Ok(boot) = procfs::boot_time_secs() {
-                #[allow(clippy::cast_precision_loss)]
-                let started =
-                    boot as f64 + stat.starttime as f64 / procfs::ticks_per_second() as f64;
-                self.start_time.set(started);
-            }
-        }
-        if let Ok(open) = me.fd_count() {
-            self.open_fds.set(count(open as u64));
-        }
-        if let Ok(limits) = me.limits()
-            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
-        {
-            self.max_fds.set(count(max));
-        }
-    }
-}
-
-/// When each loaded certificate file expires, by file and role, for
-/// `tls_certificate_expiry_seconds`. Noted when a file is loaded, at start
-/// and on each reload that succeeds, so it is the certificate in use, not
-/// whatever is on disk now.
-#[derive(Debug, Clone, Default)]
-pub struct Certificates {
-    inner: Arc<Mutex<CertificatesInner>>,
-}
-
-#[derive(Debug, Default)]
-struct CertificatesInner {
-    /// (file, role) to the soonest `notAfter` in it, in Unix seconds.
-    expiry: BTreeMap<(String, &'static str), i64>,
-    gauge: Option<GaugeVec>,
-}
-
-impl Certificates {
-    fn lock(&self) -> std::sync::MutexGuard<'_, CertificatesInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set_gauge(&self, gauge: GaugeVec) {
-        self.lock().gauge = Some(gauge);
-    }
-
-    /// Notes the certificates of `file`, loaded for `role` (`server`,
-    /// `client`, `client-ca`, `server-ca`). A file with none is ignored.
-    pub fn record(&self, role: &'static str, file: &PemFile) {
-        let Ok(certificates) = file.certificates() else {
-            return;
-        };
-        let soonest = certificates
-            .iter()
-            .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
-            .map(|(_, certificate)| certificate.validity().not_after.timestamp())
-            .min();
-        if let Some(not_after) = soonest {
-            let path = crate::pem::display_path(&file.source().path);
-            self.lock().expiry.insert((path, role), not_after);
-        }
-    }
-
-    fn refresh(&self, now: SystemTime) {
-        let inner = self.lock();
-        let Some(gauge) = &inner.gauge else {
-            return;
-        };
-        let now = now.duration_since(UNIX_EPOCH).map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        });
-        for ((file, role), not_after) in &inner.expiry {
-            #[allow(clippy::cast_precision_loss)] // seconds, far below 2^53
-            gauge
-                .with_label_values(&[file.as_str(), role])
-                .set(not_after.saturating_sub(now) as f64);
-        }
-    }
-}
-
 /// Counts one open thing (a connection, a call in flight) in a gauge
 /// until dropped, whichever way its task ends.
 #[derive(Debug)]
@@ -363,7 +229,6 @@ pub fn grpc_code_name(code: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn build_info_is_one_with_the_version() {
@@ -375,76 +240,6 @@ mod tests {
         );
         #[cfg(target_os = "linux")]
         assert!(text.contains("\nprocess_open_fds "), "{text}");
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn process_cpu_time_keeps_its_fractions_of_a_second() {
-        let metrics = Metrics::new("demo", "0");
-        let ticks = |stat: &str| -> f64 {
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .unwrap()
-                .1
-                .split_whitespace()
-                .collect();
-            // utime and stime: fields 14 and 15 of /proc/PID/stat.
-            fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()
-        };
-        // Spin until the CPU time is mid-way between whole seconds, so that
-        // whole seconds would be off by at least 0.3.
-        let spun = std::time::Instant::now();
-        while spun.elapsed() < Duration::from_secs(3) {
-            let now = ticks(&std::fs::read_to_string("/proc/self/stat").unwrap()) / 100.0;
-            if (0.3..0.7).contains(&now.fract()) {
-                break;
-            }
-        }
-        let text = metrics.render();
-        let after = ticks(&std::fs::read_to_string("/proc/self/stat").unwrap()) / 100.0;
-        let reported: f64 = text
-            .lines()
-            .find_map(|line| line.strip_prefix("process_cpu_seconds_total "))
-            .unwrap()
-            .parse()
-            .unwrap();
-        // USER_HZ is 100 on Linux; the read after the scrape may be a
-        // tick or two later, never a whole second.
-        assert!(
-            reported <= after && after - reported < 0.05,
-            "{reported} against {after}"
-        );
-    }
-
-    #[test]
-    fn certificate_expiry_counts_down_from_the_soonest_certificate() {
-        let metrics = Metrics::new("demo", "0");
-        let certificates = metrics.certificates().clone();
-        certificates
-            .lock()
-            .expiry
-            .insert(("keys/cert.pem".into(), "server"), 1_000);
-        certificates.refresh(UNIX_EPOCH + Duration::from_secs(400));
-        let text = String::from_utf8({
-            let mut out = Vec::new();
-            TextEncoder::new()
-                .encode(&metrics.registry.gather(), &mut out)
-                .unwrap();
-            out
-        })
-        .unwrap();
-        assert!(
-            text.contains(
-                "tls_certificate_expiry_seconds{file=\"keys/cert.pem\",role=\"server\"} 600\n"
-            ),
-            "{text}"
-        );
-        certificates.refresh(UNIX_EPOCH + Duration::from_secs(1_300));
-        let gauge = certificates.lock().gauge.clone().unwrap();
-        assert_eq!(
-            gauge.with_label_values(&["keys/cert.pem", "server"]).get(),
-            -300.0
-        );
     }
 
     #[test]
