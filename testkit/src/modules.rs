@@ -1,4 +1,5 @@
-//! Which top-level modules of a crate use which: `docs/architecture.md`
+//! The shape of the source tree, checked: which top-level modules of a
+//! crate use which, and how long each file is. `docs/architecture.md`
 //! promises that no module imports back up, so a cycle between two
 //! top-level modules (`a` uses `crate::b`, `b` uses `crate::a`) is a design
 //! error that the tests name. Read from the source text: a path `crate::x`
@@ -57,7 +58,7 @@ fn reexports(root: &str) -> BTreeMap<String, String> {
         let Some((module, items)) = rest.split_once("::") else {
             continue;
         };
-        for item in items.split(|c| matches!(c, '{' | '}' | ',')) {
+        for item in items.split(['{', '}', ',']) {
             let name = item.rsplit(" as ").next().unwrap_or(item);
             if let Some(name) = ident(name.rsplit("::").next().unwrap_or(name).trim()) {
                 names.insert(name, module.trim().to_owned());
@@ -172,6 +173,36 @@ fn cycles(graph: &Graph) -> Vec<String> {
     found
 }
 
+/// The longest a source file may be, in production lines: past that a
+/// file holds more than one concern, and a reader more than one sitting.
+const MOST_PRODUCTION_LINES: usize = 350;
+
+/// `source`'s lines, less its `#[cfg(test)]` items (a `mod tests { ... }`,
+/// or a `use` or function kept for the tests).
+fn production_lines(source: &str) -> usize {
+    let mut lines = source.lines();
+    let mut count = 0;
+    while let Some(line) = lines.next() {
+        if !line.trim_start().starts_with("#[cfg(test)]") {
+            count += 1;
+            continue;
+        }
+        // Skip the item: to the brace that closes it, or its `;`.
+        let mut depth = 0_i64;
+        let mut opened = false;
+        for line in lines.by_ref() {
+            let opens = line.matches('{').count();
+            depth += i64::try_from(opens).unwrap_or(i64::MAX);
+            depth -= i64::try_from(line.matches('}').count()).unwrap_or(i64::MAX);
+            opened |= opens > 0;
+            if (opened && depth <= 0) || (!opened && line.trim_end().ends_with(';')) {
+                break;
+            }
+        }
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +234,39 @@ mod tests {
             cycles(&graph),
             ["a -> b -> c -> a", "b -> c -> a -> b", "c -> a -> b -> c"]
         );
+    }
+
+    #[test]
+    fn test_items_are_not_production_lines() {
+        let source = "use a;\n#[cfg(test)]\nuse b;\nfn f() {\n}\n#[cfg(test)]\nmod tests {\n    fn g() {}\n}\nfn h() {}\n";
+        assert_eq!(production_lines(source), 4);
+    }
+
+    /// Every source file of the workspace is short enough to read whole.
+    #[test]
+    fn no_source_file_is_over_350_production_lines() -> std::io::Result<()> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut long = Vec::new();
+        for krate in ["bench", "catalog", "common", "discount", "proto", "testkit"] {
+            let mut files = Vec::new();
+            collect_rust_files(&root.join(krate).join("src"), &mut files)?;
+            let mut total = 0;
+            for file in files {
+                let lines = production_lines(&std::fs::read_to_string(&file)?);
+                total += lines;
+                if lines > MOST_PRODUCTION_LINES {
+                    long.push(format!("{}: {lines}", file.display()));
+                }
+            }
+            // The crate's size, for `-- --nocapture`.
+            eprintln!("{krate}: {total} production lines");
+        }
+        assert!(
+            long.is_empty(),
+            "files over {MOST_PRODUCTION_LINES} production lines (split them by concern):\n  {}",
+            long.join("\n  ")
+        );
+        Ok(())
     }
 
     /// Every crate of the workspace: no two top-level modules use each other.
