@@ -461,7 +461,6 @@ async fn answers_that_cross_a_cancel_do_not_cost_the_connection() -> SetupResult
     // cancels (h2 forgets a cancelled stream after a second), so this runs
     // until the catalog has sent more resets than h2's old lifetime cap.
     let seen = listings_answered_late(1100, |seen| seen.stream_closed > 1024).await?;
-    assert!(seen.stream_closed > 1024, "{seen:?}");
     assert_eq!(
         seen.goaways,
         Vec::<u32>::new(),
