@@ -104,7 +104,8 @@ impl<S: Discount> Application<S> {
     /// [`server::serve`]). Re-reads the TLS files on every SIGHUP meanwhile.
     ///
     /// # Errors
-    /// [`StartupError::Serve`] if the gRPC server fails.
+    /// [`StartupError::Reflection`] if the reflection service cannot be
+    /// built.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

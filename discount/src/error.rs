@@ -68,7 +68,4 @@ pub enum StartupError {
     /// The reflection service could not read the embedded descriptors.
     #[error("cannot set up gRPC server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The server stopped with a transport error.
-    #[error("the gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
 }

@@ -31,8 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use common::quiet::Quiet;
-use common::serve::activity::Activity;
-use common::serve::connect_info::Closer;
+use common::serve::connection::ConnectionHandle;
 use common::serve::connections::{ConnectionTracker, Registration};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -190,14 +189,10 @@ where
                 ));
             };
             let displaced = CancellationToken::new();
-            let closer = request.extensions().get::<Closer>().cloned();
+            let connection = request.extensions().get::<ConnectionHandle>().cloned();
             // The connection is busy for as long as the call holds its
             // place (see [`common::serve::activity`]).
-            let busy = request
-                .extensions()
-                .get::<Option<Arc<Activity>>>()
-                .and_then(Option::as_ref)
-                .map(Activity::begin);
+            let busy = connection.as_ref().map(ConnectionHandle::begin);
             let request = request.map(|body| {
                 let receiving = Receiving(budget.receiving.register_as(&displaced));
                 tonic::body::Body::new(Watched::new(body, receiving))
@@ -218,7 +213,7 @@ where
             // The place is given back, and the connection leaves the
             // unread answers, when the answer's body is done with (sent,
             // or dropped with the connection).
-            let unread = closer.map(|closer| closer.register_in(&budget.sending));
+            let unread = connection.map(|connection| connection.register_in(&budget.sending));
             Ok(response.map(|body| {
                 tonic::body::Body::new(body.map_frame(move |frame| {
                     let _held = (&place, &unread, &busy);

@@ -1,23 +1,23 @@
-//! Serving HTTP: hyper directly (HTTP/1.1 and h2c), with a header timeout,
+//! Serving HTTP: hyper directly (HTTP/1.1 and h2c) through the skeleton
+//! both services share ([`common::serve::server`]), with a header timeout,
 //! limits on header size and count and on connections, and a drain with a
 //! time limit at shutdown.
 //!
 //! `run` here takes the shutdown steps (the delay while `/readyz` answers
-//! 503, then a bounded drain); the accept loop and the connection limit are
-//! in `accept.rs`, one connection's life in `connection.rs`, the limits on
-//! each connection's requests and the hyper builder in `limits.rs`.
+//! 503, then a bounded drain); the limits on each connection's requests and
+//! the hyper builder are in `limits.rs`.
 
-mod accept;
-mod connection;
 mod limits;
 
 pub use limits::{MAX_HEADERS, MAX_REQUEST_HEAD};
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::serve::connections::ConnectionTracker;
-use tokio::net::TcpListener;
+use common::serve::connection::Admitted;
+use common::serve::server::{Eviction, Limits, Server};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::routes::{AppState, router};
@@ -48,24 +48,22 @@ pub struct ServeOptions {
 ///
 /// Connections are served with hyper directly rather than `axum::serve`,
 /// which sets no timer and so no header timeout, and no connection limit.
-///
-/// Serving itself cannot fail: a connection's errors end that connection
-/// only, and accept errors are retried ([`common::serve::listener::accept`]).
+/// From the start of the shutdown delay clients are asked to leave
+/// (HTTP/2 GOAWAY, HTTP/1 `Connection: close`).
 pub async fn run(
-    listener: TcpListener,
+    listener: tokio::net::TcpListener,
     state: AppState,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let connections = ConnectionTracker::new();
     let app = router(state.clone(), options.request_timeout);
     let open = state.metrics.connections.clone();
     let delay = options.shutdown_delay;
-    let (drain, draining) = watch::channel(false);
+    let (leave, leaving) = watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         state.begin_shutdown();
-        drain.send_replace(true);
+        leave.send_replace(true);
         if !delay.is_zero() {
             tracing::info!(
                 ?delay,
@@ -75,17 +73,49 @@ pub async fn run(
         }
         tracing::info!("no longer accepting; draining requests in flight");
     };
-    let tracker = connections.clone();
-    let finished =
-        common::shutdown::with_drain_limit(shutdown, options.drain_timeout, move |signal| {
-            accept::serve(listener, app, options, tracker, open, draining, signal)
-        })
+    let limit = options.header_read_timeout;
+    let server = Server {
+        http: limits::builder(options),
+        service: app,
+        limits: Limits {
+            max_connections: options.max_connections,
+            eviction: Eviction::IdleFirst,
+            idle_timeout: Some(limit),
+            max_age: None,
+        },
+        open,
+        leaving: Some(leaving),
+    };
+    server
+        .serve(
+            listener,
+            move |tcp, peer| first_byte(tcp, peer, limit),
+            shutdown,
+            options.drain_timeout,
+            "requests",
+        )
         .await;
-    if finished.is_none() {
-        let closed = connections.close_all();
-        tracing::warn!(
-            connections = closed,
-            "closed connections with requests still in flight"
-        );
+}
+
+/// The catalog's handshake: the first byte within the header timeout.
+/// hyper-util first reads to tell HTTP/1 from HTTP/2, with no time limit,
+/// and hyper's header timer only starts after that: a client that connects
+/// and sends nothing would hold its slot forever.
+async fn first_byte(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    limit: Duration,
+) -> Option<Admitted<TcpStream>> {
+    let mut first = [0_u8; 1];
+    match tokio::time::timeout(limit, tcp.peek(&mut first)).await {
+        Ok(Ok(read)) if read > 0 => Some(Admitted::plain(tcp)),
+        Ok(_) => {
+            tracing::debug!(%peer, "closed by the client before sending anything");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no request within the header timeout; closing");
+            None
+        }
     }
 }

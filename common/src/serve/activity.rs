@@ -134,6 +134,11 @@ impl Activity {
     pub async fn evicted(&self) {
         self.evict.cancelled().await;
     }
+
+    /// What closes the connection when a tracker picks it.
+    pub(crate) fn evict_token(&self) -> &CancellationToken {
+        &self.evict
+    }
 }
 
 /// A request in flight on a connection.

@@ -26,11 +26,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::metrics::Open;
-use crate::serve::activity::Activity;
 use crate::serve::backlog::Backlog;
 
 /// The set of open connections of one server, oldest first.
@@ -149,7 +147,7 @@ pub async fn place_under(
 /// A connection being tracked; dropping it (or what it wraps) ends that.
 #[derive(Debug)]
 pub struct Registration {
-    pub(super) token: CancellationToken,
+    token: CancellationToken,
     /// Held for its `Drop`: leaves the registry.
     _guard: Guard,
     /// Held for its `Drop`: frees the place under the limit.
@@ -195,23 +193,8 @@ impl Registration {
         Tracked {
             io,
             backlog: Backlog::current(),
-            end_of_life: None,
             closing: Box::pin(self.token.clone().cancelled_owned()),
-            activity: None,
             registration: self,
-        }
-    }
-
-    /// [`Registration::wrap`], and the connection is also in
-    /// `by_last_request`, ranked by when its last request began
-    /// ([`Activity::ranked`]); closing it there closes it. The requests
-    /// are counted by whoever holds its [`Activity`] (which
-    /// [`TrackedInfo`](super::connect_info::TrackedInfo) hands to tonic).
-    pub fn wrap_watched<T>(self, io: T, by_last_request: &ConnectionTracker) -> Tracked<T> {
-        let activity = Activity::ranked(by_last_request.clone(), self.token.clone());
-        Tracked {
-            activity: Some(activity),
-            ..self.wrap(io)
         }
     }
 }
@@ -235,36 +218,16 @@ impl Drop for Guard {
 /// see end-of-stream and writes fail.
 #[derive(Debug)]
 pub struct Tracked<T> {
-    pub(super) io: T,
+    io: T,
     backlog: Backlog,
-    /// When the connection ends whatever it is doing, if it has an end of
-    /// life ([`Tracked::closing_at`]).
-    end_of_life: Option<Pin<Box<Sleep>>>,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
-    pub(super) activity: Option<Arc<Activity>>,
-    pub(super) registration: Registration,
+    registration: Registration,
 }
 
 impl<T> Tracked<T> {
-    /// The connection ends at `deadline` as if its tracker closed it: for
-    /// a hard limit on its life that no stream left open can stretch.
-    #[must_use]
-    pub fn closing_at(mut self, deadline: tokio::time::Instant) -> Self {
-        self.end_of_life = Some(Box::pin(tokio::time::sleep_until(deadline)));
-        self
-    }
-
-    /// Whether the tracker has closed this connection, or its end of life
-    /// has come. Polling also registers the task to be woken when either
-    /// happens.
+    /// Whether the tracker has closed this connection. Polling also
+    /// registers the task to be woken when it does.
     fn is_closed(&mut self, cx: &mut Context<'_>) -> bool {
-        if self
-            .end_of_life
-            .as_mut()
-            .is_some_and(|end| end.as_mut().poll(cx).is_ready())
-        {
-            self.registration.token.cancel();
-        }
         // Checked first, so the finished future is never polled again.
         self.registration.token.is_cancelled() || self.closing.as_mut().poll(cx).is_ready()
     }

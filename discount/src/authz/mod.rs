@@ -2,8 +2,8 @@
 //!
 //! TLS authenticates a client (its certificate is signed by
 //! `--client-ca`); this authorizes it. Each connection's identity is read
-//! once, from the verified client certificate, when its handshake ends
-//! ([`Authenticated`]); every call to `ecommerce.Discount` (indeed every
+//! once, from the verified client certificate, when its handshake ends,
+//! and added to each of its calls by the server; every call to `ecommerce.Discount` (indeed every
 //! call but health and reflection) is then checked against
 //! `--allow-client` ([`Authorize`]). Health and reflection stay open to any
 //! client the TLS layer let in, so probes and operators need no place on
@@ -19,14 +19,12 @@
 //!
 //! The allow-list is read in `allow_list.rs` and checked against the TLS
 //! files by the doctor in `doctor.rs`; the calls are checked in
-//! `layer.rs`, each connection's identity carried in `peer.rs`.
+//! `layer.rs`.
 
 mod allow_list;
 mod doctor;
 mod layer;
-mod peer;
 
 pub use allow_list::Allowed;
 pub use doctor::check_allow_list;
 pub use layer::{Authorize, Authorized};
-pub use peer::{Authenticated, AuthenticatedInfo};

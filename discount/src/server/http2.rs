@@ -1,7 +1,10 @@
-//! The bounds on each HTTP/2 connection, and the tonic server settings
-//! that hold a connection to them whatever the client sends.
+//! The bounds on each HTTP/2 connection, and the hyper settings that hold
+//! a connection to them whatever the client sends.
 
 use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
 
 /// How many streams the server may reset on one connection for the
 /// client's protocol errors (opening streams past the limit, for one)
@@ -34,26 +37,23 @@ pub struct Http2Limits {
 }
 
 impl Http2Limits {
-    /// A tonic server builder that holds every connection to these limits.
-    pub(super) fn server(&self) -> tonic::transport::Server {
-        tonic::transport::Server::builder()
+    /// The hyper builder that holds every connection to these limits:
+    /// HTTP/2 only, as tonic's server is, with tonic's server settings.
+    pub(super) fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut http = auto::Builder::new(TokioExecutor::new()).http2_only();
+        http.http2()
+            .timer(TokioTimer::new())
             .max_concurrent_streams(self.max_concurrent_streams)
-            // tonic ends a call at the smaller of this and the client's
-            // grpc-timeout.
-            .timeout(self.max_call_duration)
-            // Not max_connection_age_grace: in tonic 0.14 setting it replaces
-            // the GOAWAY at the age with a hard close at age + grace, failing
-            // the calls in flight. Calls end within max_call_duration anyway.
-            .max_connection_age(self.max_connection_age)
-            .http2_keepalive_interval(Some(self.keepalive_interval))
-            .http2_keepalive_timeout(Some(self.keepalive_timeout))
-            .http2_max_header_list_size(self.max_header_list_size)
+            .keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .max_header_list_size(self.max_header_list_size)
             .initial_stream_window_size(self.stream_window)
             .initial_connection_window_size(self.connection_window)
-            // tonic passes None here by default, which hyper takes as "no
-            // limit" on streams the server itself resets for protocol errors
-            // (RUSTSEC-2024-0003); a client provoking them gets a GOAWAY.
-            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-            .http2_max_pending_accept_reset_streams(Some(self.max_pending_resets))
+            // hyper's own default, set explicitly: with none, a client
+            // provoking resets for protocol errors is never cut off
+            // (RUSTSEC-2024-0003); past it the client gets a GOAWAY.
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .max_pending_accept_reset_streams(Some(self.max_pending_resets));
+        http
     }
 }

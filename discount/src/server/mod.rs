@@ -1,36 +1,38 @@
-//! Serving: the gRPC router (discount, health, reflection), the message
-//! size limit, and shutdown in three steps (health NOT_SERVING, a delay, a
-//! bounded drain). The accept loop that hands each connection to the TLS
-//! handshake of [`crate::tls`] is in `accept.rs`; the HTTP/2 limits in
-//! `http2.rs`; what a call is told of its connection in `connect_info.rs`;
-//! the status of a message over the size limit in `oversized.rs`.
+//! Serving: the gRPC router (discount, health, reflection) with its layers,
+//! the message size limit, and shutdown in three steps (health
+//! NOT_SERVING, a delay, a bounded drain). Connections go through the
+//! skeleton both services share ([`common::serve::server`]), each after
+//! the TLS handshake of [`crate::tls`], which also tells every call the
+//! client's identity; the HTTP/2 limits are in `http2.rs`, the status of a
+//! message over the size limit in `oversized.rs`.
 
-mod accept;
-mod connect_info;
 mod http2;
 mod oversized;
 
 pub use http2::Http2Limits;
 
 use std::future::Future;
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::quiet::Quiet;
-use common::serve::connections::ConnectionTracker;
+use common::serve::connection::Admitted;
+use common::serve::server::{Eviction, Limits, Server};
 use ecommerce_proto::pb::discount_server::{Discount, DiscountServer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tonic::codegen::http;
+use tonic::service::{RecoverErrorLayer, Routes};
+use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
-use tower::util::{MapRequestLayer, MapResponseLayer};
+use tower::ServiceBuilder;
+use tower::util::MapResponseLayer;
 
-use crate::authz::{Authenticated, Authorize};
+use crate::authz::Authorize;
 use crate::error::StartupError;
 use crate::metrics::DiscountMetrics;
 use crate::shed::CallBudget;
 use crate::tls::{self, Transport};
-use accept::{ConnectionBounds, incoming};
-use connect_info::expose_peer;
 use oversized::oversized_is_resource_exhausted;
 
 /// The largest request or response message: 64 KiB. A DiscountRequest is a
@@ -76,8 +78,8 @@ pub struct ServerOptions {
 /// in flight get `drain_timeout` to finish.
 ///
 /// # Errors
-/// [`StartupError::Reflection`] if the reflection service cannot be built,
-/// [`StartupError::Serve`] if the gRPC server fails.
+/// [`StartupError::Reflection`] if the reflection service cannot be built;
+/// serving itself cannot fail.
 pub async fn serve<S: Discount>(
     listener: TcpListener,
     transport: Transport,
@@ -125,76 +127,96 @@ pub async fn serve<S: Discount>(
         }
         tracing::info!("no longer accepting; draining calls in flight");
     };
-    let connections = ConnectionTracker::new();
     let discount = DiscountServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(discount)
+        .prepare();
     let limits = options.http2;
-    let router = limits
-        .server()
-        // Outermost: calls refused or shed below are counted too.
+    let app = ServiceBuilder::new()
+        .map_request(|request: http::Request<hyper::body::Incoming>| {
+            request.map(tonic::body::Body::new)
+        })
+        // What fails below becomes a gRPC status, as tonic's server does.
+        .layer(RecoverErrorLayer::new())
+        // tonic's own timeout layer is private to its server: this is the
+        // same ceiling, its expiry the same CANCELLED "Timeout expired".
+        .map_err(|error: tower::BoxError| -> tower::BoxError {
+            if error.is::<tower::timeout::error::Elapsed>() {
+                Box::new(tonic::TimeoutExpired(()))
+            } else {
+                error
+            }
+        })
+        .timeout(limits.max_call_duration)
+        // Outermost of ours: calls refused or shed below are counted too.
         .layer(metrics.observe_calls())
-        .layer(MapRequestLayer::new(expose_peer))
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
         // Before the budget: a refused call takes no place in it.
         .layer(options.authorize.clone().counted(metrics.refusals()))
         .layer(CallBudget::new(options.max_concurrent_calls).counted(metrics.shed.clone()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(discount);
-    let limit = options.handshake_timeout;
-    let authorize = options.authorize.clone();
-    let bounds = ConnectionBounds {
-        open: metrics.connections.clone(),
+        .service(routes);
+    let connection_limits = Limits {
         max_connections: options.max_connections,
-        // tonic sends GOAWAY at the age; unary calls then end within
+        eviction: Eviction::StalestCall,
+        idle_timeout: None,
+        // A GOAWAY at the age; unary calls then end within
         // max_call_duration. A stream that outlives that is cut.
-        lifetime: limits
-            .max_connection_age
-            .saturating_add(limits.max_call_duration),
+        max_age: Some((limits.max_connection_age, limits.max_call_duration)),
     };
-    let tracker = connections.clone();
-    let finished =
-        common::shutdown::with_drain_limit(shutdown, options.drain_timeout, move |signal| {
-            let serving: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-                match transport {
-                    Transport::Tls(tls) => {
-                        let quiet = Arc::new(Quiet::default());
-                        let incoming = incoming(listener, tracker, bounds, move |tcp, peer| {
-                            let config = Arc::clone(&tls.borrow());
-                            let quiet = Arc::clone(&quiet);
-                            let authorize = authorize.clone();
-                            let metrics = metrics.clone();
-                            async move {
-                                let stream =
-                                    tls::handshake(config, tcp, peer, limit, &quiet, &metrics)
-                                        .await?;
-                                let identity = tls::client_identity(&stream);
-                                let admitted = authorize.admits(&identity);
-                                Some((Authenticated::new(stream, identity), admitted))
-                            }
-                        });
-                        Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-                    }
-                    Transport::Plaintext => {
-                        let incoming = incoming(listener, tracker, bounds, |tcp, _| {
-                            std::future::ready(Some((tcp, true)))
-                        });
-                        Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-                    }
-                };
-            serving
-        })
-        .await;
-    match finished {
-        Some(result) => result?,
-        None => {
-            let closed = connections.close_all();
-            tracing::warn!(
-                connections = closed,
-                "closed connections with calls still in flight"
-            );
+    let server = Server {
+        http: limits.builder(),
+        service: app,
+        limits: connection_limits,
+        open: metrics.connections.clone(),
+        leaving: None,
+    };
+    let drain = options.drain_timeout;
+    match transport {
+        Transport::Tls(tls) => {
+            let limit = options.handshake_timeout;
+            let authorize = options.authorize.clone();
+            let quiet = Arc::new(Quiet::default());
+            let metrics = metrics.clone();
+            let handshake = move |tcp: TcpStream, peer: SocketAddr| {
+                let config = Arc::clone(&tls.borrow());
+                let (quiet, authorize, metrics) =
+                    (Arc::clone(&quiet), authorize.clone(), metrics.clone());
+                async move {
+                    let stream = tls::handshake(config, tcp, peer, limit, &quiet, &metrics).await?;
+                    let identity = tls::client_identity(&stream);
+                    let listed = authorize.admits(&identity);
+                    let mut extensions = http::Extensions::new();
+                    // Where tonic's `remote_addr` and `peer_certs` look.
+                    extensions.insert(stream.connect_info());
+                    extensions.insert(Arc::new(identity));
+                    Some(Admitted {
+                        io: stream,
+                        extensions,
+                        listed,
+                    })
+                }
+            };
+            server
+                .serve(listener, handshake, shutdown, drain, "calls")
+                .await;
+        }
+        Transport::Plaintext => {
+            let handshake = |tcp: TcpStream, _| {
+                let mut extensions = http::Extensions::new();
+                extensions.insert(tcp.connect_info());
+                std::future::ready(Some(Admitted {
+                    io: tcp,
+                    extensions,
+                    listed: true,
+                }))
+            };
+            server
+                .serve(listener, handshake, shutdown, drain, "calls")
+                .await;
         }
     }
     Ok(())
