@@ -35,6 +35,10 @@
 //! client tries again a second later. Keep the port to the kubelet and the
 //! scraper (the Kubernetes manifests' NetworkPolicies do).
 //!
+//! So this listener does not serve through the skeleton in
+//! [`crate::serve::server`]: it binds with [`crate::serve::listener`] and
+//! shares its accept backoff, and owns everything after the accept itself.
+//!
 //! This file is that task; `answer.rs` parses heads and builds answers,
 //! `waiting.rs` keeps the connections whose head is not whole, and
 //! `socket.rs` reads and writes their sockets.
@@ -80,9 +84,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prometheus needs one; past this a scrape is answered 503.
 const MAX_WRITERS: usize = 4;
 
-/// How long accepting pauses after it fails (out of file descriptors),
-/// instead of spinning on the error.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds the admin listener at `addr`, if one is asked for: the listener
 /// and the address it really has (port 0 picks one).
@@ -191,7 +192,7 @@ impl Admin {
                     if let Some(more) = self.quiet.should_log("accept", std::time::Instant::now()) {
                         tracing::warn!(%error, more, "the admin listener cannot accept; pausing accepts briefly");
                     }
-                    self.paused = Some(Box::pin(tokio::time::sleep(ACCEPT_ERROR_BACKOFF)));
+                    self.paused = Some(Box::pin(tokio::time::sleep(crate::serve::listener::ACCEPT_ERROR_BACKOFF)));
                 }
             }
         }

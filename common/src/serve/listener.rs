@@ -12,7 +12,7 @@ const BACKLOG: i32 = 1024;
 
 /// How long to pause accepting after `accept` fails, instead of spinning on
 /// the error.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The next connection on `listener`, with `TCP_NODELAY` set.
 ///
