@@ -84,7 +84,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prometheus needs one; past this a scrape is answered 503.
 const MAX_WRITERS: usize = 4;
 
-
 /// Binds the admin listener at `addr`, if one is asked for: the listener
 /// and the address it really has (port 0 picks one).
 ///
@@ -192,7 +191,9 @@ impl Admin {
                     if let Some(more) = self.quiet.should_log("accept", std::time::Instant::now()) {
                         tracing::warn!(%error, more, "the admin listener cannot accept; pausing accepts briefly");
                     }
-                    self.paused = Some(Box::pin(tokio::time::sleep(crate::serve::listener::ACCEPT_ERROR_BACKOFF)));
+                    self.paused = Some(Box::pin(tokio::time::sleep(
+                        crate::serve::listener::ACCEPT_ERROR_BACKOFF,
+                    )));
                 }
             }
         }

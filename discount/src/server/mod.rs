@@ -3,9 +3,11 @@
 //! NOT_SERVING, a delay, a bounded drain). Connections go through the
 //! skeleton both services share ([`common::serve::server`]), each after
 //! the TLS handshake of [`crate::tls`], which also tells every call the
-//! client's identity; the HTTP/2 limits are in `http2.rs`, the status of a
+//! client's identity; the HTTP/2 limits are in `http2.rs`, each call's time
+//! limit in `deadline.rs`, the status of a
 //! message over the size limit in `oversized.rs`.
 
+mod deadline;
 mod http2;
 mod oversized;
 
@@ -33,6 +35,7 @@ use crate::error::StartupError;
 use crate::metrics::DiscountMetrics;
 use crate::shed::CallBudget;
 use crate::tls::{self, Transport};
+use deadline::call_deadline;
 use oversized::oversized_is_resource_exhausted;
 
 /// The largest request or response message: 64 KiB. A DiscountRequest is a
@@ -142,16 +145,7 @@ pub async fn serve<S: Discount>(
         })
         // What fails below becomes a gRPC status, as tonic's server does.
         .layer(RecoverErrorLayer::new())
-        // tonic's own timeout layer is private to its server: this is the
-        // same ceiling, its expiry the same CANCELLED "Timeout expired".
-        .map_err(|error: tower::BoxError| -> tower::BoxError {
-            if error.is::<tower::timeout::error::Elapsed>() {
-                Box::new(tonic::TimeoutExpired(()))
-            } else {
-                error
-            }
-        })
-        .timeout(limits.max_call_duration)
+        .layer(call_deadline(limits.max_call_duration))
         // Outermost of ours: calls refused or shed below are counted too.
         .layer(metrics.observe_calls())
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))

@@ -216,6 +216,34 @@ async fn a_call_cannot_ask_for_more_time_than_the_ceiling() -> SetupResult<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_call_ends_at_the_grpc_timeout_its_client_sent() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let server = DiscountServer::start_with(
+        &pki,
+        &["--max-call-duration", "1h"],
+        ScriptedDiscount::default(),
+    )
+    .await?;
+    // A raw HTTP/2 client, which keeps no timer of its own (tonic's client
+    // would end the call itself at its grpc-timeout), sends the head of a
+    // call that asks for 300 ms and never sends its message.
+    let mut client = h2_client(server.addr(), &pki, 65_535).await?;
+    let mut head = apply_discount()?;
+    head.headers_mut().insert(
+        "grpc-timeout",
+        tonic::codegen::http::HeaderValue::from_static("300m"),
+    );
+    let (answer, _open) = client.send_request(head, false)?;
+    let answer = tokio::time::timeout(HANG, answer).await.map_err(|_| {
+        format!("no answer within {HANG:?}: the call's grpc-timeout was not kept")
+    })??;
+    let status = tonic::Status::from_header_map(answer.headers()).ok_or("no grpc-status")?;
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    assert!(status.message().contains("Timeout expired"), "{status:?}");
+    Ok(())
+}
+
 /// A connection opened with the `h2` crate (which keeps to flow control,
 /// so the server's bounds and not a protocol error are what is tested),
 /// with `window` as its own receive window.
