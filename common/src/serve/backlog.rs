@@ -23,14 +23,18 @@
 //! client sends, and an honest client only sees its reads pause while the
 //! process is overloaded anyway.
 //!
+//! Every connection both services serve reads through [`Gated`].
+//!
 //! The queue is tokio's multi-threaded scheduler's; on a current-thread
 //! runtime (in-process tests) tasks never reach it and nothing pauses.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::{Handle, RuntimeMetrics};
 use tokio::time::{Instant, Sleep};
 
@@ -79,5 +83,64 @@ impl Backlog {
             let _ = pause.as_mut().poll(cx);
         }
         Poll::Pending
+    }
+}
+
+/// A connection's stream whose reads wait while the run queue is long
+/// ([`Backlog`]); writes go straight through.
+#[derive(Debug)]
+pub struct Gated<T> {
+    io: T,
+    backlog: Backlog,
+}
+
+impl<T> Gated<T> {
+    /// `io`, gated on the runtime this is called from.
+    pub fn new(io: T) -> Self {
+        Self {
+            io,
+            backlog: Backlog::current(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Gated<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::task::ready!(self.backlog.poll_ready(cx));
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Gated<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -19,6 +19,7 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 
 use super::activity::{Activity, Busy};
+use super::backlog::Gated;
 use super::connections::{ConnectionTracker, Registration};
 use super::server::{Eviction, Limits};
 use crate::quiet::Quiet;
@@ -116,8 +117,9 @@ where
 
 /// One accepted connection and what it needs to be served.
 pub(super) struct Connection<S> {
-    /// In the server's tracker, holding its place under the limit.
-    pub(super) registration: Registration,
+    /// In the server's tracker, holding its place under the limit, until
+    /// the task serving the connection ends.
+    pub(super) _registration: Registration,
     /// Handshaking, unlisted, and idle or ranked connections.
     pub(super) displaceable: [ConnectionTracker; 3],
     pub(super) http: Arc<auto::Builder<TokioExecutor>>,
@@ -178,7 +180,7 @@ impl<S: Service> Connection<S> {
             Eviction::StalestCall => Activity::ranked(self.displaceable[1].clone(), evict),
         };
         let service = self.requests(admitted.extensions, &activity);
-        let io = TokioIo::new(self.registration.wrap(admitted.io));
+        let io = TokioIo::new(Gated::new(admitted.io));
         let connection = self.http.serve_connection(io, service).into_owned();
         tokio::pin!(connection);
         let (mut closing, mut left, mut picked) = (false, false, false);

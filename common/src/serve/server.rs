@@ -126,8 +126,10 @@ impl<S: Service> Server<S> {
             self.accept(listener, handshake, tracker, signal)
         })
         .await;
+        // Past the drain time the server's future was dropped, and with it
+        // the tasks serving each connection, which closes their sockets.
         if finished.is_none() {
-            let closed = connections.close_all();
+            let closed = connections.open();
             tracing::warn!(
                 connections = closed,
                 "closed connections with {what} still in flight"
@@ -190,7 +192,7 @@ impl<S: Service> Server<S> {
                 break; // never closed
             };
             let connection = Connection {
-                registration: connections.register().holding(slot).counted(&open),
+                _registration: connections.register().holding(slot).counted(&open),
                 displaceable: displaceable.clone(),
                 http: Arc::clone(&http),
                 service: service.clone(),
