@@ -159,10 +159,10 @@ impl<S: Service> Connection<S> {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
-        let picked = handshaking.closed();
+        let displaced = handshaking.closed();
         let admitted = tokio::select! {
             admitted = handshake => admitted,
-            () = picked => None,
+            () = displaced => None,
         };
         // Picked to make room just as the handshake finished: the newcomer
         // waits for this slot, so give it up.
