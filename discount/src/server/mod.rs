@@ -132,7 +132,16 @@ pub async fn serve<S: Discount>(
     let limits = options.http2;
     let router = limits
         .server()
-        // Outermost: calls refused or shed below are counted too.
+        // Outermost: each call's span, with no line of tower-http's own.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_grpc()
+                .make_span_with(crate::metrics::call_span)
+                .on_request(())
+                .on_response(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        // In the span: calls refused or shed below are counted too.
         .layer(metrics.observe_calls())
         .layer(MapRequestLayer::new(expose_peer))
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
