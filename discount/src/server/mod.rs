@@ -147,7 +147,7 @@ pub async fn serve<S: Discount>(
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
         // Before the budget: a refused call takes no place in it.
         .layer(options.authorize.clone().counted(metrics.refusals()))
-        .layer(CallBudget::new(options.max_concurrent_calls).counted(metrics.shed.clone()))
+        .layer(CallBudget::new(options.max_concurrent_calls, &metrics.shed))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
