@@ -1,5 +1,8 @@
 //! Load shedding: one budget of calls in flight for the whole server.
 //!
+//! Not tower's `GlobalConcurrencyLimitLayer` + `LoadShedLayer`: they free a place when the answer's headers are
+//! ready, not when its body is sent, and shed in `poll_ready`, before the call, so nothing stalled can make room.
+//!
 //! The per-connection bounds of the server's `Http2Limits` do not add up
 //! to a bound on the process: every call in flight may hold up to a message
 //! (64 KiB) being received, and 1,024 connections × 256 streams is a quarter
@@ -60,33 +63,20 @@ pub struct CallBudget {
     limit: usize,
     quiet: Arc<Quiet>,
     /// Counts the calls refused.
-    shed: Option<prometheus::IntCounter>,
+    shed: prometheus::IntCounter,
 }
 
 impl CallBudget {
-    /// A budget of `limit` calls in flight.
-    pub fn new(limit: usize) -> Self {
+    /// A budget of `limit` calls in flight, counting each call refused in
+    /// `shed`.
+    pub fn new(limit: usize, shed: &prometheus::IntCounter) -> Self {
         Self {
             places: Arc::new(Semaphore::new(limit)),
             receiving: ConnectionTracker::new(),
             sending: ConnectionTracker::new(),
             limit,
             quiet: Arc::new(Quiet::default()),
-            shed: None,
-        }
-    }
-
-    /// Also counts each call refused in `shed`.
-    #[must_use]
-    pub fn counted(mut self, shed: prometheus::IntCounter) -> Self {
-        self.shed = Some(shed);
-        self
-    }
-
-    /// One call refused: counted.
-    fn shed_one(&self) {
-        if let Some(shed) = &self.shed {
-            shed.inc();
+            shed: shed.clone(),
         }
     }
 
@@ -122,16 +112,22 @@ impl CallBudget {
             );
         }
     }
-}
 
-/// RESOURCE_EXHAUSTED with `message`, as an answer, whose `call answered`
-/// line is limited like the budget's own line for `cause` ([`Quieted`]).
-fn exhausted(message: String, cause: &str) -> http::Response<tonic::body::Body> {
-    let mut answer = tonic::Status::resource_exhausted(message).into_http();
-    answer
-        .extensions_mut()
-        .insert(Quieted(format!("shed: {cause}")));
-    answer
+    /// A call refused, counted: RESOURCE_EXHAUSTED saying the limit, then
+    /// `why`, whose `call answered` line is limited like the budget's own
+    /// line for `cause` ([`Quieted`]).
+    fn refuse(&self, cause: &str, why: &str) -> http::Response<tonic::body::Body> {
+        self.shed.inc();
+        let limit = self.limit;
+        let message = format!(
+            "discount is at its limit of {limit} calls in flight (--max-concurrent-calls){why}"
+        );
+        let mut answer = tonic::Status::resource_exhausted(message).into_http();
+        answer
+            .extensions_mut()
+            .insert(Quieted(format!("shed: {cause}")));
+        answer
+    }
 }
 
 impl<S> Layer<S> for CallBudget {
@@ -179,14 +175,7 @@ where
             let Some(place) = budget.place().await else {
                 const REFUSING: &str = "refusing calls with RESOURCE_EXHAUSTED";
                 budget.log(REFUSING);
-                budget.shed_one();
-                return Ok(exhausted(
-                    format!(
-                        "discount is at its limit of {} calls in flight (--max-concurrent-calls); try again shortly",
-                        budget.limit
-                    ),
-                    REFUSING,
-                ));
+                return Ok(budget.refuse(REFUSING, "; try again shortly"));
             };
             let displaced = CancellationToken::new();
             let connection = request.extensions().get::<ConnectionHandle>().cloned();
@@ -200,14 +189,8 @@ where
             let response = tokio::select! {
                 response = inner.call(request) => response?,
                 () = displaced.cancelled() => {
-                    budget.shed_one();
-                    return Ok(exhausted(
-                        format!(
-                            "discount is at its limit of {} calls in flight (--max-concurrent-calls) and this call's request message had not arrived; it was ended to make room",
-                            budget.limit
-                        ),
-                        ENDING,
-                    ));
+                    const WHY: &str = " and this call's request message had not arrived; it was ended to make room";
+                    return Ok(budget.refuse(ENDING, WHY));
                 }
             };
             // The place is given back, and the connection leaves the
@@ -290,6 +273,10 @@ mod tests {
             .map(|s| (s.code(), s.message().to_owned()))
     }
 
+    fn shed() -> prometheus::IntCounter {
+        prometheus::IntCounter::new("shed", "calls shed").unwrap()
+    }
+
     async fn call(
         service: &mut Budgeted<Script>,
         stall: bool,
@@ -305,7 +292,7 @@ mod tests {
 
     #[tokio::test]
     async fn when_every_call_has_its_request_newcomers_are_refused_until_a_place_is_free() {
-        let mut service = CallBudget::new(2).layer(Script);
+        let mut service = CallBudget::new(2, &shed()).layer(Script);
         // Two answers not yet sent hold both places.
         let mut held = vec![
             call(&mut service, false).await,
@@ -324,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_still_waiting_for_its_request_makes_room_for_a_newcomer() {
-        let service = CallBudget::new(2).layer(Script);
+        let service = CallBudget::new(2, &shed()).layer(Script);
         let stalled: Vec<_> = (0..2)
             .map(|_| {
                 let mut service = service.clone();

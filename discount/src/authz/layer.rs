@@ -1,5 +1,8 @@
 //! The tower layer that checks each call against the allow-list, and the
 //! PERMISSION_DENIED answer (and its log line) for those it refuses.
+//!
+//! Not a tonic interceptor: that runs behind the router and sees no path, so an unknown path or another
+//! spelling would get UNIMPLEMENTED, not PERMISSION_DENIED, and a refusal could name no method nor carry [`Quieted`].
 
 use std::future::Future;
 use std::net::SocketAddr;

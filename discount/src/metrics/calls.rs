@@ -1,9 +1,11 @@
 //! Every call counted and timed, by method and the code sent; for
-//! `ecommerce.Discount`, also its span and its `call answered` line.
+//! `ecommerce.Discount`, also its span ([`call_span`], for tower-http's
+//! `TraceLayer`) and its `call answered` line.
 //!
-//! [`ObserveCalls`] is the outermost layer of the router, so a call the
-//! allow-list refuses or the budget sheds is counted like any other, with
-//! the code the client received. Its `call answered` line, though, is
+//! [`ObserveCalls`] is the outermost layer of the router but for the
+//! `TraceLayer` (its line is in the span), so a call the allow-list refuses
+//! or the budget sheds is counted like any other, with the code the client
+//! received. Its `call answered` line, though, is
 //! rate-limited like the line of the layer that refused it ([`Quieted`]):
 //! one connection refused 14,546 times in 5 s wrote as many lines, and
 //! rotated the one warning that mattered out of the log in about 25 s.
@@ -19,7 +21,6 @@ use common::quiet::Quiet;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use tonic::codegen::http;
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::body::{End, Watched, Watcher};
 
@@ -61,6 +62,29 @@ fn method_index(path: &str) -> usize {
 #[cfg(test)]
 fn method_label(path: &str) -> &'static str {
     METHODS[method_index(path)]
+}
+
+/// The span of a call, for tower-http's `TraceLayer` (which the router sets
+/// to write no line of its own: the `call answered` line is this file's).
+/// For `ecommerce.Discount`, the child of the caller's span when the call
+/// carries a `traceparent` (the catalog sends one); none for the other
+/// services: health checks come every second from every catalog, and would
+/// be a trace each.
+pub(crate) fn call_span(request: &http::Request<tonic::body::Body>) -> tracing::Span {
+    let index = method_index(request.uri().path());
+    if index >= DISCOUNT_METHODS {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "call",
+        otel.name = METHODS[index],
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = METHODS[index],
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    common::telemetry::continue_trace(&span, request.headers());
+    span
 }
 
 /// The series every call touches, looked up once rather than by label
@@ -146,49 +170,28 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let index = method_index(request.uri().path());
-        let method = METHODS[index];
-        // The call's server span, the child of the caller's span when the
-        // call carries a `traceparent` (the catalog sends one). Only for
-        // ecommerce.Discount: health checks come every second from every
-        // catalog, and would be a trace each.
-        let span = if index < DISCOUNT_METHODS {
-            tracing::info_span!(
-                "call",
-                otel.name = method,
-                otel.kind = "server",
-                rpc.system = "grpc",
-                rpc.method = method,
-                rpc.grpc.status_code = tracing::field::Empty,
-            )
-        } else {
-            tracing::Span::none()
-        };
-        common::telemetry::continue_trace(&span, request.headers());
         let mut call = Call {
-            method: index,
+            method: method_index(request.uri().path()),
             started: Instant::now(),
             _in_flight: Open::count(&self.series.in_flight),
             series: Arc::clone(&self.series),
-            span: span.clone(),
+            // [`call_span`]'s, entered by the `TraceLayer` around this call.
+            span: tracing::Span::current(),
             quieted: None,
         };
-        let answer = span.in_scope(|| self.inner.call(request));
-        Box::pin(
-            async move {
-                let mut response = answer.await?;
-                call.quieted = response.extensions_mut().remove::<Quieted>();
-                // A trailers-only answer (every error tonic makes itself) has
-                // its status in the headers; otherwise it comes in the
-                // trailers, at the end of the body.
-                if let Some(code) = grpc_status(response.headers()) {
-                    call.ended(code);
-                    return Ok(response);
-                }
-                Ok(response.map(|body| tonic::body::Body::new(Watched::new(body, call))))
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            call.quieted = response.extensions_mut().remove::<Quieted>();
+            // A trailers-only answer (every error tonic makes itself) has
+            // its status in the headers; otherwise it comes in the
+            // trailers, at the end of the body.
+            if let Some(code) = grpc_status(response.headers()) {
+                call.ended(code);
+                return Ok(response);
             }
-            .instrument(span),
-        )
+            Ok(response.map(|body| tonic::body::Body::new(Watched::new(body, call))))
+        })
     }
 }
 
@@ -200,7 +203,8 @@ struct Call {
     started: Instant,
     _in_flight: Open,
     series: Arc<CallSeries>,
-    /// Held until the answer is sent, so the span ends with the call.
+    /// Its span (for `ecommerce.Discount`), entered for its line even
+    /// when the answer is dropped unsent, outside the `TraceLayer`'s body.
     span: tracing::Span,
     /// Why a layer below refused it, if one did.
     quieted: Option<Quieted>,
@@ -208,7 +212,6 @@ struct Call {
 
 impl Call {
     fn ended(self, code: tonic::Code) {
-        self.span.record("rpc.grpc.status_code", code as i32);
         let series = &self.series;
         if code == tonic::Code::Ok {
             series.ok[self.method].inc();
@@ -227,6 +230,7 @@ impl Call {
         if self.method >= DISCOUNT_METHODS {
             return;
         }
+        self.span.record("rpc.grpc.status_code", code as i32);
         let (method, code) = (METHODS[self.method], grpc_code_name(code));
         let _entered = self.span.enter();
         match &self.quieted {

@@ -15,7 +15,7 @@ mod refusals;
 use common::metrics::Metrics;
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
-pub(crate) use calls::{ObserveCalls, Quieted};
+pub(crate) use calls::{ObserveCalls, Quieted, call_span};
 pub(crate) use handshake::HandshakeRefusal;
 pub(crate) use refusals::Refusals;
 

@@ -146,12 +146,21 @@ pub async fn serve<S: Discount>(
         // What fails below becomes a gRPC status, as tonic's server does.
         .layer(RecoverErrorLayer::new())
         .layer(call_deadline(limits.max_call_duration))
-        // Outermost of ours: calls refused or shed below are counted too.
+        // Each call's span, with no line of tower-http's own.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_grpc()
+                .make_span_with(crate::metrics::call_span)
+                .on_request(())
+                .on_response(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        // In the span: calls refused or shed below are counted too.
         .layer(metrics.observe_calls())
         .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
         // Before the budget: a refused call takes no place in it.
         .layer(options.authorize.clone().counted(metrics.refusals()))
-        .layer(CallBudget::new(options.max_concurrent_calls).counted(metrics.shed.clone()))
+        .layer(CallBudget::new(options.max_concurrent_calls, &metrics.shed))
         .service(routes);
     let connection_limits = Limits {
         max_connections: options.max_connections,
