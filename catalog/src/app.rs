@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::data::Data;
 use crate::discount::{DiscountClient, Resolve, SystemResolver};
 use crate::error::StartupError;
 use crate::metrics::CatalogMetrics;
@@ -21,6 +22,9 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     client: DiscountClient,
+    data: Data,
+    /// Keeps `data` fresh; stopped with the catalog.
+    refresh: tokio::task::JoinHandle<()>,
     config: Config,
     open_files: Option<u64>,
     metrics: CatalogMetrics,
@@ -30,13 +34,13 @@ pub struct Application {
 
 impl Application {
     /// Reads and checks the TLS material, prepares the client of discount,
-    /// and binds the port, as `config` says. Discount's names are resolved
-    /// by the system's resolver.
+    /// opens the data, and binds the port, as `config` says. Discount's
+    /// names are resolved by the system's resolver.
     ///
     /// # Errors
     /// A [`StartupError`] naming the file or flag to fix.
-    pub fn build(config: &Config) -> Result<Self, StartupError> {
-        Self::build_with_resolver(config, Arc::new(SystemResolver))
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        Self::build_with_resolver(config, Arc::new(SystemResolver)).await
     }
 
     /// [`Application::build`], with discount's names resolved by
@@ -44,7 +48,7 @@ impl Application {
     ///
     /// # Errors
     /// A [`StartupError`] naming the file or flag to fix.
-    pub fn build_with_resolver(
+    pub async fn build_with_resolver(
         config: &Config,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, StartupError> {
@@ -52,6 +56,20 @@ impl Application {
         let open_files = common::serve::open_files::raise_open_files_limit();
         let metrics = CatalogMetrics::new();
         let client = DiscountClient::start(&config.discount(), resolver, metrics.discount.clone())?;
+        let url = &config.database_url;
+        let store = crate::store::open(url).await?;
+        // A SQLite file that cannot be used fails the start; PostgreSQL
+        // that cannot be reached yet is tried again while the catalog
+        // serves 503s that say so.
+        let retry = url.sqlite_path().is_none();
+        let (data, refresh) = crate::data::start(
+            store,
+            url.clone(),
+            !config.no_migrate,
+            config.data_refresh_interval,
+            retry,
+        )
+        .await?;
         let listener =
             common::serve::listener::bind(config.listen_addr()).map_err(StartupError::Bind)?;
         // The bound address, not the configured one: with port 0 only this
@@ -59,16 +77,19 @@ impl Application {
         let addr = listener.local_addr().map_err(StartupError::Bind)?;
         let admin = common::admin::bind(config.metrics_addr).map_err(StartupError::MetricsBind)?;
         let discount = client.clone();
-        let replicas = metrics.discount.clone();
+        let (replicas, freshness, held) = (metrics.discount.clone(), metrics.clone(), data.clone());
         metrics.common.on_scrape(move || {
             let known = discount.replicas();
             let serving = known.iter().filter(|replica| replica.serving).count();
             replicas.replicas(serving, known.len());
+            freshness.data(&held);
         });
         Ok(Self {
             listener,
             addr,
             client,
+            data,
+            refresh,
             config: config.clone(),
             open_files,
             metrics,
@@ -104,6 +125,8 @@ impl Application {
             listener,
             addr,
             client,
+            data,
+            refresh,
             config,
             open_files,
             metrics,
@@ -140,14 +163,23 @@ impl Application {
             discount_identity = config.discount_identity.0.as_deref().unwrap_or("(not checked)"),
             dial_per_request = discount.dial_per_request,
             ca = %common::pem::display_path(&config.discount_ca),
+            database = %config.database_url,
+            products = data.product_count(),
             client_cert = %common::pem::display_path(&config.client_cert),
             max_connections = options.max_connections,
             open_files,
             metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |addr| format!("http://{addr}/metrics")),
             "Server running on {addr}"
         );
-        server::run(listener, AppState::new(client, metrics), options, shutdown).await;
+        server::run(
+            listener,
+            AppState::new(client, data, metrics),
+            options,
+            shutdown,
+        )
+        .await;
         reload_on_sighup.abort();
+        refresh.abort();
         if let Some(admin) = admin {
             admin.abort();
         }

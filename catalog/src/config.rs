@@ -9,6 +9,7 @@ use common::pem::PemSource;
 
 use crate::discount::{DEFAULT_PORT, DiscountSettings, Targets};
 use crate::server::ServeOptions;
+use crate::store::DatabaseUrl;
 use crate::tls::{ExpectedIdentity, Security};
 
 /// `catalog [PORT]`: the catalog HTTP API, a TLS gRPC client of discount.
@@ -16,11 +17,35 @@ use crate::tls::{ExpectedIdentity, Security};
 /// Every option can also be set through the environment variable shown in
 /// `--help`; a flag wins over its variable.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "catalog", version, about, long_about = None)]
+#[command(name = "catalog", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Config {
+    /// Without a command, serve; the commands manage the data.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Port to serve HTTP on. The seed took it as its only argument.
     #[arg(env = "CATALOG_PORT", default_value_t = 11080)]
     pub port: u16,
+
+    /// Where the products and customers are kept:
+    /// `sqlite://PATH` (a file, created with the seed's products and
+    /// customers when missing) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (for several catalog
+    /// replicas; bring the data with `catalog import`). See docs/data.md.
+    #[arg(long, env = "CATALOG_DATABASE_URL", default_value = "sqlite://catalog.db", value_parser = DatabaseUrl::parse, global = true)]
+    pub database_url: DatabaseUrl,
+
+    /// Do not apply the database migrations at start (for operators who
+    /// run `catalog migrate` themselves): the schema is checked, and a
+    /// database that lacks a migration is refused.
+    #[arg(long, env = "CATALOG_NO_MIGRATE")]
+    pub no_migrate: bool,
+
+    /// How often the data is checked for changes (imports by another
+    /// replica or by `catalog import`). PostgreSQL also tells each replica
+    /// of an import at once (LISTEN/NOTIFY); this is the backstop.
+    #[arg(long, env = "CATALOG_DATA_REFRESH_INTERVAL", default_value = "500ms", value_parser = common::flags::positive_duration)]
+    pub data_refresh_interval: Duration,
 
     /// Address to listen on. `::` accepts IPv6 and IPv4 clients on every
     /// interface; `127.0.0.1` keeps the service to this machine.
@@ -192,6 +217,38 @@ pub struct Config {
     /// connections are closed and the process exits.
     #[arg(long, env = "CATALOG_DRAIN_TIMEOUT", default_value = "5s", value_parser = common::flags::duration)]
     pub drain_timeout: Duration,
+}
+
+/// What the catalog can do besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Apply the database migrations this catalog has, and exit.
+    Migrate,
+    /// Load products or customers from a file into the database: inserted,
+    /// or updated by id, all in one transaction or nothing.
+    Import {
+        /// What the file holds.
+        what: Table,
+        /// A `.csv` file with a header (`id,slug,description,price_in_cents`
+        /// or `id,first_name,last_name`), or a `.json` array in the shape
+        /// `GET /products` answers.
+        file: PathBuf,
+    },
+    /// Print the products (in the shape `GET /products` answers) or the
+    /// customers as a JSON array, by id.
+    Export {
+        /// What to print.
+        what: Table,
+    },
+}
+
+/// The two kinds of data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Table {
+    /// Products.
+    Products,
+    /// Customers.
+    Customers,
 }
 
 impl Config {

@@ -1,6 +1,5 @@
-//! Who is asking: the `X-USER-ID` header and the known customers.
+//! Who is asking: the `X-USER-ID` header.
 
-use ecommerce_proto::pb::Customer;
 use http::HeaderMap;
 
 use crate::error::CatalogError;
@@ -37,21 +36,6 @@ pub fn customer_id(headers: &HeaderMap) -> Result<Option<i64>, CatalogError> {
         .ok_or_else(|| CatalogError::InvalidCustomerId {
             value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
         })
-}
-
-/// The customer with this id, if there is one. The seed's two customers.
-pub fn find(id: i64) -> Option<Customer> {
-    let (first_name, last_name) = match id {
-        1 => ("John", "Snow"),
-        2 => ("Daenerys", "Targaryen"),
-        _ => return None,
-    };
-    Some(Customer {
-        // Both ids above fit an i32, the proto's type.
-        id: i32::try_from(id).ok()?,
-        first_name: first_name.to_owned(),
-        last_name: last_name.to_owned(),
-    })
 }
 
 #[cfg(test)]
@@ -113,18 +97,6 @@ mod tests {
         headers.append(USER_ID_HEADER, HeaderValue::from_static("2"));
         headers.append(USER_ID_HEADER, HeaderValue::from_static("abc"));
         assert_eq!(customer_id(&headers).ok(), Some(Some(2)));
-    }
-
-    #[test]
-    fn knows_the_seed_customers_only() {
-        assert_eq!(
-            find(1).map(|c| (c.id, c.first_name)),
-            Some((1, "John".to_owned()))
-        );
-        assert_eq!(find(2).map(|c| c.last_name), Some("Targaryen".to_owned()));
-        for id in [0, 3, -1, i64::MAX, i64::from(i32::MAX) + 1] {
-            assert_eq!(find(id), None, "customer {id}");
-        }
     }
 }
 

@@ -16,6 +16,19 @@ pub enum CatalogError {
         /// The header as sent (lossily decoded), for the log only.
         value: String,
     },
+    /// `page_size` or `page_token` was not one accepted.
+    #[error(transparent)]
+    BadPage(#[from] crate::page::PageError),
+    /// The id in `/products/{id}` was not an integer.
+    #[error("Product ID is not a number.")]
+    BadProductId,
+    /// No product has the id in `/products/{id}`.
+    #[error("Product not found.")]
+    ProductNotFound,
+    /// The product data has not been loaded yet (the store cannot be
+    /// reached since the start).
+    #[error("{0}; retry shortly.")]
+    NotLoaded(#[from] crate::data::NotLoaded),
 }
 
 impl IntoResponse for CatalogError {
@@ -27,9 +40,19 @@ impl IntoResponse for CatalogError {
                 let shown: String = value.chars().take(64).collect();
                 tracing::info!(x_user_id = ?shown, "rejected X-USER-ID");
             }
+            Self::BadPage(crate::page::PageError::Size { value }) => {
+                let shown: String = value.chars().take(64).collect();
+                tracing::info!(page_size = ?shown, "rejected page_size");
+            }
+            // The refresh task logs why the data is not there, once.
+            Self::BadPage(_) | Self::BadProductId | Self::ProductNotFound | Self::NotLoaded(_) => {}
         }
         let status = match self {
-            Self::InvalidCustomerId { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidCustomerId { .. } | Self::BadPage(_) | Self::BadProductId => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::ProductNotFound => StatusCode::NOT_FOUND,
+            Self::NotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         // The body and headers of Go's http.Error, which the seed used.
         (
@@ -74,6 +97,9 @@ pub enum StartupError {
     /// The listening socket could not be bound.
     #[error("{0}; pick another port (the first argument) or stop whatever holds it")]
     Bind(io::Error),
+    /// The store could not be opened or prepared.
+    #[error("database: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// The metrics listener could not be bound.
     #[error("metrics listener: {0}; pick another --metrics-addr or stop whatever holds it")]
     MetricsBind(io::Error),

@@ -15,13 +15,23 @@ use serde_json::value::RawValue;
 /// `products` as the seed's JSON array, with its trailing newline.
 pub fn products(products: &[Product]) -> Vec<u8> {
     let view: Vec<ProductJson<'_>> = products.iter().map(ProductJson::from).collect();
-    let mut body = Vec::with_capacity(128 * products.len() + 3);
+    encode(&view, 128 * products.len() + 3, b"[]")
+}
+
+/// One product as an object in the shape of a list element, with the
+/// trailing newline Go's encoder writes.
+pub fn product(product: &Product) -> Vec<u8> {
+    encode(&ProductJson::from(product), 160, b"{}")
+}
+
+fn encode(value: &impl Serialize, capacity: usize, empty: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(capacity);
     let mut serializer = serde_json::Serializer::with_formatter(&mut body, GoFormatter);
     // Serializing plain structs of numbers and strings into a Vec cannot
-    // fail; if it ever did, an empty array is still valid JSON.
-    if view.serialize(&mut serializer).is_err() {
+    // fail; if it ever did, an empty array or object is still valid JSON.
+    if value.serialize(&mut serializer).is_err() {
         body.clear();
-        body.extend_from_slice(b"[]");
+        body.extend_from_slice(empty);
     }
     body.push(b'\n');
     body

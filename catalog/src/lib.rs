@@ -4,8 +4,12 @@
 //!
 //! - [`routes`] holds the router and handlers (`GET /`, `GET /products`,
 //!   and the probes `GET /healthz`, `GET /readyz`).
-//! - [`customer`] parses `X-USER-ID` and knows the customers.
-//! - [`products`] is the product list.
+//! - [`customer`] parses `X-USER-ID`.
+//! - [`store`] keeps products and customers in a database (SQLite, made
+//!   with the seed's data, or PostgreSQL); [`data`] holds them in memory,
+//!   kept fresh, for requests;
+//!   [`commands`] migrates, imports and exports from the command line.
+//! - [`page`] reads `?page_size` and `?page_token` and writes the `Link`.
 //! - [`json`] writes products exactly as the seed's Go catalog did.
 //! - [`discount`] is the gRPC client of the discount service.
 //! - [`tls`] is the catalog's side of the TLS hop: trust, identity, checks.
@@ -16,16 +20,19 @@
 //!   service through [`Application`].
 
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod customer;
+pub mod data;
 pub mod discount;
 pub mod discount_status;
 pub mod error;
 pub mod json;
 pub mod metrics;
-pub mod products;
+pub mod page;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod tls;
 
 pub use app::Application;

@@ -8,6 +8,9 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(command) = &config.command {
+        return catalog::commands::run(&config, command).await;
+    }
     if config.check_certs {
         common::crypto::install_default_provider();
         let report = config.discount().security.check_certificates();
@@ -23,7 +26,7 @@ async fn main() -> ExitCode {
         config.log_format,
         config.max_traces_per_second,
     );
-    match Application::build(&config) {
+    match Application::build(&config).await {
         Ok(app) => {
             app.run_until_stopped(common::shutdown_signal()).await;
             telemetry.shutdown().await;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, State};
+use axum::extract::{MatchedPath, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderName, StatusCode, header};
@@ -14,11 +14,12 @@ use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::customer;
+use crate::data::Data;
 use crate::discount::DiscountClient;
 use crate::error::CatalogError;
 use crate::json;
 use crate::metrics::CatalogMetrics;
-use crate::products;
+use crate::page::PageRequest;
 
 /// Says whether the listing has discount's answers: `applied`, `partial`
 /// or `unavailable`. Present only when discount was asked, that is, for a
@@ -29,6 +30,8 @@ pub const DISCOUNT_STATUS: HeaderName = HeaderName::from_static("x-discount-stat
 #[derive(Debug, Clone)]
 pub struct AppState {
     discount: DiscountClient,
+    /// The products and customers, in memory.
+    data: Data,
     shutting_down: Arc<AtomicBool>,
     /// Why `/readyz` last said no, to log each change once.
     not_ready: Arc<Mutex<Option<String>>>,
@@ -38,10 +41,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State around the client of discount, counting in `metrics`.
-    pub fn new(discount: DiscountClient, metrics: CatalogMetrics) -> Self {
+    /// State around the client of discount and the data, counting in
+    /// `metrics`.
+    pub fn new(discount: DiscountClient, data: Data, metrics: CatalogMetrics) -> Self {
         Self {
             discount,
+            data,
             shutting_down: Arc::new(AtomicBool::new(false)),
             not_ready: Arc::new(Mutex::new(None)),
             metrics: Arc::new(metrics),
@@ -69,6 +74,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let api = Router::new()
         .route("/", get(root))
         .route("/products", get(list_products))
+        .route("/products/{id}", get(one_product))
         .fallback(not_found)
         .layer(
             TraceLayer::new_for_http()
@@ -150,36 +156,69 @@ async fn root() -> &'static str {
     "It is working."
 }
 
-/// `GET /products`: the product list, discounted for the customer named by
-/// `X-USER-ID` when it is a known one.
+/// `GET /products`: a page of the product list (`?page_size`,
+/// `?page_token`), discounted for the customer named by `X-USER-ID` when
+/// it is a known one; the next page is in the `Link` header.
 async fn list_products(
     State(state): State<AppState>,
+    Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, CatalogError> {
-    let products = products::all();
-    let customer = customer::customer_id(&headers)?.and_then(customer::find);
-    let Some(customer) = customer else {
-        state.metrics.listing(None);
-        return Ok(json_response(&products, None));
+    let asked = PageRequest::from_query(&query)?;
+    let customer_id = customer::customer_id(&headers)?;
+    let page = state.data.page(asked.after, asked.size)?;
+    let link = page.next_after.map(|last| asked.next_link(last));
+    let customer = customer_id.and_then(|id| state.data.customer(id));
+    let mut response = match customer {
+        None => {
+            state.metrics.listing(None);
+            json_response(json::products(&page.products), None)
+        }
+        Some(customer) => {
+            tracing::debug!(customer_id = customer.id, "pricing products for customer");
+            let priced = state.discount.apply_to_all(&customer, page.products).await;
+            state.metrics.listing(Some(priced.status));
+            json_response(
+                json::products(&priced.products),
+                Some(priced.status.as_str()),
+            )
+        }
     };
-    tracing::debug!(customer_id = customer.id, "pricing products for customer");
-    let priced = state.discount.apply_to_all(&customer, products).await;
-    state.metrics.listing(Some(priced.status));
-    Ok(json_response(
-        &priced.products,
-        Some(priced.status.as_str()),
-    ))
+    if let Some(link) = link.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
 }
 
-fn json_response(
-    products: &[ecommerce_proto::pb::Product],
-    discount_status: Option<&'static str>,
-) -> Response {
-    let mut response = (
-        [(header::CONTENT_TYPE, "application/json")],
-        json::products(products),
-    )
-        .into_response();
+/// `GET /products/{id}`: one product as an object, discounted for a known
+/// `X-USER-ID` as a listing is.
+async fn one_product(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, CatalogError> {
+    let id: i64 = id.parse().map_err(|_| CatalogError::BadProductId)?;
+    let customer_id = customer::customer_id(&headers)?;
+    let product = i32::try_from(id)
+        .ok()
+        .map(|id| state.data.product(id))
+        .transpose()?
+        .flatten()
+        .ok_or(CatalogError::ProductNotFound)?;
+    let Some(customer) = customer_id.and_then(|id| state.data.customer(id)) else {
+        return Ok(json_response(json::product(&product), None));
+    };
+    let priced = state
+        .discount
+        .apply_to_all(&customer, vec![product.clone()])
+        .await;
+    // The client never drops a product; the plain one is there if it did.
+    let body = json::product(priced.products.first().unwrap_or(&product));
+    Ok(json_response(body, Some(priced.status.as_str())))
+}
+
+fn json_response(body: Vec<u8>, discount_status: Option<&'static str>) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Some(status) = discount_status {
         response
             .headers_mut()
@@ -207,20 +246,23 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
             "not ready: shutting down\n".to_owned(),
         );
     }
-    let (ready, replicas) = state.discount.readiness();
+    let (discount_ready, discount) = state.discount.readiness();
+    let data_loaded = state.data.is_loaded();
+    let ready = discount_ready && data_loaded;
+    let replicas = format!("{discount}{}\n", state.data.describe());
     let mut not_ready = state
         .not_ready
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     if ready {
         if not_ready.take().is_some() {
-            tracing::info!("ready again: a discount replica is serving");
+            tracing::info!("ready again: a discount replica is serving and the data is loaded");
         }
         (StatusCode::OK, format!("ready: {replicas}"))
     } else {
         if not_ready.is_none() {
             let replicas_now = replicas.trim_end().replace('\n', "; ");
-            tracing::warn!(replicas = %replicas_now, "not ready: no discount replica is serving");
+            tracing::warn!(replicas = %replicas_now, "not ready: no discount replica is serving, or no data yet");
             *not_ready = Some(replicas.clone());
         }
         (
@@ -270,7 +312,11 @@ mod tests {
             metrics.discount.clone(),
         )
         .unwrap();
-        router(AppState::new(client, metrics), Duration::from_secs(5))
+        let data = crate::data::Data::fixed(
+            crate::store::seed::products(),
+            crate::store::seed::customers(),
+        );
+        router(AppState::new(client, data, metrics), Duration::from_secs(5))
     }
 
     struct Answer {
@@ -310,7 +356,7 @@ mod tests {
     /// The seed's products without discounts, as `json::products` writes
     /// them (the exact bytes are tested in `json.rs` and `tests/it/api.rs`).
     fn plain() -> String {
-        String::from_utf8(json::products(&products::all())).unwrap()
+        String::from_utf8(json::products(&crate::store::seed::products())).unwrap()
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@
 //! - [`otlp`]: an OTLP trace receiver, keeping the spans it is sent.
 //! - [`wire`]: raw TLS and hand-written HTTP/2 frames, for what no
 //!   well-behaved client sends.
+//! - [`postgres`]: a throw-away PostgreSQL cluster (`initdb`, `pg_ctl`)
+//!   on a loopback port, for the catalog's store.
 //! - [`stall`]: a file whose reading blocks until the test lets it go.
 //! - [`task`]: a server in a task, and the one stop handle that asserts a
 //!   clean exit.
@@ -27,6 +29,7 @@ pub mod logs;
 mod modules;
 pub mod otlp;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod readme;
@@ -45,6 +48,7 @@ pub use grpc::{
 pub use logs::Logs;
 pub use otlp::{ReceivedSpan, TraceReceiver};
 pub use pki::{CATALOG_IDENTITY, ClientCert, DISCOUNT_IDENTITY, Pki, SERVER_NAMES};
+pub use postgres::Postgres;
 pub use process::Process;
 pub use proxy::{CountingProxy, silent_peer};
 pub use refusing::RefusingPeer;

@@ -21,6 +21,8 @@ pub struct Process {
     log: mpsc::UnboundedReceiver<String>,
     addr: SocketAddr,
     started: String,
+    /// The catalog's SQLite database, removed with the process.
+    _data: tempfile::TempDir,
 }
 
 impl Process {
@@ -35,7 +37,9 @@ impl Process {
     }
 
     /// [`Process::start`] with the environment variables `env` added (a
-    /// `LOG_FORMAT` there replaces the text default).
+    /// `LOG_FORMAT` there replaces the text default). The catalog's
+    /// database (`CATALOG_DATABASE_URL`, unless `env` or `args` name one)
+    /// is a new SQLite file in a directory removed with the process.
     ///
     /// # Errors
     /// As [`Process::start`].
@@ -45,10 +49,13 @@ impl Process {
         marker: &str,
         env: &[(&str, &str)],
     ) -> SetupResult<Self> {
+        let data = tempfile::tempdir()?;
+        let database = format!("sqlite://{}", data.path().join("catalog.db").display());
         let mut child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "text")
+            .env("CATALOG_DATABASE_URL", database)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -77,6 +84,7 @@ impl Process {
             log,
             addr,
             started: line,
+            _data: data,
         })
     }
 

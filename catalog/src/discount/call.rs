@@ -9,13 +9,18 @@ use std::time::Instant;
 
 use ecommerce_proto::pb::discount_client::DiscountClient as GrpcClient;
 use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, DiscountsRequest, Product};
-use futures_util::future::join_all;
+use futures_util::StreamExt;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
 use super::outcome::{CallError, check_answer};
 use super::replica::Replica;
 use super::{Answers, DiscountClient};
+
+/// The most `ApplyDiscount` calls one listing keeps in flight to a replica
+/// built from the seed's proto: a page of 1,000 products is not 1,000
+/// streams at once (discount's default limit per connection is 256).
+const EACH_IN_FLIGHT: usize = 32;
 
 /// The largest answer decoded: a listing's is a few hundred bytes, and
 /// tonic's default (4 MiB) let three hostile replicas pin 4 MiB per
@@ -159,8 +164,8 @@ impl DiscountClient {
             .collect())
     }
 
-    /// One `ApplyDiscount` per product to `replica`, concurrently: for peers
-    /// without `ApplyDiscounts`. When every call failed the same way
+    /// One `ApplyDiscount` per product to `replica`, [`EACH_IN_FLIGHT`] at
+    /// a time: for peers without `ApplyDiscounts`. When every call failed the same way
     /// before reaching discount, that is the whole listing's error, so
     /// that it can be sent elsewhere.
     pub(super) async fn call_each(
@@ -170,12 +175,16 @@ impl DiscountClient {
         customer: &Customer,
         products: &[Product],
     ) -> Result<Answers, CallError> {
-        let answers = join_all(
-            products
-                .iter()
-                .map(|product| self.call(replica, deadline, customer, product)),
-        )
-        .await;
+        // The calls made first, then polled: a closure inside the stream
+        // would leave the handler's future not provably `Send`.
+        let calls: Vec<_> = products
+            .iter()
+            .map(|product| self.call(replica, deadline, customer, product))
+            .collect();
+        let answers: Vec<_> = futures_util::stream::iter(calls)
+            .buffered(EACH_IN_FLIGHT)
+            .collect()
+            .await;
         match answers.first() {
             Some(Err(error)) if error.retryable() && answers.iter().all(Result::is_err) => {
                 Err(error.clone())

@@ -26,7 +26,7 @@ pub(crate) use requests::method;
 pub use requests::{HttpMetrics, TrackRequests, Tracked};
 
 use common::metrics::Metrics;
-use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge};
 
 use crate::discount_status::DiscountStatus;
 
@@ -46,6 +46,10 @@ pub struct CatalogMetrics {
     pub connections: IntGauge,
     /// SIGHUP reloads of the TLS material, by outcome.
     reloads: IntCounterVec,
+    /// Seconds since the store last answered.
+    data_age: Gauge,
+    /// Products held in memory.
+    products: IntGauge,
 }
 
 impl CatalogMetrics {
@@ -73,6 +77,14 @@ impl CatalogMetrics {
         for outcome in ["success", "failure"] {
             reloads.with_label_values(&[outcome]);
         }
+        let data_age = common.float_gauge(
+            "catalog_data_age_seconds",
+            "Seconds since the store last answered a refresh of the products and customers (-1 before the first load).",
+        );
+        let products = common.gauge(
+            "catalog_products",
+            "Products the catalog holds in memory and serves.",
+        );
         Self {
             common,
             http,
@@ -80,7 +92,17 @@ impl CatalogMetrics {
             discount,
             connections,
             reloads,
+            data_age,
+            products,
         }
+    }
+
+    /// The age and size of the data, read at each scrape.
+    pub fn data(&self, data: &crate::data::Data) {
+        let (age, _) = data.freshness();
+        self.data_age.set(age.map_or(-1.0, |age| age.as_secs_f64()));
+        self.products
+            .set(i64::try_from(data.product_count()).unwrap_or(i64::MAX));
     }
 
     /// One `GET /products` answered with `status` (`None`: discount was

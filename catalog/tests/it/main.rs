@@ -9,12 +9,15 @@ mod support;
 
 mod api;
 mod connection;
+mod data;
 mod hostile;
 mod http2;
 mod identity;
 mod metrics;
+mod postgres;
 mod probes;
 mod readme;
 mod replicas;
 mod resilience;
 mod shutdown;
+mod store;

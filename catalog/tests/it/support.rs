@@ -44,12 +44,14 @@ pub(crate) const CUSTOMER_2: &str = concat!(
 /// waits for it.
 pub(crate) const HEALTHY_DEADLINE: &str = "5s";
 
-/// One HTTP answer: status, `Content-Type`, `X-Discount-Status`, body.
+/// One HTTP answer: status, `Content-Type`, `X-Discount-Status`, `Link`,
+/// body.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) content_type: String,
     pub(crate) discount_status: Option<String>,
+    pub(crate) link: Option<String>,
     pub(crate) body: String,
 }
 
@@ -79,7 +81,7 @@ impl Catalog {
         deadline: &str,
         extra: &[&str],
     ) -> SetupResult<Self> {
-        let app = Application::build(&config(discount, ca, deadline, extra)?)?;
+        let app = Application::build(&config(discount, ca, deadline, extra)?).await?;
         Ok(Self::serve(app))
     }
 
@@ -93,7 +95,7 @@ impl Catalog {
         resolver: Arc<dyn Resolve>,
     ) -> SetupResult<Self> {
         let config = config(discount, ca, deadline, extra)?;
-        let app = Application::build_with_resolver(&config, resolver)?;
+        let app = Application::build_with_resolver(&config, resolver).await?;
         Ok(Self::serve(app))
     }
 
@@ -133,6 +135,7 @@ impl Catalog {
             status: response.status(),
             content_type: header("content-type").unwrap_or_default(),
             discount_status: header("x-discount-status"),
+            link: header("link"),
             body: response.text().await?,
         })
     }
@@ -202,7 +205,8 @@ impl Catalog {
 /// The catalog's configuration from its real command line.
 ///
 /// The client certificate and key are `client.pem` and `client.key` beside
-/// `ca`, as `testkit::Pki` lays them out.
+/// `ca`, as `testkit::Pki` lays them out; so is the SQLite database, made
+/// with the seed's data, unless `extra` names another.
 pub(crate) fn config(
     discount: &str,
     ca: &Path,
@@ -216,6 +220,7 @@ pub(crate) fn config(
         dir.join("client.key"),
     ]
     .map(|p| p.display().to_string());
+    let database = format!("sqlite://{}", dir.join("catalog.db").display());
     let mut args = vec![
         "catalog",
         "0",
@@ -232,8 +237,19 @@ pub(crate) fn config(
         "--discount-deadline",
         deadline,
     ];
+    if !extra.contains(&"--database-url") {
+        args.extend(["--database-url", &database]);
+    }
     args.extend_from_slice(extra);
     Ok(catalog::Config::try_parse_from(args)?)
+}
+
+/// `/readyz`'s body without its last line, the data's (`data: ...`): what
+/// it says of discount.
+pub(crate) fn discount_part(body: &str) -> String {
+    let (discount, data) = body.trim_end().rsplit_once('\n').unwrap_or((body, ""));
+    assert!(data.starts_with("data: "), "no data line in {body:?}");
+    format!("{discount}\n")
 }
 
 /// discount and a catalog pointed at it.

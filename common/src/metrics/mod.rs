@@ -138,6 +138,11 @@ impl Metrics {
         self.add(IntGauge::new(name, help), name)
     }
 
+    /// A gauge of a fractional value (seconds), registered.
+    pub fn float_gauge(&self, name: &str, help: &str) -> prometheus::Gauge {
+        self.add(prometheus::Gauge::new(name, help), name)
+    }
+
     /// A gauge with `labels`, registered.
     pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         self.add(IntGaugeVec::new(Opts::new(name, help), labels), name)

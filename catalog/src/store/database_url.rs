@@ -1,0 +1,109 @@
+//! `--database-url`: which database, parsed once, shown without its
+//! password wherever it is logged or reported.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+
+/// A database the catalog can keep its data in.
+#[derive(Clone)]
+pub enum DatabaseUrl {
+    /// `sqlite://PATH`: a file, created when missing.
+    Sqlite(SqliteConnectOptions),
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
+    Postgres(PgConnectOptions),
+}
+
+impl DatabaseUrl {
+    /// Parses `--database-url`.
+    ///
+    /// # Errors
+    /// What is accepted, when `text` is neither; never the text itself,
+    /// which may hold a password.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let accepted = "expected sqlite://PATH (a file, created when missing) or postgres://USER:PASSWORD@HOST:PORT/DATABASE";
+        if let Some(path) = text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(format!("no file named: {accepted}"));
+            }
+            return SqliteConnectOptions::from_str(text)
+                .map(Self::Sqlite)
+                .map_err(|e| format!("{e}: {accepted}"));
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return PgConnectOptions::from_str(text)
+                .map(Self::Postgres)
+                // sqlx's parse errors do not repeat the URL.
+                .map_err(|e| format!("{e}: {accepted}"));
+        }
+        Err(accepted.to_owned())
+    }
+
+    /// The SQLite file, when this is one.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Sqlite(options) => Some(options.get_filename()),
+            Self::Postgres(_) => None,
+        }
+    }
+}
+
+/// `sqlite://PATH`, or `postgres://USER@HOST:PORT/DATABASE`: never the
+/// password.
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(options) => write!(f, "sqlite://{}", options.get_filename().display()),
+            Self::Postgres(options) => write!(
+                f,
+                "postgres://{}@{}:{}/{}",
+                options.get_username(),
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or(options.get_username()),
+            ),
+        }
+    }
+}
+
+/// As [`fmt::Display`]: `Config` is `Debug`, and a password must not reach
+/// a log through it.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_is_never_shown() {
+        let url = DatabaseUrl::parse("postgres://shop:s3cret@db.internal:6543/catalog").unwrap();
+        for shown in [url.to_string(), format!("{url:?}")] {
+            assert_eq!(shown, "postgres://shop@db.internal:6543/catalog");
+        }
+        let error = DatabaseUrl::parse("mysql://shop:s3cret@db/catalog").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("sqlite://PATH"), "{error}");
+    }
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        let url = DatabaseUrl::parse("sqlite://catalog.db").unwrap();
+        assert_eq!(url.to_string(), "sqlite://catalog.db");
+        let absolute = DatabaseUrl::parse("sqlite:///data/catalog.db").unwrap();
+        assert_eq!(
+            absolute.sqlite_path(),
+            Some(std::path::Path::new("/data/catalog.db"))
+        );
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+        assert!(DatabaseUrl::parse("catalog.db").is_err());
+    }
+}

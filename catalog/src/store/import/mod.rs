@@ -1,0 +1,334 @@
+//! Reading `catalog import`'s files: CSV with a header, or a JSON array in
+//! the shape `GET /products` answers, chosen by the extension. Every row
+//! is checked before anything is written, and every bad one is named with
+//! its line and what is wrong with it.
+
+mod csv;
+mod json;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ecommerce_proto::pb::{Customer, Product};
+use serde_json::Value;
+
+/// The most problems listed; the rest are counted.
+const SHOWN_PROBLEMS: usize = 100;
+
+/// Why a file cannot be imported. Nothing was written.
+#[derive(Debug)]
+pub enum ImportError {
+    /// The file could not be read, or its kind is unknown.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// Rows that break the rules, by line.
+    Rows {
+        /// The file.
+        path: PathBuf,
+        /// `(line, what is wrong)`, the first [`SHOWN_PROBLEMS`].
+        problems: Vec<(u64, String)>,
+        /// How many more there are.
+        more: usize,
+    },
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File { path, why } => {
+                write!(f, "{}: {why}; nothing was imported", path.display())
+            }
+            Self::Rows {
+                path,
+                problems,
+                more,
+            } => {
+                let count = problems.len() + more;
+                write!(
+                    f,
+                    "{}: {count} problem{} found, so nothing was imported:",
+                    path.display(),
+                    if count == 1 { "" } else { "s" }
+                )?;
+                for (line, what) in problems {
+                    write!(f, "\n  line {line}: {what}")?;
+                }
+                if *more > 0 {
+                    write!(f, "\n  ... and {more} more")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+/// Problems found so far, the first [`SHOWN_PROBLEMS`] kept.
+#[derive(Debug, Default)]
+struct Problems {
+    shown: Vec<(u64, String)>,
+    more: usize,
+}
+
+impl Problems {
+    fn add(&mut self, line: u64, what: impl Into<String>) {
+        if self.shown.len() < SHOWN_PROBLEMS {
+            self.shown.push((line, what.into()));
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn into_result<T>(self, path: &Path, rows: T) -> Result<T, ImportError> {
+        if self.shown.is_empty() {
+            return Ok(rows);
+        }
+        Err(ImportError::Rows {
+            path: path.to_owned(),
+            problems: self.shown,
+            more: self.more,
+        })
+    }
+}
+
+/// The columns (CSV) or keys (JSON) of one kind of row.
+struct Shape {
+    required: &'static [&'static str],
+    /// Keys JSON may leave out, as Go's `omitempty` leaves out zero values.
+    omissible: &'static [&'static str],
+}
+
+const PRODUCT: Shape = Shape {
+    required: &["id", "slug", "description", "price_in_cents"],
+    omissible: &["description", "price_in_cents"],
+};
+
+const CUSTOMER: Shape = Shape {
+    required: &["id", "first_name", "last_name"],
+    omissible: &["first_name", "last_name"],
+};
+
+/// One field of a row: text from CSV, a value from JSON.
+enum Field<'a> {
+    Text(&'a str),
+    Json(&'a Value),
+}
+
+/// One row's fields, by column or key.
+enum Fields<'a> {
+    Csv(HashMap<&'a str, &'a str>),
+    Json(&'a serde_json::Map<String, Value>, &'a Shape),
+}
+
+impl Fields<'_> {
+    fn get(&self, name: &str) -> Option<Field<'_>> {
+        match self {
+            Self::Csv(texts) => texts.get(name).map(|text| Field::Text(text)),
+            Self::Json(object, shape) => match object.get(name) {
+                Some(value) => Some(Field::Json(value)),
+                // Go leaves zero values out; these come back as zero.
+                None if shape.omissible.contains(&name) => Some(Field::Json(&json::NULL)),
+                None => None,
+            },
+        }
+    }
+}
+
+/// The products in `path`.
+///
+/// # Errors
+/// [`ImportError`] naming every bad row.
+pub fn read_products(path: &Path) -> Result<Vec<Product>, ImportError> {
+    let mut ids = Unique::default();
+    let mut slugs = Unique::default();
+    read(path, &PRODUCT, |line, fields, problems| {
+        let field = |name| fields.get(name);
+        let id = id(line, field("id"), problems)?;
+        let slug = text(line, "slug", field("slug"), problems)?;
+        if slug.is_empty() {
+            problems.add(line, "slug is empty");
+            return None;
+        }
+        let description = text(line, "description", field("description"), problems)?;
+        let price_in_cents = price(line, field("price_in_cents"), problems)?;
+        ids.check(line, "id", id.to_string(), problems)?;
+        slugs.check(line, "slug", slug.clone(), problems)?;
+        Some(Product {
+            id,
+            slug,
+            description,
+            price_in_cents,
+            discount_value: None,
+        })
+    })
+}
+
+/// The customers in `path`.
+///
+/// # Errors
+/// [`ImportError`] naming every bad row.
+pub fn read_customers(path: &Path) -> Result<Vec<Customer>, ImportError> {
+    let mut ids = Unique::default();
+    read(path, &CUSTOMER, |line, fields, problems| {
+        let field = |name| fields.get(name);
+        let id = id(line, field("id"), problems)?;
+        let first_name = text(line, "first_name", field("first_name"), problems)?;
+        let last_name = text(line, "last_name", field("last_name"), problems)?;
+        ids.check(line, "id", id.to_string(), problems)?;
+        Some(Customer {
+            id,
+            first_name,
+            last_name,
+        })
+    })
+}
+
+/// `customers` as a JSON array, the shape `catalog import` reads back.
+pub fn customers_json(customers: &[Customer]) -> Vec<u8> {
+    let rows: Vec<Value> = customers
+        .iter()
+        .map(|c| serde_json::json!({"id": c.id, "first_name": c.first_name, "last_name": c.last_name}))
+        .collect();
+    let mut body = serde_json::to_vec(&rows).unwrap_or_else(|_| b"[]".to_vec());
+    body.push(b'\n');
+    body
+}
+
+/// Values seen in earlier rows, to name the first row of a duplicate.
+#[derive(Default)]
+struct Unique(HashMap<String, u64>);
+
+impl Unique {
+    fn check(
+        &mut self,
+        line: u64,
+        name: &str,
+        value: String,
+        problems: &mut Problems,
+    ) -> Option<()> {
+        match self.0.get(&value) {
+            Some(first) => {
+                problems.add(
+                    line,
+                    format!("duplicate {name} {value:?} (also on line {first})"),
+                );
+                None
+            }
+            None => {
+                self.0.insert(value, line);
+                Some(())
+            }
+        }
+    }
+}
+
+/// What turns one row's fields into a product or a customer, or adds
+/// the row's problems.
+type RowReader<'f, T> = dyn FnMut(u64, &Fields<'_>, &mut Problems) -> Option<T> + 'f;
+
+fn read<T>(
+    path: &Path,
+    shape: &Shape,
+    mut row: impl FnMut(u64, &Fields<'_>, &mut Problems) -> Option<T>,
+) -> Result<Vec<T>, ImportError> {
+    let bytes = std::fs::read(path).map_err(|e| ImportError::File {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("csv") => csv::read(path, &bytes, shape, &mut row),
+        Some("json") => json::read(path, &bytes, shape, &mut row),
+        _ => Err(ImportError::File {
+            path: path.to_owned(),
+            why: "the kind of file is told by its extension: .csv (with a header) or .json (an array)".to_owned(),
+        }),
+    }
+}
+
+fn id(line: u64, field: Option<Field<'_>>, problems: &mut Problems) -> Option<i32> {
+    let value = integer(line, "id", field, problems)?;
+    match i32::try_from(value) {
+        Ok(id) if id >= 1 => Some(id),
+        _ => {
+            problems.add(
+                line,
+                format!("id {value} is out of range: from 1 to {}", i32::MAX),
+            );
+            None
+        }
+    }
+}
+
+fn price(line: u64, field: Option<Field<'_>>, problems: &mut Problems) -> Option<i32> {
+    let value = integer(line, "price_in_cents", field, problems)?;
+    if value < 0 {
+        problems.add(line, format!("negative price_in_cents {value}"));
+        return None;
+    }
+    match i32::try_from(value) {
+        Ok(price) => Some(price),
+        Err(_) => {
+            problems.add(
+                line,
+                format!(
+                    "price_in_cents {value} is beyond {} (int32, the wire's type)",
+                    i32::MAX
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn integer(
+    line: u64,
+    name: &str,
+    field: Option<Field<'_>>,
+    problems: &mut Problems,
+) -> Option<i64> {
+    let parsed = match field {
+        None | Some(Field::Text("")) => {
+            problems.add(line, format!("missing {name}"));
+            return None;
+        }
+        Some(Field::Json(Value::Null)) => Some(0),
+        Some(Field::Text(text)) => text.trim().parse::<i64>().ok(),
+        Some(Field::Json(value)) => value.as_i64(),
+    };
+    if parsed.is_none() {
+        let shown = match field {
+            Some(Field::Text(text)) => format!("{text:?}"),
+            Some(Field::Json(value)) => value.to_string(),
+            None => String::new(),
+        };
+        problems.add(line, format!("{name} {shown} is not a whole number"));
+    }
+    parsed
+}
+
+fn text(
+    line: u64,
+    name: &str,
+    field: Option<Field<'_>>,
+    problems: &mut Problems,
+) -> Option<String> {
+    match field {
+        None => {
+            problems.add(line, format!("missing {name}"));
+            None
+        }
+        Some(Field::Text(text)) => Some(text.to_owned()),
+        Some(Field::Json(Value::Null)) => Some(String::new()),
+        Some(Field::Json(Value::String(text))) => Some(text.clone()),
+        Some(Field::Json(other)) => {
+            problems.add(line, format!("{name} {other} is not a string"));
+            None
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The catalog's data end to end on its default store, a SQLite file:
+//! pages, one product, and `catalog import` / `catalog export` run as the
+//! real binary against the file a running catalog serves from.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use catalog::store::{self, DatabaseUrl};
+use reqwest::StatusCode;
+use testkit::{HANG, SetupResult};
+
+use crate::store::product;
+use crate::support::{Catalog, PLAIN, system};
+
+/// The SQLite file the test catalog of `pki` uses (see `support::config`).
+fn database(pki: &testkit::Pki) -> PathBuf {
+    pki.path("catalog.db")
+}
+
+/// Runs `catalog ARGS --database-url sqlite://DB`.
+fn cli(db: &Path, args: &[&str]) -> SetupResult<Output> {
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_catalog"))
+        .args(args)
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", db.display()))
+        .output()?)
+}
+
+/// `GET path` as `user`: status, `Link`, `X-Discount-Status`, body.
+async fn fetch(
+    catalog: &Catalog,
+    path: &str,
+    user: Option<&str>,
+) -> SetupResult<(StatusCode, Option<String>, Option<String>, String)> {
+    let answer = catalog.get(path, user.map(str::as_bytes)).await?;
+    Ok((
+        answer.status,
+        answer.link,
+        answer.discount_status,
+        answer.body,
+    ))
+}
+
+/// Waits until `GET /products?page_size=1000` lists `count` products.
+async fn lists(catalog: &Catalog, count: usize) -> SetupResult<Duration> {
+    let started = Instant::now();
+    loop {
+        let (_, _, _, body) = fetch(catalog, "/products?page_size=1000", None).await?;
+        let listed = serde_json::from_str::<Vec<serde_json::Value>>(&body)?.len();
+        if listed == count {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > HANG {
+            return Err(format!("{listed} products listed, not {count}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn pages_follow_the_link_header_through_the_whole_list_each_priced_once() -> SetupResult<()> {
+    let (pki, _discount, catalog) = system().await?;
+    let url = DatabaseUrl::parse(&format!("sqlite://{}", database(&pki).display()))?;
+    let store = store::open(&url).await?;
+    let products: Vec<_> = (1..=250)
+        .map(|id| product(id, &format!("p-{id}"), 100 * id))
+        .collect();
+    store.import_products(products).await?;
+    lists(&catalog, 250).await?;
+
+    let mut path = "/products?page_size=100".to_owned();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, link, discount, body) = fetch(&catalog, &path, Some("1")).await?;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(discount.as_deref(), Some("applied"), "{path}");
+        let page: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+        for item in &page {
+            let price = item["price_in_cents"].as_i64().unwrap_or_default();
+            assert_eq!(
+                item["discount_value"]["value_in_cents"].as_i64(),
+                Some(price * 9 / 10)
+            );
+            seen.push(item["id"].as_i64().unwrap_or_default());
+        }
+        pages += 1;
+        let Some(link) = link else { break };
+        let next = link
+            .strip_prefix('<')
+            .and_then(|l| l.split_once(">; rel=\"next\""))
+            .map(|(target, _)| target.to_owned())
+            .ok_or(format!("not a next link: {link}"))?;
+        assert!(
+            next.starts_with("/products?page_size=100&page_token="),
+            "{next}"
+        );
+        path = next;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, (1..=250).collect::<Vec<_>>());
+
+    for bad in [
+        "page_size=0",
+        "page_size=1001",
+        "page_size=ten",
+        "page_token=00000001deadbeef",
+        "page_token=x",
+    ] {
+        let (status, _, _, body) = fetch(&catalog, &format!("/products?{bad}"), None).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(
+            body.contains("page_size must be") || body.contains("page_token is not"),
+            "{bad}: {body}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_seed_list_has_no_link_and_one_product_is_an_object_priced_like_a_listing()
+-> SetupResult<()> {
+    let (_pki, _discount, catalog) = system().await?;
+    let (status, link, _, body) = fetch(&catalog, "/products", None).await?;
+    assert_eq!((status, link, body.as_str()), (StatusCode::OK, None, PLAIN));
+
+    let (status, _, discount, body) = fetch(&catalog, "/products/1", None).await?;
+    assert_eq!((status, discount), (StatusCode::OK, None));
+    assert_eq!(
+        body,
+        "{\"id\":1,\"slug\":\"iphone-x\",\"description\":\"64GB, black and iOS 12\",\"price_in_cents\":99999}\n"
+    );
+    let (status, _, discount, body) = fetch(&catalog, "/products/2", Some("1")).await?;
+    assert_eq!(
+        (status, discount.as_deref()),
+        (StatusCode::OK, Some("applied"))
+    );
+    assert_eq!(
+        body,
+        "{\"id\":2,\"slug\":\"notebook-avell-g1511\",\"description\":\"Notebook Gamer Intel Core i7\",\"price_in_cents\":150000,\"discount_value\":{\"pct\":0.1,\"value_in_cents\":135000}}\n"
+    );
+    for (path, expected) in [
+        ("/products/4", StatusCode::NOT_FOUND),
+        ("/products/99999999999", StatusCode::NOT_FOUND),
+        ("/products/", StatusCode::NOT_FOUND),
+        ("/products/abc", StatusCode::BAD_REQUEST),
+        ("/products/1.0", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, _, _, body) = fetch(&catalog, path, None).await?;
+        assert_eq!(status, expected, "{path}: {body}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_import_by_the_cli_is_served_by_the_running_catalog_and_exported_back() -> SetupResult<()>
+{
+    let (pki, _discount, catalog) = system().await?;
+    let file = pki.path("more.csv");
+    std::fs::write(
+        &file,
+        "id,slug,description,price_in_cents\n4,switch,\"Console, hybrid\",29999\n2,notebook-avell-g1511,Now cheaper,140000\n",
+    )?;
+    let imported = cli(
+        &database(&pki),
+        &["import", "products", file.to_str().ok_or("path")?],
+    )?;
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let took = lists(&catalog, 4).await?;
+    eprintln!("the import was served {took:?} after the command exited");
+    assert!(
+        took < Duration::from_secs(2),
+        "served {took:?} after the import"
+    );
+
+    let (_, _, _, listed) = fetch(&catalog, "/products", None).await?;
+    assert!(
+        listed.contains("\"description\":\"Now cheaper\",\"price_in_cents\":140000"),
+        "{listed}"
+    );
+    let exported = cli(&database(&pki), &["export", "products"])?;
+    assert_eq!(
+        String::from_utf8(exported.stdout)?,
+        listed,
+        "export is the listing's JSON"
+    );
+
+    // And the JSON comes back in as it went out.
+    let json = pki.path("export.json");
+    std::fs::write(&json, &listed)?;
+    let again = cli(
+        &database(&pki),
+        &["import", "products", json.to_str().ok_or("path")?],
+    )?;
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_import_cli_names_every_bad_row_and_writes_nothing() -> SetupResult<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("c.db");
+    let file = dir.path().join("bad.csv");
+    std::fs::write(
+        &file,
+        concat!(
+            "id,slug,description,price_in_cents\n",
+            "5,five,fine,500\n",
+            "6,,no slug,600\n",
+            "7,seven,negative,-1\n",
+            "8,eight,too dear,2147483648\n",
+            "5,five-again,duplicate id,1\n",
+            "9,five,duplicate slug,1\n",
+            "x,ten,bad id,1\n",
+            "11,eleven,short\n",
+        ),
+    )?;
+    let mut bytes = std::fs::read(&file)?;
+    bytes.extend_from_slice(b"12,tw\xffelve,bad utf-8,1\n");
+    std::fs::write(&file, bytes)?;
+    let output = cli(&db, &["import", "products", file.to_str().ok_or("path")?])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for expected in [
+        "line 3: slug is empty",
+        "line 4: negative price_in_cents -1",
+        "line 5: price_in_cents 2147483648 is beyond 2147483647",
+        "line 6: duplicate id \"5\" (also on line 2)",
+        "line 7: duplicate slug \"five\" (also on line 2)",
+        "line 8: id \"x\" is not a whole number",
+        "line 9: 3 fields, where the header has 4",
+        "line 10: slug is not UTF-8",
+        "nothing was imported",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
+    let unknown = dir.path().join("unknown.csv");
+    std::fs::write(
+        &unknown,
+        "id,slug,description,price_in_cents,colour\n1,a,b,1,red\n",
+    )?;
+    let output = cli(
+        &db,
+        &["import", "products", unknown.to_str().ok_or("path")?],
+    )?;
+    assert!(String::from_utf8_lossy(&output.stderr).contains("line 1: unknown column \"colour\""));
+    // Nothing reached the database: not even the file, which the command
+    // only creates once the rows are good.
+    assert!(!db.exists(), "the database was touched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_damaged_database_file_stops_the_start_with_its_path_and_the_fix() -> SetupResult<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("broken.db");
+    std::fs::write(
+        &db,
+        b"this is not a SQLite file, but it is long enough to look like one....",
+    )?;
+    let pki = testkit::Pki::generate()?;
+    let url = format!("sqlite://{}", db.display());
+    let built = Catalog::start_with(
+        "127.0.0.1:9",
+        &pki.path("ca.pem"),
+        "1s",
+        &["--database-url", &url],
+    )
+    .await;
+    let message = built.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains(&db.display().to_string()) && message.contains("move it away"),
+        "{message}"
+    );
+    Ok(())
+}
