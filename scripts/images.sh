@@ -64,9 +64,11 @@ source_url=${source_url:-$repo}
 context=$(mktemp -d)
 trap 'rm -rf "$context" "$context.log"' EXIT
 
-# build SERVICE PORT ADMIN_PORT DESCRIPTION
+# build SERVICE PORT ADMIN_PORT DESCRIPTION [ENV...]
 build() {
-  local service=$1 port=$2 admin=$3 description=$4 var
+  local service=$1 port=$2 admin=$3 description=$4 var extra_env=""
+  shift 4
+  [ $# -gt 0 ] && extra_env=" $*"
   local binary="target/$triple/release/$service"
   if readelf -d "$binary" | grep -q '(NEEDED)'; then
     echo "images: $binary needs shared libraries; it would not start FROM scratch:" >&2
@@ -96,7 +98,7 @@ LABEL org.opencontainers.image.title="ecommerce $service" \\
       org.opencontainers.image.revision="$revision" \\
       org.opencontainers.image.source="$source_url" \\
       org.opencontainers.image.licenses="MIT"
-ENV ${var}_LISTEN_ADDR=0.0.0.0 ${var}_METRICS_ADDR=0.0.0.0:$admin
+ENV ${var}_LISTEN_ADDR=0.0.0.0 ${var}_METRICS_ADDR=0.0.0.0:$admin$extra_env
 EXPOSE $port $admin
 USER 65532:65532
 HEALTHCHECK --interval=5s --timeout=4s --start-period=5s --retries=3 CMD ["/$service", "--healthcheck"]
@@ -114,7 +116,10 @@ DOCKERFILE
 }
 
 build discount 11443 12443 "The Discount gRPC service over mutual TLS"
-build catalog 11080 12080 "The catalog HTTP API, a client of discount"
+# The catalog's embedded database in /data: the image's root is read-only
+# where it runs (Compose, Kubernetes), which mount a writable /data.
+build catalog 11080 12080 "The catalog HTTP API, a client of discount" \
+  CATALOG_DATABASE_URL=sqlite:///data/catalog.db
 
 if [ "$check" = yes ]; then
   for service in catalog discount; do
