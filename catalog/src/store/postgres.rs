@@ -14,7 +14,8 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{DatabaseUrl, Row, SQL, Store, StoreError};
+use super::sql::{self, SQL};
+use super::{DatabaseUrl, Row, Store, StoreError};
 
 /// The channel imports notify and replicas listen on.
 const CHANNEL: &str = "catalog_data";
@@ -128,7 +129,7 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.error(e))?;
-            let revision = super::load_in::<Postgres>(&mut tx, since, sink)
+            let revision = sql::load_in::<Postgres>(&mut tx, since, sink)
                 .await
                 .map_err(|e| self.error(e))?;
             tx.commit().await.map_err(|e| self.error(e))?;
@@ -205,7 +206,7 @@ impl Store for PgStore {
 
     fn applied_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
         Box::pin(async move {
-            super::applied(
+            sql::applied(
                 &self.url,
                 sqlx::query_scalar(SQL.applied_migrations)
                     .fetch_all(&self.pool)

@@ -11,7 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 
-use super::{DatabaseUrl, Row, SQL, Store, StoreError};
+use super::sql::{self, SQL};
+use super::{DatabaseUrl, Row, Store, StoreError};
 
 /// Rows per INSERT: 4 parameters each stays far below SQLite's 32,766.
 const ROWS_PER_INSERT: usize = 1_000;
@@ -111,7 +112,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             // One read transaction: in WAL mode, one consistent view.
             let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
-            let revision = super::load_in::<Sqlite>(&mut tx, since, sink)
+            let revision = sql::load_in::<Sqlite>(&mut tx, since, sink)
                 .await
                 .map_err(|e| self.error(e))?;
             tx.commit().await.map_err(|e| self.error(e))?;
@@ -177,7 +178,7 @@ impl Store for SqliteStore {
 
     fn applied_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
         Box::pin(async move {
-            super::applied(
+            sql::applied(
                 &self.url,
                 sqlx::query_scalar(SQL.applied_migrations)
                     .fetch_all(&self.pool)
