@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use ecommerce_proto::pb::{Customer, Product};
 
 use crate::config::{Command, Config, Table};
-use crate::store::{self, Row, import};
+use crate::store::{self, DatabaseUrl, Row, import};
 
 /// Runs `command`, prints what happened (errors on stderr), and says how
 /// the process should exit.
@@ -37,8 +37,26 @@ async fn execute(config: &Config, command: &Command) -> Result<(), String> {
     };
     let url = &config.database_url;
     let store = store::open(url).await.map_err(|e| e.to_string())?;
-    let migrate = !config.no_migrate && !matches!(command, Command::Export { .. });
-    store::prepare(&*store, url, migrate)
+    // `catalog migrate` is the command --no-migrate points to: it migrates
+    // whatever the flag says.
+    let migrate = match command {
+        Command::Migrate => true,
+        Command::Export { .. } => false,
+        Command::Import { .. } => !config.no_migrate,
+    };
+    let result = work(&*store, url, migrate, command, file).await;
+    store.close().await;
+    result
+}
+
+async fn work(
+    store: &dyn store::Store,
+    url: &DatabaseUrl,
+    migrate: bool,
+    command: &Command,
+    file: Option<Rows>,
+) -> Result<(), String> {
+    store::prepare(store, url, migrate)
         .await
         .map_err(|e| e.to_string())?;
     match (command, file) {

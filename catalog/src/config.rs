@@ -9,7 +9,7 @@ use common::pem::PemSource;
 
 use crate::discount::{DEFAULT_PORT, DiscountSettings, Targets};
 use crate::server::ServeOptions;
-use crate::store::DatabaseUrl;
+use crate::store::{DatabaseUrl, DatabaseUrlParser};
 use crate::tls::{ExpectedIdentity, Security};
 
 /// `catalog [PORT]`: the catalog HTTP API, a TLS gRPC client of discount.
@@ -32,13 +32,13 @@ pub struct Config {
     /// customers when missing) or
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (for several catalog
     /// replicas; bring the data with `catalog import`). See docs/data.md.
-    #[arg(long, env = "CATALOG_DATABASE_URL", default_value = "sqlite://catalog.db", value_parser = DatabaseUrl::parse, global = true)]
+    #[arg(long, env = "CATALOG_DATABASE_URL", default_value = "sqlite://catalog.db", value_parser = DatabaseUrlParser, global = true)]
     pub database_url: DatabaseUrl,
 
-    /// Do not apply the database migrations at start (for operators who
-    /// run `catalog migrate` themselves): the schema is checked, and a
-    /// database that lacks a migration is refused.
-    #[arg(long, env = "CATALOG_NO_MIGRATE")]
+    /// Do not apply the database migrations at start, or before `catalog
+    /// import` (for operators who run `catalog migrate` themselves): the
+    /// schema is checked, and a database that lacks a migration is refused.
+    #[arg(long, env = "CATALOG_NO_MIGRATE", global = true)]
     pub no_migrate: bool,
 
     /// How often the data is checked for changes (imports by another

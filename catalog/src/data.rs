@@ -64,9 +64,10 @@ pub struct Page {
     pub next_after: Option<i32>,
 }
 
-/// Why the data cannot be served.
+/// Why the data cannot be served: the cause is in `/readyz` and the log,
+/// not in answers to anyone who asks for products.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("no product data yet: {0}")]
+#[error("No product data yet: the database has not answered since the catalog started")]
 pub struct NotLoaded(pub String);
 
 impl Data {
@@ -217,25 +218,27 @@ impl Data {
         let cause = error.to_string();
         if freshness.failing.as_ref() != Some(&cause) {
             // Once per cause, not once per poll.
-            tracing::warn!(
-                error = %cause,
-                "cannot refresh the product data; serving what is held"
-            );
+            if freshness.checked.is_some() {
+                tracing::warn!(error = %cause, "cannot refresh the product data; serving what is held");
+            } else {
+                tracing::warn!(error = %cause, "cannot load the product data yet; /products answers 503 until it can, trying again every --data-refresh-interval");
+            }
         }
         freshness.failing = Some(cause);
     }
 
     /// Brings the data up to the store's revision: only the rows written
-    /// since the one held, or everything again when the store's revision
-    /// went back (a database restored or replaced), or on the first load.
-    async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
+    /// since the one held; or everything again when asked to, when the
+    /// store's revision went back (a database restored or replaced), and
+    /// on the first load.
+    async fn refresh(&self, store: &dyn Store, everything: bool) -> Result<(), StoreError> {
         let held = self.read().revision;
         let current = store.revision().await?;
-        if current == held && self.freshness().0.is_some() {
+        if current == held && self.freshness().0.is_some() && !everything {
             self.succeeded();
             return Ok(());
         }
-        if current < held || self.freshness().0.is_none() {
+        if everything || current < held || self.freshness().0.is_none() {
             // Everything, into a new snapshot swapped in whole: the first
             // load, or a database restored or replaced.
             let mut fresh = Snapshot::default();
@@ -255,6 +258,11 @@ impl Data {
         Ok(())
     }
 }
+
+/// How often everything is loaded again, not only what changed: rows
+/// deleted or restored by hand in the database, which no revision tells
+/// of, are served for at most this long.
+const LOAD_WHOLE_EVERY: Duration = Duration::from_secs(300);
 
 /// Opens the data: prepares the store ([`crate::store::prepare`]: the
 /// schema, and the seed in a new SQLite file), loads it, and keeps it
@@ -301,7 +309,7 @@ async fn prepare(
     migrate: bool,
 ) -> Result<(), StoreError> {
     crate::store::prepare(store, url, migrate).await?;
-    data.refresh(store).await
+    data.refresh(store, true).await
 }
 
 async fn keep_fresh(
@@ -313,6 +321,7 @@ async fn keep_fresh(
     mut pending: bool,
 ) {
     let changes = store.changes();
+    let mut loaded_whole = Instant::now();
     loop {
         match &changes {
             Some(changed) => {
@@ -320,13 +329,19 @@ async fn keep_fresh(
             }
             None => tokio::time::sleep(interval).await,
         }
+        let everything = loaded_whole.elapsed() >= LOAD_WHOLE_EVERY;
         let result = if pending {
             prepare(&*store, &url, &data, migrate).await
         } else {
-            data.refresh(&*store).await
+            data.refresh(&*store, everything).await
         };
         match result {
-            Ok(()) => pending = false,
+            Ok(()) => {
+                pending = false;
+                if everything {
+                    loaded_whole = Instant::now();
+                }
+            }
             Err(error) => data.failed(&error),
         }
     }
@@ -452,6 +467,9 @@ mod tests {
         fn applied_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>, StoreError>> {
             Box::pin(async { Ok(vec![1]) })
         }
+        fn close(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
         fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
             None
         }
@@ -463,10 +481,10 @@ mod tests {
         fake.put(1, &[product(1, "a"), product(2, "b")]);
         let data = Data::empty();
         assert!(data.page(None, 10).is_err(), "served before the first load");
-        data.refresh(&fake).await.unwrap();
+        data.refresh(&fake, false).await.unwrap();
         fake.put(2, &[product(2, "b2"), product(3, "c")]);
-        data.refresh(&fake).await.unwrap();
-        data.refresh(&fake).await.unwrap();
+        data.refresh(&fake, false).await.unwrap();
+        data.refresh(&fake, false).await.unwrap();
         assert_eq!(
             *fake.loads_since.lock().unwrap(),
             vec![0, 1],
@@ -484,7 +502,7 @@ mod tests {
         // A database restored to an older state: everything again.
         *fake.rows.lock().unwrap() = vec![(1, product(7, "z"))];
         *fake.revision.lock().unwrap() = 1;
-        data.refresh(&fake).await.unwrap();
+        data.refresh(&fake, false).await.unwrap();
         let ids: Vec<i32> = data
             .page(None, 10)
             .unwrap()
@@ -496,19 +514,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn loading_everything_again_drops_what_was_deleted_by_hand() {
+        let fake = Fake::default();
+        fake.put(1, &[product(1, "a"), product(2, "b")]);
+        let data = Data::empty();
+        data.refresh(&fake, false).await.unwrap();
+        // Rows deleted by hand, the revision moved on: no revision tells.
+        *fake.rows.lock().unwrap() = vec![(2, product(2, "b"))];
+        *fake.revision.lock().unwrap() = 2;
+        data.refresh(&fake, false).await.unwrap();
+        assert_eq!(data.product_count(), 2, "an increment cannot see a delete");
+        data.refresh(&fake, true).await.unwrap();
+        let ids: Vec<i32> = data
+            .page(None, 10)
+            .unwrap()
+            .products
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(ids, [2]);
+    }
+
+    #[tokio::test]
     async fn a_store_that_fails_leaves_the_data_served_and_says_so() {
         let fake = Fake::default();
         fake.put(1, &[product(1, "a")]);
         let data = Data::empty();
-        data.refresh(&fake).await.unwrap();
+        data.refresh(&fake, false).await.unwrap();
         *fake.down.lock().unwrap() = true;
-        let error = data.refresh(&fake).await.unwrap_err();
+        let error = data.refresh(&fake, false).await.unwrap_err();
         data.failed(&error);
         assert_eq!(data.page(None, 10).unwrap().products.len(), 1);
         let described = data.describe();
         assert!(described.contains("the store fails: "), "{described}");
         *fake.down.lock().unwrap() = false;
-        data.refresh(&fake).await.unwrap();
+        data.refresh(&fake, false).await.unwrap();
         assert_eq!(data.freshness().1, None);
     }
 }

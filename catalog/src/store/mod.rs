@@ -23,7 +23,7 @@ use ecommerce_proto::pb::{Customer, Product};
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
-pub use database_url::DatabaseUrl;
+pub use database_url::{DatabaseUrl, DatabaseUrlParser};
 
 /// The migrations, embedded in the binary. One set for both backends: the
 /// SQL is what SQLite and PostgreSQL both accept.
@@ -71,6 +71,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// it has no schema yet.
     fn applied_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>, StoreError>>;
 
+    /// Closes the connections, having written everything to the database
+    /// itself: a SQLite file is whole without its `-wal` file after this.
+    fn close(&self) -> BoxFuture<'_, ()>;
+
     /// Notified when the data may have changed, sooner than a poll would
     /// tell (PostgreSQL's `LISTEN`); `None` when the backend only polls.
     fn changes(&self) -> Option<Arc<Notify>>;
@@ -99,6 +103,25 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The SQLite file cannot be opened where it is.
+    #[error(
+        "cannot open {path} ({source}): its directory must exist and be writable by the catalog, which keeps the -wal and -shm files beside it"
+    )]
+    CannotOpen {
+        /// The file.
+        path: String,
+        /// What SQLite said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The SQLite file was replaced or removed while open.
+    #[error(
+        "{path} was replaced or removed while the catalog had it open; the catalog serves what it loaded from the old file: restart it to serve the file now at that path"
+    )]
+    Replaced {
+        /// The file.
+        path: String,
+    },
     /// The database was migrated by a newer catalog.
     #[error(
         "{url} has schema version {found}, newer than this catalog knows (up to {known}): run the newer catalog, or restore a database of this version"
@@ -113,7 +136,7 @@ pub enum StoreError {
     },
     /// `--no-migrate`, and the database lacks a migration.
     #[error(
-        "{url} lacks migration {missing} of this catalog (started with --no-migrate): run `catalog migrate` with the same --database-url, or start without --no-migrate"
+        "{url} lacks migration {missing} of this catalog: run `catalog migrate` with the same --database-url, or start the catalog without --no-migrate"
     )]
     NotMigrated {
         /// Where, without the password.

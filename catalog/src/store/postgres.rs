@@ -215,6 +215,10 @@ impl Store for PgStore {
         })
     }
 
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
+    }
+
     fn changes(&self) -> Option<Arc<Notify>> {
         Some(Arc::clone(&self.changed))
     }

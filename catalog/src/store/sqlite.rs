@@ -2,6 +2,8 @@
 //! and customers when missing, in WAL mode so the catalog reads while an
 //! import (another process: `catalog import`) writes.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,10 @@ const ROWS_PER_INSERT: usize = 1_000;
 pub(super) struct SqliteStore {
     pool: SqlitePool,
     url: DatabaseUrl,
+    /// The file, and its inode when opened: a file moved into its place
+    /// (a restore) is another inode, which the open pool would never see.
+    path: PathBuf,
+    inode: Option<u64>,
 }
 
 impl SqliteStore {
@@ -31,7 +37,8 @@ impl SqliteStore {
         url: &DatabaseUrl,
         options: &SqliteConnectOptions,
     ) -> Result<Self, StoreError> {
-        let path = options.get_filename().display().to_string();
+        let file = options.get_filename().to_owned();
+        let path = file.display().to_string();
         let options = options
             .clone()
             .create_if_missing(true)
@@ -51,6 +58,8 @@ impl SqliteStore {
         Ok(Self {
             pool,
             url: url.clone(),
+            inode: inode(&file),
+            path: file,
         })
     }
 
@@ -75,18 +84,31 @@ impl SqliteStore {
     }
 }
 
-/// SQLite's "not a database", "unable to open" and "corrupt" name the
-/// file and the fix; anything else is a database error.
+fn inode(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// SQLite's "not a database" and "corrupt", and "cannot open" and "read
+/// only", name the file and the fix; anything else is a database error.
 fn not_a_database(path: &str, source: sqlx::Error) -> StoreError {
-    match &source {
-        sqlx::Error::Database(error)
-            if matches!(error.code().as_deref(), Some("26" | "11" | "14")) =>
-        {
-            StoreError::NotADatabase {
-                path: path.to_owned(),
-                source,
-            }
-        }
+    let code = match &source {
+        sqlx::Error::Database(error) => error.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    // Extended result codes keep the primary code in their low byte.
+    let primary = code
+        .as_deref()
+        .and_then(|c| c.parse::<u32>().ok())
+        .map(|c| c & 0xff);
+    match primary {
+        Some(26 | 11) => StoreError::NotADatabase {
+            path: path.to_owned(),
+            source,
+        },
+        Some(14 | 8) => StoreError::CannotOpen {
+            path: path.to_owned(),
+            source,
+        },
         _ => StoreError::Database {
             url: format!("sqlite://{path}"),
             source,
@@ -97,6 +119,11 @@ fn not_a_database(path: &str, source: sqlx::Error) -> StoreError {
 impl Store for SqliteStore {
     fn revision(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
         Box::pin(async move {
+            if inode(&self.path) != self.inode {
+                return Err(StoreError::Replaced {
+                    path: self.path.display().to_string(),
+                });
+            }
             sqlx::query_scalar(SQL.revision)
                 .fetch_one(&self.pool)
                 .await
@@ -184,6 +211,17 @@ impl Store for SqliteStore {
                     .fetch_all(&self.pool)
                     .await,
             )
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // A failed checkpoint leaves the rows in the -wal file, where
+            // SQLite still finds them: nothing is lost.
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await;
+            self.pool.close().await;
         })
     }
 

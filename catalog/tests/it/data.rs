@@ -260,6 +260,104 @@ async fn the_import_cli_names_every_bad_row_and_writes_nothing() -> SetupResult<
 }
 
 #[tokio::test]
+async fn crlf_files_keep_their_line_numbers_and_what_postgresql_cannot_store_is_refused()
+-> SetupResult<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("windows.csv");
+    let long = "s".repeat(300);
+    std::fs::write(
+        &file,
+        format!(
+            "id,slug,description,price_in_cents\r\n1,a,x,-1\r\n\r\n2,{long},x,1\r\n3,c,nul\u{0}here,1\r\n"
+        ),
+    )?;
+    let output = cli(
+        &dir.path().join("c.db"),
+        &["import", "products", file.to_str().ok_or("path")?],
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "line 2: negative price_in_cents -1",
+        "line 4: slug is 300 bytes long, over 256",
+        "line 5: description holds a NUL character",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
+    let json = dir.path().join("one-line.json");
+    std::fs::write(&json, r#"[{"id":1,"slug":"a"},{"id":1,"slug":"b"}]"#)?;
+    let output = cli(
+        &dir.path().join("c.db"),
+        &["import", "products", json.to_str().ok_or("path")?],
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 1: element 2: duplicate id \"1\""),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_import_leaves_a_database_file_whole_without_its_wal() -> SetupResult<()> {
+    let dir = tempfile::tempdir()?;
+    let (db, copy) = (dir.path().join("c.db"), dir.path().join("copy.db"));
+    let file = dir.path().join("more.csv");
+    std::fs::write(
+        &file,
+        "id,slug,description,price_in_cents\n40,forty,x,4000\n",
+    )?;
+    let output = cli(&db, &["import", "products", file.to_str().ok_or("path")?])?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The file alone, as one copies it into a volume.
+    std::fs::copy(&db, &copy)?;
+    let exported = cli(&copy, &["export", "products"])?;
+    let listed = String::from_utf8(exported.stdout)?;
+    assert!(
+        listed.contains("\"slug\":\"forty\""),
+        "{listed} {}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_database_file_replaced_while_served_is_reported_not_ignored() -> SetupResult<()> {
+    let (pki, _discount, catalog) = system().await?;
+    let other = pki.path("other.db");
+    let file = pki.path("one.csv");
+    std::fs::write(&file, "id,slug,description,price_in_cents\n9,nine,x,900\n")?;
+    let made = cli(
+        &other,
+        &["import", "products", file.to_str().ok_or("path")?],
+    )?;
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    std::fs::rename(&other, database(&pki))?;
+    let started = Instant::now();
+    loop {
+        let ready = catalog.readiness().await?;
+        if ready
+            .body
+            .contains("was replaced or removed while the catalog had it open")
+        {
+            break;
+        }
+        assert!(started.elapsed() < HANG, "{}", ready.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What it loaded is still served.
+    assert_eq!(catalog.get("/products", None).await?.body, PLAIN);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_damaged_database_file_stops_the_start_with_its_path_and_the_fix() -> SetupResult<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("broken.db");

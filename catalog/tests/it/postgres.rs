@@ -129,7 +129,8 @@ async fn a_database_not_there_at_start_gets_503s_that_say_so_until_it_is() -> Se
             answer.body
         );
         assert!(
-            answer.body.contains("not loaded yet") || answer.body.contains("no product data yet"),
+            answer.body.to_lowercase().contains("not loaded yet")
+                || answer.body.to_lowercase().contains("no product data yet"),
             "{path}: {}",
             answer.body
         );

@@ -1,10 +1,11 @@
 //! CSV files: a header naming the columns, in any order; each record's
-//! line as the csv crate counts it.
+//! line found from the byte where it starts (the csv crate's own line
+//! count is off by one in CRLF files and skips blank lines).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::{Fields, ImportError, Problems, RowReader, Shape};
+use super::{Fields, ImportError, Lines, Problems, RowReader, Shape};
 
 pub(super) fn read<T>(
     path: &Path,
@@ -51,16 +52,17 @@ pub(super) fn read<T>(
         return problems.into_result(path, Vec::new());
     }
     let mut rows = Vec::new();
+    let mut lines = Lines::new(bytes);
     for record in reader.byte_records() {
         let record = match record {
             Ok(record) => record,
             Err(error) => {
-                let line = error.position().map_or(0, ::csv::Position::line);
+                let line = error.position().map_or(0, |at| lines.at(start(bytes, at)));
                 problems.add(line, csv_problem(&error));
                 continue;
             }
         };
-        let line = record.position().map_or(0, ::csv::Position::line);
+        let line = record.position().map_or(0, |at| lines.at(start(bytes, at)));
         let mut texts: HashMap<&str, &str> = HashMap::new();
         let mut utf8 = true;
         for (name, index) in &columns {
@@ -93,4 +95,17 @@ fn csv_problem(error: &::csv::Error) -> String {
         }
         _ => error.to_string(),
     }
+}
+
+/// Where a record's first field starts: the csv crate's position can be
+/// at the line ending before it (the `\n` of a CRLF) or at blank lines
+/// it skipped.
+fn start(bytes: &[u8], position: &::csv::Position) -> usize {
+    let at = usize::try_from(position.byte()).unwrap_or(usize::MAX);
+    let skipped = bytes.get(at..).map_or(0, |rest| {
+        rest.iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count()
+    });
+    at.saturating_add(skipped)
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{Fields, ImportError, Problems, RowReader, Shape};
+use super::{Fields, ImportError, Lines, Problems, RowReader, Shape};
 
 /// What a key Go left out stands for.
 pub(super) static NULL: Value = Value::Null;
@@ -17,7 +17,7 @@ pub(super) fn read<T>(
     row: &mut RowReader<'_, T>,
 ) -> Result<Vec<T>, ImportError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = line_at(bytes, e.valid_up_to());
+        let line = Lines::new(bytes).at(e.valid_up_to());
         ImportError::Rows {
             path: path.to_owned(),
             problems: vec![(line, "not UTF-8".to_owned())],
@@ -32,9 +32,11 @@ pub(super) fn read<T>(
         })?;
     let mut problems = Problems::default();
     let mut rows = Vec::new();
-    for element in elements {
+    let mut lines = Lines::new(bytes);
+    for (index, element) in elements.into_iter().enumerate() {
         let offset = element.get().as_ptr() as usize - text.as_ptr() as usize;
-        let line = line_at(bytes, offset);
+        let line = lines.at(offset);
+        problems.context = Some(format!("element {}", index + 1));
         let Ok(Value::Object(object)) = serde_json::from_str::<Value>(element.get()) else {
             problems.add(line, "not a JSON object");
             continue;
@@ -62,8 +64,4 @@ pub(super) fn read<T>(
         }
     }
     problems.into_result(path, rows)
-}
-
-fn line_at(bytes: &[u8], offset: usize) -> u64 {
-    1 + bytes.iter().take(offset).filter(|b| **b == b'\n').count() as u64
 }

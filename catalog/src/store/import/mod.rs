@@ -74,12 +74,20 @@ impl std::error::Error for ImportError {}
 struct Problems {
     shown: Vec<(u64, String)>,
     more: usize,
+    /// Said before each problem of the row read now (a JSON element's
+    /// place in the array, since an export is all on one line).
+    context: Option<String>,
 }
 
 impl Problems {
     fn add(&mut self, line: u64, what: impl Into<String>) {
         if self.shown.len() < SHOWN_PROBLEMS {
-            self.shown.push((line, what.into()));
+            let what = what.into();
+            let what = match &self.context {
+                Some(context) => format!("{context}: {what}"),
+                None => what,
+            };
+            self.shown.push((line, what));
         } else {
             self.more += 1;
         }
@@ -96,6 +104,42 @@ impl Problems {
         })
     }
 }
+
+/// The line of each byte offset, for offsets met in increasing order:
+/// the newlines are counted once, not from the start for every row.
+/// Counting `\n` makes CRLF files and blank lines come out right.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+    line: u64,
+}
+
+impl<'a> Lines<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            offset: 0,
+            line: 1,
+        }
+    }
+
+    fn at(&mut self, offset: usize) -> u64 {
+        let newlines = |range: &[u8]| range.iter().filter(|b| **b == b'\n').count() as u64;
+        match self.bytes.get(self.offset..offset) {
+            Some(range) => {
+                self.line += newlines(range);
+                self.offset = offset;
+                self.line
+            }
+            // Earlier than the last offset asked: count from the start.
+            None => 1 + newlines(self.bytes.get(..offset).unwrap_or(self.bytes)),
+        }
+    }
+}
+
+/// The longest slug taken: PostgreSQL indexes slugs, and an index entry
+/// holds at most about 2.7 KB.
+const MAX_SLUG_BYTES: usize = 256;
 
 /// The columns (CSV) or keys (JSON) of one kind of row.
 struct Shape {
@@ -153,6 +197,13 @@ pub fn read_products(path: &Path) -> Result<Vec<Product>, ImportError> {
         let slug = text(line, "slug", field("slug"), problems)?;
         if slug.is_empty() {
             problems.add(line, "slug is empty");
+            return None;
+        }
+        if slug.len() > MAX_SLUG_BYTES {
+            problems.add(
+                line,
+                format!("slug is {} bytes long, over {MAX_SLUG_BYTES}", slug.len()),
+            );
             return None;
         }
         let description = text(line, "description", field("description"), problems)?;
@@ -313,6 +364,23 @@ fn integer(
 }
 
 fn text(
+    line: u64,
+    name: &str,
+    field: Option<Field<'_>>,
+    problems: &mut Problems,
+) -> Option<String> {
+    let text = plain_text(line, name, field, problems)?;
+    if text.contains('\0') {
+        problems.add(
+            line,
+            format!("{name} holds a NUL character, which PostgreSQL cannot store"),
+        );
+        return None;
+    }
+    Some(text)
+}
+
+fn plain_text(
     line: u64,
     name: &str,
     field: Option<Field<'_>>,
