@@ -364,4 +364,20 @@ mod tests {
             "10.96.0.7:11443,b:1"
         );
     }
+
+    #[test]
+    fn a_url_clap_refuses_is_not_repeated_in_the_error() {
+        for bad in [
+            "postgres://u:s3cret@host:notaport/db",
+            "postgres://u:s3cret@[::1/db",
+            "mysql://u:s3cret@db/x",
+        ] {
+            let error = Config::try_parse_from(["catalog", "--database-url", bad])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains("invalid --database-url"), "{bad}: {error}");
+            assert!(!error.contains("s3cret"), "{bad}: {error}");
+        }
+    }
 }
