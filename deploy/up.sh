@@ -57,6 +57,8 @@ else
   owner=()
   export ECOMMERCE_USER=${ECOMMERCE_USER:-$(id -u):$(id -g)}
 fi
+# The catalog's /data (its embedded database) belongs to that user.
+export ECOMMERCE_UID=${ECOMMERCE_USER%%:*} ECOMMERCE_GID=${ECOMMERCE_USER##*:}
 if [ ! -e "$ECOMMERCE_KEYS/cert.pem" ]; then
   echo "up: no keys in $ECOMMERCE_KEYS, making development keys valid for the name discount"
   "$repo/scripts/gen-keys.sh" --dir "$ECOMMERCE_KEYS" --dns discount "${owner[@]}"
