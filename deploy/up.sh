@@ -58,7 +58,8 @@ else
   export ECOMMERCE_USER=${ECOMMERCE_USER:-$(id -u):$(id -g)}
 fi
 # The catalog's /data (its embedded database) belongs to that user.
-export ECOMMERCE_UID=${ECOMMERCE_USER%%:*} ECOMMERCE_GID=${ECOMMERCE_USER##*:}
+user=${ECOMMERCE_USER:-65532:65532}
+export ECOMMERCE_UID=${user%%:*} ECOMMERCE_GID=${user##*:}
 if [ ! -e "$ECOMMERCE_KEYS/cert.pem" ]; then
   echo "up: no keys in $ECOMMERCE_KEYS, making development keys valid for the name discount"
   "$repo/scripts/gen-keys.sh" --dir "$ECOMMERCE_KEYS" --dns discount "${owner[@]}"
