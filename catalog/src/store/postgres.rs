@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use ecommerce_proto::pb::{Customer, Product};
 use futures_util::future::BoxFuture;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -27,10 +28,14 @@ const ROWS_PER_INSERT: usize = 50_000;
 /// How long to wait before listening again after the connection was lost.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
+/// How long the pool keeps trying to connect before it gives up.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The store in PostgreSQL.
 #[derive(Debug)]
 pub(super) struct PgStore {
     pool: PgPool,
+    options: PgConnectOptions,
     url: DatabaseUrl,
     changed: Arc<Notify>,
     listener: JoinHandle<()>,
@@ -43,12 +48,13 @@ impl PgStore {
     pub(super) fn open(url: &DatabaseUrl, options: &PgConnectOptions) -> Self {
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
         let changed = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(pool.clone(), Arc::clone(&changed)));
         Self {
             pool,
+            options: options.clone(),
             url: url.clone(),
             changed,
             listener,
@@ -59,13 +65,42 @@ impl PgStore {
         StoreError::from_sqlx(&self.url, source)
     }
 
+    /// A connection from the pool. When the pool cannot connect, sqlx
+    /// answers only "pool timed out" and drops the reason
+    /// (launchbadge/sqlx#744); one connection attempt of our own finds it
+    /// (refused, no such host, a wrong password), for the log and
+    /// `/readyz`.
+    async fn connection(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        match self.pool.acquire().await {
+            Ok(connection) => Ok(connection),
+            Err(sqlx::Error::PoolTimedOut) => {
+                let attempt = PgConnection::connect_with(&self.options);
+                Err(match tokio::time::timeout(ACQUIRE_TIMEOUT, attempt).await {
+                    Ok(Err(cause)) => self.error(cause),
+                    Ok(Ok(connection)) => {
+                        // It connects: the pool was only busy, or the
+                        // database is back for the next call.
+                        let _ = connection.close().await;
+                        self.error(sqlx::Error::PoolTimedOut)
+                    }
+                    Err(_) => self.error(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {ACQUIRE_TIMEOUT:?}"),
+                    ))),
+                })
+            }
+            Err(error) => Err(self.error(error)),
+        }
+    }
+
     /// One import: the next revision, `write` writing the rows under it,
     /// the notification, one commit.
     async fn import(
         &self,
         write: impl AsyncFnOnce(&mut PgConnection, i64) -> Result<(), sqlx::Error>,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let mut connection = self.connection().await?;
+        let mut tx = connection.begin().await.map_err(|e| self.error(e))?;
         let revision: i64 = sqlx::query_scalar(SQL.next_revision)
             .fetch_one(&mut *tx)
             .await
@@ -111,7 +146,7 @@ impl Store for PgStore {
     fn revision(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
         Box::pin(async move {
             sqlx::query_scalar(SQL.revision)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.connection().await?)
                 .await
                 .map_err(|e| self.error(e))
         })
@@ -123,7 +158,8 @@ impl Store for PgStore {
         sink: &'a mut (dyn FnMut(Row) + Send),
     ) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+            let mut connection = self.connection().await?;
+            let mut tx = connection.begin().await.map_err(|e| self.error(e))?;
             // One snapshot for the revision and the rows read after it.
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *tx)
@@ -197,6 +233,8 @@ impl Store for PgStore {
         Box::pin(async move {
             // sqlx holds an advisory lock while it migrates: replicas
             // starting together apply each migration once.
+            // A connection first, for the cause when there is none.
+            drop(self.connection().await?);
             super::MIGRATOR
                 .run(&self.pool)
                 .await
@@ -209,7 +247,7 @@ impl Store for PgStore {
             sql::applied(
                 &self.url,
                 sqlx::query_scalar(SQL.applied_migrations)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.connection().await?)
                     .await,
             )
         })

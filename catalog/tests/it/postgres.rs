@@ -14,12 +14,18 @@ use crate::support::{Catalog, HEALTHY_DEADLINE};
 /// A password the URL carries, to check it is shown nowhere.
 const PASSWORD: &str = "hunter2-never-shown";
 
-async fn catalog_on(pki: &Pki, discount: &DiscountServer, url: &str) -> SetupResult<Catalog> {
+/// A catalog on `url` that checks the store's revision every `refresh`.
+async fn catalog_on(
+    pki: &Pki,
+    discount: &DiscountServer,
+    url: &str,
+    refresh: &str,
+) -> SetupResult<Catalog> {
     Catalog::start_with(
         &discount.addr().to_string(),
         &pki.path("ca.pem"),
         HEALTHY_DEADLINE,
-        &["--database-url", url, "--data-refresh-interval", "200ms"],
+        &["--database-url", url, "--data-refresh-interval", refresh],
     )
     .await
 }
@@ -42,8 +48,11 @@ async fn lists(catalog: &Catalog, count: usize) -> SetupResult<Duration> {
     }
 }
 
+/// The check every `--data-refresh-interval` is an hour away here, so
+/// only the notification can bring the import. The time each took is
+/// printed, not asserted: a busy machine is no fault of the code.
 #[tokio::test]
-async fn an_import_through_one_replica_is_served_by_both_within_a_second() -> SetupResult<()> {
+async fn an_import_is_served_by_both_replicas_on_its_notification() -> SetupResult<()> {
     let Some(postgres) = Postgres::start()? else {
         return Ok(());
     };
@@ -51,8 +60,8 @@ async fn an_import_through_one_replica_is_served_by_both_within_a_second() -> Se
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
     let (a, b) = tokio::try_join!(
-        catalog_on(&pki, &discount, &url),
-        catalog_on(&pki, &discount, &url)
+        catalog_on(&pki, &discount, &url, "1h"),
+        catalog_on(&pki, &discount, &url, "1h")
     )?;
     // PostgreSQL is not seeded.
     assert_eq!(a.get("/products", None).await?.body, "[]\n");
@@ -63,10 +72,6 @@ async fn an_import_through_one_replica_is_served_by_both_within_a_second() -> Se
         .await?;
     let (took_a, took_b) = tokio::try_join!(lists(&a, 2), lists(&b, 2))?;
     eprintln!("served after {took_a:?} and {took_b:?}");
-    assert!(
-        took_a.max(took_b) < Duration::from_secs(1),
-        "{took_a:?} {took_b:?}"
-    );
     Ok(())
 }
 
@@ -82,7 +87,7 @@ async fn the_database_going_away_leaves_listings_served_and_they_catch_up_after(
     store.import_products(vec![product(1, "one", 100)]).await?;
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
-    let catalog = catalog_on(&pki, &discount, &url).await?;
+    let catalog = catalog_on(&pki, &discount, &url, "200ms").await?;
     lists(&catalog, 1).await?;
 
     postgres.stop()?;
@@ -119,7 +124,7 @@ async fn a_database_not_there_at_start_gets_503s_that_say_so_until_it_is() -> Se
     postgres.stop()?;
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;
-    let catalog = catalog_on(&pki, &discount, &url).await?;
+    let catalog = catalog_on(&pki, &discount, &url, "200ms").await?;
     for path in ["/products", "/readyz", "/products/1"] {
         let answer = catalog.get(path, None).await?;
         assert_eq!(
@@ -135,6 +140,21 @@ async fn a_database_not_there_at_start_gets_503s_that_say_so_until_it_is() -> Se
             answer.body
         );
         assert!(!answer.body.contains(PASSWORD), "{path}: {}", answer.body);
+    }
+    // The cause, not sqlx's "pool timed out", once the first attempt ends.
+    let started = Instant::now();
+    loop {
+        let answer = catalog.get("/readyz", None).await?;
+        if answer.body.contains("Connection refused") {
+            assert!(!answer.body.contains(PASSWORD), "{}", answer.body);
+            break;
+        }
+        assert!(
+            started.elapsed() < 3 * HANG,
+            "/readyz never said why: {}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     postgres.restart()?;
     lists(&catalog, 0).await?;
