@@ -56,7 +56,8 @@ async fn work(
     command: &Command,
     file: Option<Rows>,
 ) -> Result<(), String> {
-    store::prepare(store, url, migrate)
+    // A new file holds only what is imported into it, not the demo data.
+    store::prepare(store, url, migrate, store::NewFile::Empty)
         .await
         .map_err(|e| e.to_string())?;
     match (command, file) {

@@ -31,6 +31,9 @@ impl DatabaseUrl {
             if path.is_empty() {
                 return Err(format!("no file named: {accepted}"));
             }
+            if path.starts_with('~') {
+                return Err("~ is not expanded here: write the file's full path, as sqlite:///home/me/catalog.db".to_owned());
+            }
             return SqliteConnectOptions::from_str(text)
                 .map(Self::Sqlite)
                 .map_err(|e| format!("{e}: {accepted}"));
@@ -41,7 +44,15 @@ impl DatabaseUrl {
                 // sqlx's parse errors do not repeat the URL.
                 .map_err(|e| format!("{e}: {accepted}"));
         }
-        Err(accepted.to_owned())
+        // The scheme is no secret: naming it shows the typo.
+        match text.split_once("://") {
+            Some((scheme, _)) if !scheme.contains(['@', ':', '/']) => {
+                Err(format!("unknown scheme {scheme:?}: {accepted}"))
+            }
+            _ => Err(format!(
+                "no scheme (for a file, write sqlite://PATH): {accepted}"
+            )),
+        }
     }
 
     /// The SQLite file, when this is one.
@@ -85,7 +96,13 @@ impl clap::builder::TypedValueParser for DatabaseUrlParser {
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Sqlite(options) => write!(f, "sqlite://{}", options.get_filename().display()),
+            // The full path: a relative one depends on the directory the
+            // command ran in, which a log reader cannot see.
+            Self::Sqlite(options) => {
+                let path = options.get_filename();
+                let full = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+                write!(f, "sqlite://{}", full.display())
+            }
             Self::Postgres(options) => write!(
                 f,
                 "postgres://{}@{}:{}/{}",
@@ -116,15 +133,31 @@ mod tests {
         for shown in [url.to_string(), format!("{url:?}")] {
             assert_eq!(shown, "postgres://shop@db.internal:6543/catalog");
         }
-        let error = DatabaseUrl::parse("mysql://shop:s3cret@db/catalog").unwrap_err();
+        for typo in [
+            "mysql://shop:s3cret@db/catalog",
+            "postgress://shop:s3cret@db/catalog",
+        ] {
+            let error = DatabaseUrl::parse(typo).unwrap_err();
+            assert!(!error.contains("s3cret"), "{error}");
+            assert!(error.contains("sqlite://PATH"), "{error}");
+            assert!(error.starts_with("unknown scheme"), "{error}");
+        }
+        // No scheme: what precedes the password must not pass for one.
+        let error = DatabaseUrl::parse("shop:s3cret@db/catalog").unwrap_err();
         assert!(!error.contains("s3cret"), "{error}");
-        assert!(error.contains("sqlite://PATH"), "{error}");
+        assert!(error.starts_with("no scheme"), "{error}");
     }
 
     #[test]
     fn sqlite_urls_name_their_file() {
         let url = DatabaseUrl::parse("sqlite://catalog.db").unwrap();
-        assert_eq!(url.to_string(), "sqlite://catalog.db");
+        let here = std::env::current_dir().unwrap().join("catalog.db");
+        assert_eq!(url.to_string(), format!("sqlite://{}", here.display()));
+        assert!(
+            DatabaseUrl::parse("sqlite://~/catalog.db")
+                .unwrap_err()
+                .contains("full path")
+        );
         let absolute = DatabaseUrl::parse("sqlite:///data/catalog.db").unwrap();
         assert_eq!(
             absolute.sqlite_path(),

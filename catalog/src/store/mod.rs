@@ -201,9 +201,20 @@ pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn Store>, StoreError> {
     })
 }
 
+/// What a SQLite database that had no schema is filled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewFile {
+    /// The seed's products and customers: the service's own file, so that
+    /// the seed's two terminals answer as they did with no set-up.
+    Seeded,
+    /// Nothing: a file that `catalog import` or `catalog migrate` makes
+    /// holds only what the operator brings.
+    Empty,
+}
+
 /// Makes the store ready to be read: applies the migrations (or, with
 /// `migrate` false, checks that they were applied), and fills a SQLite
-/// database that had no schema with the seed's products and customers.
+/// database that had no schema as `new_file` says.
 ///
 /// # Errors
 /// [`StoreError::SchemaTooNew`], [`StoreError::NotMigrated`], or the
@@ -212,13 +223,14 @@ pub async fn prepare(
     store: &dyn Store,
     url: &DatabaseUrl,
     migrate: bool,
+    new_file: NewFile,
 ) -> Result<(), StoreError> {
     let applied = store.applied_migrations().await?;
     if !migrate {
         return check_applied(url, &applied);
     }
     store.migrate().await?;
-    if applied.is_empty() && url.sqlite_path().is_some() {
+    if applied.is_empty() && url.sqlite_path().is_some() && new_file == NewFile::Seeded {
         store.import_products(seed::products()).await?;
         store.import_customers(seed::customers()).await?;
         tracing::info!(database = %url, "created the database, with the seed's products and customers");

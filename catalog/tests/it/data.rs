@@ -296,7 +296,7 @@ async fn crlf_files_keep_their_line_numbers_and_what_postgresql_cannot_store_is_
 }
 
 #[tokio::test]
-async fn an_import_leaves_a_database_file_whole_without_its_wal() -> SetupResult<()> {
+async fn an_import_makes_a_file_of_its_own_rows_whole_without_its_wal() -> SetupResult<()> {
     let dir = tempfile::tempdir()?;
     let (db, copy) = (dir.path().join("c.db"), dir.path().join("copy.db"));
     let file = dir.path().join("more.csv");
@@ -305,19 +305,41 @@ async fn an_import_leaves_a_database_file_whole_without_its_wal() -> SetupResult
         "id,slug,description,price_in_cents\n40,forty,x,4000\n",
     )?;
     let output = cli(&db, &["import", "products", file.to_str().ok_or("path")?])?;
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    // Where it went, in full, whatever directory the command ran in.
+    assert!(
+        said.contains(&format!("into sqlite://{}", db.display())),
+        "{said}"
+    );
+    // The file alone, as one copies it into a volume; made by the
+    // command, it holds what was imported and not the demo data.
+    std::fs::copy(&db, &copy)?;
+    let exported = cli(&copy, &["export", "products"])?;
+    assert_eq!(
+        String::from_utf8(exported.stdout)?,
+        "[{\"id\":40,\"slug\":\"forty\",\"description\":\"x\",\"price_in_cents\":4000}]\n",
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let customers = cli(&copy, &["export", "customers"])?;
+    assert_eq!(String::from_utf8(customers.stdout)?, "[]\n");
+    // Customers export in the order of the header, not sorted by name.
+    let file = dir.path().join("customers.csv");
+    std::fs::write(&file, "last_name,id,first_name\nSnow,1,John\n")?;
+    let output = cli(
+        &copy,
+        &["import", "customers", file.to_str().ok_or("path")?],
+    )?;
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // The file alone, as one copies it into a volume.
-    std::fs::copy(&db, &copy)?;
-    let exported = cli(&copy, &["export", "products"])?;
-    let listed = String::from_utf8(exported.stdout)?;
-    assert!(
-        listed.contains("\"slug\":\"forty\""),
-        "{listed} {}",
-        String::from_utf8_lossy(&exported.stderr)
+    let customers = cli(&copy, &["export", "customers"])?;
+    assert_eq!(
+        String::from_utf8(customers.stdout)?,
+        "[{\"id\":1,\"first_name\":\"John\",\"last_name\":\"Snow\"}]\n"
     );
     Ok(())
 }

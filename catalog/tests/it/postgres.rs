@@ -83,7 +83,13 @@ async fn the_database_going_away_leaves_listings_served_and_they_catch_up_after(
     };
     let url = postgres.url(Some(PASSWORD));
     let store = store::open(&DatabaseUrl::parse(&url)?).await?;
-    store::prepare(&*store, &DatabaseUrl::parse(&url)?, true).await?;
+    store::prepare(
+        &*store,
+        &DatabaseUrl::parse(&url)?,
+        true,
+        store::NewFile::Seeded,
+    )
+    .await?;
     store.import_products(vec![product(1, "one", 100)]).await?;
     let pki = Pki::generate()?;
     let discount = DiscountServer::start(&pki).await?;

@@ -62,9 +62,9 @@ async fn everything(
 async fn a_new_database_is_migrated_and_only_sqlite_is_seeded() -> SetupResult<()> {
     for backend in backends()? {
         let store = store::open(&backend.url).await?;
-        store::prepare(&*store, &backend.url, true).await?;
+        store::prepare(&*store, &backend.url, true, store::NewFile::Seeded).await?;
         // Twice: nothing more to do, nothing seeded again.
-        store::prepare(&*store, &backend.url, true).await?;
+        store::prepare(&*store, &backend.url, true, store::NewFile::Seeded).await?;
         assert_eq!(
             store.applied_migrations().await?,
             vec![1],
@@ -94,7 +94,7 @@ async fn imports_upsert_by_id_and_a_load_since_a_revision_has_only_what_changed(
 {
     for backend in backends()? {
         let store = store::open(&backend.url).await?;
-        store::prepare(&*store, &backend.url, true).await?;
+        store::prepare(&*store, &backend.url, true, store::NewFile::Seeded).await?;
         let before = store.revision().await?;
         let first = store
             .import_products(vec![product(10, "ten", 1000), product(11, "eleven", 1100)])
@@ -140,7 +140,7 @@ async fn imports_upsert_by_id_and_a_load_since_a_revision_has_only_what_changed(
 async fn an_import_the_database_refuses_writes_nothing() -> SetupResult<()> {
     for backend in backends()? {
         let store = store::open(&backend.url).await?;
-        store::prepare(&*store, &backend.url, true).await?;
+        store::prepare(&*store, &backend.url, true, store::NewFile::Seeded).await?;
         store.import_products(vec![product(20, "taken", 1)]).await?;
         let before = everything(&*store, 0).await?;
         // 21 is fine; 22 takes product 20's slug: the whole import fails.
@@ -162,7 +162,7 @@ async fn a_schema_newer_than_the_binary_or_not_migrated_is_refused_with_the_fix(
 {
     for backend in backends()? {
         let store = store::open(&backend.url).await?;
-        let unmigrated = store::prepare(&*store, &backend.url, false).await;
+        let unmigrated = store::prepare(&*store, &backend.url, false, store::NewFile::Seeded).await;
         let message = unmigrated
             .map_err(|e| e.to_string())
             .err()
@@ -173,12 +173,13 @@ async fn a_schema_newer_than_the_binary_or_not_migrated_is_refused_with_the_fix(
             backend.url
         );
 
-        store::prepare(&*store, &backend.url, true).await?;
+        store::prepare(&*store, &backend.url, true, store::NewFile::Seeded).await?;
         let url = backend.url.to_string();
         let raw: Arc<str> = Arc::from(url.as_str());
         newer_migration(&backend).await?;
         for migrate in [true, false] {
-            let refused = store::prepare(&*store, &backend.url, migrate).await;
+            let refused =
+                store::prepare(&*store, &backend.url, migrate, store::NewFile::Seeded).await;
             let message = refused.map_err(|e| e.to_string()).err().unwrap_or_default();
             assert!(
                 message.contains("newer than this catalog") && message.contains(&*raw),
@@ -216,8 +217,8 @@ async fn replicas_starting_together_migrate_the_database_once() -> SetupResult<(
             store::open(&backend.url).await?,
         ];
         let (a, b) = tokio::join!(
-            store::prepare(&*stores[0], &backend.url, true),
-            store::prepare(&*stores[1], &backend.url, true)
+            store::prepare(&*stores[0], &backend.url, true, store::NewFile::Seeded),
+            store::prepare(&*stores[1], &backend.url, true, store::NewFile::Seeded)
         );
         assert!(a.is_ok() && b.is_ok(), "{}: {a:?} {b:?}", backend.url);
         assert_eq!(stores[0].applied_migrations().await?, vec![1]);

@@ -243,11 +243,25 @@ pub fn read_customers(path: &Path) -> Result<Vec<Customer>, ImportError> {
     })
 }
 
+/// One customer as `catalog export customers` writes it: the fields in
+/// the order the CSV header and the docs give them (`json!` would sort
+/// them).
+#[derive(serde::Serialize)]
+struct CustomerJson<'a> {
+    id: i32,
+    first_name: &'a str,
+    last_name: &'a str,
+}
+
 /// `customers` as a JSON array, the shape `catalog import` reads back.
 pub fn customers_json(customers: &[Customer]) -> Vec<u8> {
-    let rows: Vec<Value> = customers
+    let rows: Vec<CustomerJson<'_>> = customers
         .iter()
-        .map(|c| serde_json::json!({"id": c.id, "first_name": c.first_name, "last_name": c.last_name}))
+        .map(|c| CustomerJson {
+            id: c.id,
+            first_name: &c.first_name,
+            last_name: &c.last_name,
+        })
         .collect();
     let mut body = serde_json::to_vec(&rows).unwrap_or_else(|_| b"[]".to_vec());
     body.push(b'\n');
