@@ -26,6 +26,17 @@ picks some of them (default all):
                trace with a sampled traceparent, as a caller tracing
                everything sends (issue 25); spans and listings are in
                results.json
+ 11. million   catalog GET /products (a page of 100, no X-USER-ID) with
+               1,000,000 products (10,000 with --quick) in PostgreSQL: a throw-away cluster made
+               for the run (scripts/bench_data.py), loaded once with
+               `catalog import`; each run's catalog is timed from start to
+               /readyz 200 (all products in memory)
+ 12. million1  as million, X-USER-ID 1: one ApplyDiscounts per page
+
+The other scenarios use the seed's three products, in an SQLite file in a
+temporary directory. --baseline-bin-dir runs every run twice, on the
+baseline's binaries and then on these, interleaved (--rounds times), and
+reports these/baseline requests per second as ratios.
 
 Services are started afresh for each run (so peak RSS is per scenario), on
 127.0.0.1 with ports the OS picks, logging at warn. HTTP load comes from wrk,
@@ -44,6 +55,7 @@ table and to target/bench/ as results.md, results.json and latency.svg.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -58,6 +70,7 @@ import urllib.request
 from pathlib import Path
 
 sys.dont_write_bytecode = True  # no scripts/__pycache__ left in the work tree
+import bench_data  # noqa: E402
 from services import start_catalog, start_discount  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -206,7 +219,27 @@ def reloads(metrics_port):
     return {outcome: int(count) for outcome, count in found}
 
 
-def run_scenario(name, connections, args, keys, script):
+MILLION = ("million", "million1")
+LOAD_TIMEOUT = 600  # seconds for a catalog to load the million products
+
+
+def wait_until_ready(catalog):
+    """Seconds from the catalog's start until its /readyz answers 200."""
+    deadline = time.monotonic() + LOAD_TIMEOUT
+    while time.monotonic() < deadline:
+        if catalog.process.poll() is not None:
+            raise RuntimeError(f"the catalog exited while loading:\n{''.join(catalog.log)}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{catalog.port}/readyz", timeout=5) as answer:
+                if answer.status == 200:
+                    return round(time.monotonic() - catalog.started, 2)
+        except OSError:  # 503 until loaded
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"the catalog was not ready within {LOAD_TIMEOUT} s:\n{''.join(catalog.log)}")
+
+
+def run_scenario(name, connections, args, bin_dir, keys, script):
     services_cpu = "0" if args.pin else None
     load_cpu = "1" if args.pin else None
     discounts, catalog, killer, scraper, sink, hangups = [], None, None, None, None, None
@@ -217,7 +250,7 @@ def run_scenario(name, connections, args, keys, script):
         observed = ["--metrics-addr", "127.0.0.1:0"] if scraped or name == "sighup" else []
         env = None
         if name in ("traced", "caller"):
-            sink = subprocess.Popen([f"{args.bin_dir}/otlp-sink"], stdout=subprocess.PIPE, text=True)
+            sink = subprocess.Popen([f"{bin_dir}/otlp-sink"], stdout=subprocess.PIPE, text=True)
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.stdout.readline().strip()}
         if name == "traced":
             env["MAX_TRACES_PER_SECOND"] = "1000000"
@@ -225,26 +258,33 @@ def run_scenario(name, connections, args, keys, script):
             env.update({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"})
             script = f"{script}.caller.lua"
         for _ in range(REPLICAS.get(name, 1)):
-            discounts.append(start_discount(args.bin_dir, keys, observed, cpu=services_cpu, env=env))
+            discounts.append(start_discount(bin_dir, keys, observed, cpu=services_cpu, env=env))
         if name == "grpc":
             port = discounts[0].port
-            drive = lambda seconds: grpc_load(args.bin_dir, keys, port, connections, seconds, load_cpu)
+            drive = lambda seconds: grpc_load(bin_dir, keys, port, connections, seconds, load_cpu)
         else:
             extra = ["--max-connections", "4096", *observed]
             if args.discount_deadline:
                 extra += ["--discount-deadline", args.discount_deadline]
             if name == "dial":
                 extra.append("--dial-per-request")
+            if name in MILLION:
+                extra += ["--database-url", args.postgres.url]
             if len(discounts) > 1:
                 # One name for the whole list; the bench certificate is
                 # issued to DNS:localhost (and IP 127.0.0.1, ::1).
                 extra += ["--discount-server-name", "localhost"]
             # sighup: the catalog trusts the large bundle, discount its usual CA.
             catalog_keys = f"{keys}-bundle" if name == "sighup" else keys
-            catalog = start_catalog(args.bin_dir, catalog_keys, [d.port for d in discounts], extra,
-                                    cpu=services_cpu, env=env)
+            # The seed's data in a file of the run's own (a catalog before
+            # issue 27 has no database and ignores the variable).
+            catalog_env = {**(env or {}), "CATALOG_DATABASE_URL": f"sqlite://{args.work}/catalog.db"}
+            catalog = start_catalog(bin_dir, catalog_keys, [d.port for d in discounts], extra,
+                                    cpu=services_cpu, env=catalog_env)
+            loaded_s = wait_until_ready(catalog)
             url = f"http://127.0.0.1:{catalog.port}/products"
-            user, expect = (None, PLAIN_END) if name == "ceiling" else ("1", DISCOUNTED_END)
+            user, expect = {"ceiling": (None, PLAIN_END), "million": (None, bench_data.PAGE_PLAIN_END),
+                            "million1": ("1", bench_data.PAGE_DISCOUNTED_END)}.get(name, ("1", DISCOUNTED_END))
             # A listing priced while a replica dies may rightly go out
             # undiscounted (X-Discount-Status not "applied"): not an error.
             also = PLAIN_END if name == "kill3" else None
@@ -284,6 +324,9 @@ def run_scenario(name, connections, args, keys, script):
         requests = max(result["requests"], 1)
         per_request = lambda seconds: round(seconds / requests * 1e6, 1)
         result["scenario"], result["connections"] = name, connections
+        result["build"] = "baseline" if bin_dir == args.baseline_bin_dir else "this"
+        if catalog:
+            result["catalog_ready_s"] = loaded_s
         result["peak_rss_mb"] = {"discount": round(max(d.peak_rss_mb() for d in discounts), 1)}
         result["cpu_us_per_request"] = {"discount": per_request(sum(used[:len(discounts)]))}
         if catalog:
@@ -337,6 +380,8 @@ LABELS = {
     "traced": "8 as 7, spans exported over OTLP",
     "sighup": "9 as 2, 10,000-CA --discount-ca, 10 SIGHUPs/s",
     "caller": "10 as 8, default cap, 1% sampler, every request sampled by its caller",
+    "million": "11 catalog, 1M products in PostgreSQL (10k with --quick), page of 100",
+    "million1": "12 as 11, X-USER-ID 1 (ApplyDiscounts per page)",
 }
 SCENARIOS = tuple(LABELS)
 
@@ -360,8 +405,9 @@ def markdown(results, ratios, args):
     ]
     for r in results:
         rss, cpu = r["peak_rss_mb"], r["cpu_us_per_request"]
+        label = LABELS[r["scenario"]] + (f" ({args.baseline_name})" if r["build"] == "baseline" else "")
         lines.append(
-            f"| {LABELS[r['scenario']]} | {r['connections']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"| {label} | {r['connections']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {errors_cell(r)} | {rss.get('discount', 0)} / {rss.get('catalog', '-')} | "
             f"{cpu.get('discount', 0)} / {cpu.get('catalog', '-')} |"
         )
@@ -371,6 +417,9 @@ def markdown(results, ratios, args):
         if "spans_exported" in r:
             lines.append(f"\n{LABELS[r['scenario']]} @ {r['connections']}: {r['spans_exported']:,} spans exported "
                          f"for {r['listings_while_exporting']:,} listings (warm-up included)")
+        if r["scenario"] in MILLION and r["build"] == "this":
+            lines.append(f"\n{LABELS[r['scenario']]} @ {r['connections']}: the catalog loaded "
+                         f"its products in {r['catalog_ready_s']} s (start to /readyz 200)")
         if "sighups" in r:
             lines.append(f"\n{LABELS[r['scenario']]} @ {r['connections']}: {r['sighups']} SIGHUPs sent, "
                          f"reloads {r['reloads']}")
@@ -412,6 +461,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1 s per run, no warm-up: a smoke test, not a measurement")
     parser.add_argument("--pin", action="store_true", help="pin services to CPU 0 and the load generator to CPU 1")
     parser.add_argument("--out", default=str(REPO / "target" / "bench"), help="where to write the results")
+    parser.add_argument("--baseline-bin-dir", help="binaries of another build to interleave with these")
+    parser.add_argument("--baseline-name", default="baseline", help="what to call them in the table")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each scenario and count (default 1)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios to run (default all: {','.join(SCENARIOS)})")
     args = parser.parse_args()
@@ -430,8 +482,10 @@ def main():
         args.duration = 1
 
     counts = [int(c) for c in args.connections.split(",")]
-    results = []
-    with tempfile.TemporaryDirectory() as work:
+    builds = [b for b in (args.baseline_bin_dir, args.bin_dir) if b]
+    results, loaded = [], None
+    with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as cleanup:
+        args.work = work
         keys = f"{work}/keys"
         subprocess.run(["bash", str(REPO / "scripts" / "gen-keys.sh"), "--dir", keys], check=True, capture_output=True)
         script = f"{work}/check.lua"
@@ -444,28 +498,36 @@ def main():
             with open(f"{keys}-bundle/ca.pem", "wb") as bundle:
                 subprocess.run([f"{args.bin_dir}/ca-bundle", str(CA_BUNDLE_SIZE - 1), f"{keys}/ca.pem"],
                                stdout=bundle, check=True)
+        if any(name in MILLION for name in names):
+            count = 10_000 if args.quick else bench_data.PRODUCTS
+            print(f"bench: a PostgreSQL cluster with {count:,} products ...", file=sys.stderr, flush=True)
+            args.postgres = cleanup.enter_context(bench_data.Postgres())
+            loaded = bench_data.load(builds[-1], args.postgres, work, count)
+        # A catalog from before issue 27 has no database to hold a million.
+        stored = {b: "--database-url" in subprocess.run([f"{b}/catalog", "--help"], capture_output=True,
+                                                         text=True).stdout for b in builds}
         for name in names:
             for connections in counts:
-                print(f"bench: {name} at {connections} connections ...", file=sys.stderr, flush=True)
-                results.append(run_scenario(name, connections, args, keys, script))
+                for round_ in range(args.rounds):
+                    for bin_dir in builds:
+                        if name in MILLION and not stored[bin_dir]:
+                            print(f"bench: {name}: {bin_dir}/catalog has no --database-url; not run there",
+                                  file=sys.stderr)
+                            continue
+                        which = "" if len(builds) == 1 else f" ({'baseline' if bin_dir == args.baseline_bin_dir else 'this'})"
+                        print(f"bench: {name} at {connections} connections{which}, round {round_ + 1} ...",
+                              file=sys.stderr, flush=True)
+                        results.append(run_scenario(name, connections, args, bin_dir, keys, script))
 
-    by = {(r["scenario"], r["connections"]): r for r in results}
-    ratios = []
-    for c in counts:
-        for top, bottom, name in (("shared", "ceiling", "(2)/(1) discount path vs HTTP-only ceiling"),
-                                  ("shared", "dial", "(2)/(3) shared channel vs dial per request"),
-                                  ("replicas3", "shared", "(5)/(2) three discount replicas vs one"),
-                                  ("observed", "shared", "(7)/(2) metrics on and scraped vs off"),
-                                  ("traced", "shared", "(8)/(2) metrics and traces exported vs off"),
-                                  ("sighup", "shared", "(9)/(2) 10 SIGHUPs/s with a 10,000-CA bundle vs none")):
-            if (top, c) in by and (bottom, c) in by:
-                ratios.append({"name": name, "connections": c, "value": by[(top, c)]["rps"] / by[(bottom, c)]["rps"]})
-
+    ratios = ratios_of(results, counts)
     table = markdown(results, ratios, args)
+    if loaded:
+        table += (f"\n{loaded['products']:,} products imported into PostgreSQL with `catalog import` "
+                  f"in {loaded['import_s']} s\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps({"results": results, "ratios": ratios}, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps({"results": results, "ratios": ratios, "import": loaded}, indent=2) + "\n")
     (out / "latency.svg").write_text(svg(results))
     print(table)
     print(f"bench: wrote {out}/results.md, results.json and latency.svg", file=sys.stderr)
@@ -473,6 +535,33 @@ def main():
     if errors:
         print(f"bench: {errors} errors: some answers were wrong or missing", file=sys.stderr)
     return 1 if errors else 0
+
+
+def ratios_of(results, counts):
+    """Requests per second of one scenario over another, and of this build
+    over the baseline, each from the mean over the rounds."""
+    def mean_rps(scenario, connections, build):
+        rps = [r["rps"] for r in results
+               if (r["scenario"], r["connections"], r["build"]) == (scenario, connections, build)]
+        return sum(rps) / len(rps) if rps else None
+
+    ratios = []
+    for c in counts:
+        for scenario in LABELS:
+            this, base = mean_rps(scenario, c, "this"), mean_rps(scenario, c, "baseline")
+            if this and base:
+                ratios.append({"name": f"{LABELS[scenario]}: this build / baseline", "connections": c,
+                               "value": this / base})
+        for top, bottom, name in (("shared", "ceiling", "(2)/(1) discount path vs HTTP-only ceiling"),
+                                  ("shared", "dial", "(2)/(3) shared channel vs dial per request"),
+                                  ("replicas3", "shared", "(5)/(2) three discount replicas vs one"),
+                                  ("observed", "shared", "(7)/(2) metrics on and scraped vs off"),
+                                  ("traced", "shared", "(8)/(2) metrics and traces exported vs off"),
+                                  ("sighup", "shared", "(9)/(2) 10 SIGHUPs/s with a 10,000-CA bundle vs none")):
+            top_rps, bottom_rps = mean_rps(top, c, "this"), mean_rps(bottom, c, "this")
+            if top_rps and bottom_rps:
+                ratios.append({"name": name, "connections": c, "value": top_rps / bottom_rps})
+    return ratios
 
 
 if __name__ == "__main__":

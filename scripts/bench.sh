@@ -6,10 +6,16 @@
 #   scripts/bench.sh --duration 30      longer runs
 #   scripts/bench.sh --pin              services on CPU 0, load on CPU 1
 #   scripts/bench.sh --quick --debug    1 s per run on a debug build (CI smoke)
+#   scripts/bench.sh --scenarios million,million1
+#                                       1,000,000 products in PostgreSQL
+#   scripts/bench.sh --baseline REV --rounds 3 --scenarios ceiling,shared
+#                                       each run also on commit REV, the two
+#                                       interleaved, and their ratio
 #
 # Builds the release binaries, makes throw-away keys, starts the services
 # afresh for each run on 127.0.0.1, drives them with wrk (HTTP) and our
-# grpc-load (gRPC), and stops them. Not part of `cargo test`: timings are
+# grpc-load (gRPC), and stops them. --baseline builds REV from `git archive`
+# in target/bench-baseline/. Not part of `cargo test`: timings are
 # measured and reported here, never asserted.
 set -euo pipefail
 
@@ -17,13 +23,17 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 profile=release
+baseline=
 args=()
-for arg in "$@"; do
-  case "$arg" in
+while [ $# -gt 0 ]; do
+  case "$1" in
     --debug) profile=debug ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) args+=("$arg") ;;
+    --baseline) baseline=${2:?--baseline needs a commit, e.g. --baseline HEAD~1}; shift ;;
+    --baseline=*) baseline=${1#--baseline=} ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) args+=("$1") ;;
   esac
+  shift
 done
 
 if ! command -v wrk >/dev/null; then
@@ -43,5 +53,17 @@ echo "bench: building ($profile)" >&2
 build=(cargo build --quiet -p discount -p catalog -p bench)
 [ "$profile" = release ] && build+=(--release)
 "${build[@]}"
+
+if [ -n "$baseline" ]; then
+  # The other commit's sources, without touching this work tree or .git.
+  commit=$(git rev-parse --verify --quiet "$baseline^{commit}") \
+    || { echo "bench: --baseline $baseline is not a commit here" >&2; exit 1; }
+  base="$repo/target/bench-baseline"
+  rm -rf "$base/src" && mkdir -p "$base/src"
+  git archive "$commit" | tar -x -C "$base/src"
+  echo "bench: building the baseline, $(git log -1 --format='%h %s' "$commit") ($profile)" >&2
+  (cd "$base/src" && CARGO_TARGET_DIR="$base/target" "${build[@]}")
+  args+=(--baseline-bin-dir "$base/target/$profile" --baseline-name "$(git rev-parse --short "$commit")")
+fi
 
 python3 scripts/bench.py --bin-dir "${CARGO_TARGET_DIR:-$repo/target}/$profile" "${args[@]}"

@@ -36,6 +36,7 @@ class Service:
             env["RUST_LOG"] = log_level
         if "TOKIO_WORKER_THREADS" in os.environ:
             env["TOKIO_WORKER_THREADS"] = os.environ["TOKIO_WORKER_THREADS"]
+        self.started = time.monotonic()
         self.process = subprocess.Popen(
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
         )
