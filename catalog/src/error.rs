@@ -5,6 +5,7 @@ use std::io;
 
 use axum::response::{IntoResponse, Response};
 use common::pem::PemFileError;
+use common::telemetry::Untrusted;
 use http::{StatusCode, header};
 
 /// Why a request was refused. Each variant is one HTTP status.
@@ -36,13 +37,13 @@ impl IntoResponse for CatalogError {
         match &self {
             Self::InvalidCustomerId { value } => {
                 // At most 64 characters of whatever the client sent, escaped
-                // by Debug so a hostile value cannot forge log lines.
+                // so a hostile value cannot forge log lines.
                 let shown: String = value.chars().take(64).collect();
-                tracing::info!(x_user_id = ?shown, "rejected X-USER-ID");
+                tracing::info!(x_user_id = %Untrusted(&shown), "rejected X-USER-ID");
             }
             Self::BadPage(crate::page::PageError::Size { value }) => {
                 let shown: String = value.chars().take(64).collect();
-                tracing::info!(page_size = ?shown, "rejected page_size");
+                tracing::info!(page_size = %Untrusted(&shown), "rejected page_size");
             }
             // The refresh task logs why the data is not there, once.
             Self::BadPage(_) | Self::BadProductId | Self::ProductNotFound | Self::NotLoaded(_) => {}

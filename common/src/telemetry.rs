@@ -16,6 +16,7 @@
 
 pub mod cap;
 mod json;
+mod untrusted;
 
 use std::io::IsTerminal;
 use std::num::NonZeroU32;
@@ -32,6 +33,7 @@ use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 pub use json::JsonLines;
+pub use untrusted::Untrusted;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +206,8 @@ pub fn init_with<W>(
             .with(
                 tracing_subscriber::fmt::layer()
                     .event_format(JsonLines)
-                    // Span fields are text inside JSON: no colour codes.
+                    // Each span's fields kept as a JSON object.
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
                     .with_ansi(false)
                     .with_writer(writer)
                     .with_filter(filter),

@@ -186,21 +186,23 @@ impl<S: Discount> Application<S> {
 /// Says at start who may call `ecommerce.Discount`, and warns when that is
 /// anyone.
 fn log_allow_list(config: &Config) {
-    let allowed: Vec<String> = config
+    // One string, "a, b": the field is text, not a Debug-printed list.
+    let allowed = config
         .allow_clients
         .iter()
         .map(ToString::to_string)
-        .collect();
+        .collect::<Vec<_>>()
+        .join(", ");
     if config.client_auth == ClientAuth::None {
         tracing::warn!(
             "the allow-list (--allow-client) is off: with --client-auth none clients present no certificate, so there is no identity to check, and anyone who reaches the port may call"
         );
     } else if config.allow_clients.contains(&Allowed::Any) {
         tracing::warn!(
-            allow_clients = ?allowed,
+            allow_clients = %allowed,
             "--allow-client any: every client the TLS layer accepts may call ecommerce.Discount, whatever its identity"
         );
     } else {
-        tracing::info!(allow_clients = ?allowed, "ecommerce.Discount is open to these client identities only");
+        tracing::info!(allow_clients = %allowed, "ecommerce.Discount is open to these client identities only");
     }
 }

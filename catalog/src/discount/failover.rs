@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::telemetry::Untrusted;
 use ecommerce_proto::pb::{Customer, Product};
 use tower::retry::budget::Budget;
 
@@ -74,7 +75,7 @@ impl DiscountClient {
         } else {
             let cause = format!("{} from {}", error, first.addr);
             if let Some(unlogged) = self.quiet.should_log(&cause, Instant::now()) {
-                tracing::warn!(replica = %first.addr, ?cause, failed = failed.len(), of = products.len(), to = %second.addr, unlogged,
+                tracing::warn!(replica = %first.addr, cause = %Untrusted(&cause), failed = failed.len(), of = products.len(), to = %second.addr, unlogged,
                     "discount replica failed; sending the products it failed to another replica");
             }
         }

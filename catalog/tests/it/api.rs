@@ -93,6 +93,48 @@ async fn an_id_that_is_not_a_number_is_a_400_with_the_seed_message() -> SetupRes
     Ok(())
 }
 
+/// A log field holds its value once: the header as sent, its control
+/// characters escaped, and not a quoted string inside the JSON string.
+#[tokio::test]
+async fn a_rejected_id_is_one_json_string_in_the_log() -> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let path = |name: &str| pki.path(name).display().to_string();
+    let args: Vec<String> = [
+        "--listen-addr",
+        "127.0.0.1",
+        "--discount-host",
+        "127.0.0.1:9",
+        "--discount-ca",
+        &path("ca.pem"),
+        "--client-cert",
+        &path("client.pem"),
+        "--client-key",
+        &path("client.key"),
+        "0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_catalog"));
+    let mut catalog = testkit::Process::start_with_env(
+        binary,
+        &args,
+        "Server running on ",
+        &[("LOG_FORMAT", "json")],
+    )
+    .await?;
+    let answer = reqwest::Client::new()
+        .get(format!("http://{}/products", catalog.addr()))
+        .header("X-USER-ID", "abc\tdef")
+        .send()
+        .await?;
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let line = catalog.logged("rejected X-USER-ID").await?;
+    let line: serde_json::Value = serde_json::from_str(&line)?;
+    assert_eq!(line["fields"]["x_user_id"], "abc\\tdef", "{line}");
+    assert!(catalog.terminate().await?.success());
+    Ok(())
+}
+
 #[tokio::test]
 async fn unknown_paths_are_404_and_other_methods_405() -> SetupResult<()> {
     let (_pki, _discount, catalog) = system().await?;

@@ -18,7 +18,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// The JSON lines format: `timestamp` (RFC 3339, UTC), `level`, `target`,
 /// `message`, `fields` (the event's other fields), `spans` (each open span,
-/// outermost first, with its fields as text), and, inside a span,
+/// outermost first, with its fields as an object when the layer's field
+/// formatter is `JsonFields`), and, inside a span,
 /// `trace_id` and `span_id` (hex, as in `traceparent`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonLines;
@@ -60,7 +61,11 @@ where
                     if let Some(formatted) = extensions.get::<FormattedFields<N>>()
                         && !formatted.fields.is_empty()
                     {
-                        entry.insert("fields".into(), formatted.fields.as_str().into());
+                        // An object with `JsonFields` (as `init` sets), the
+                        // text as it came with another field formatter.
+                        let fields = serde_json::from_str(&formatted.fields)
+                            .unwrap_or_else(|_| Value::String(formatted.fields.clone()));
+                        entry.insert("fields".into(), fields);
                     }
                     Value::Object(entry)
                 })
@@ -154,6 +159,7 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(
             tracing_subscriber::fmt::layer()
                 .event_format(JsonLines)
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
                 .with_writer(move || Sink(Arc::clone(&sink))),
         );
         tracing::subscriber::with_default(subscriber, log);
@@ -174,10 +180,21 @@ mod tests {
         }
     }
 
+    /// A value logged with `?`, as the catalog logs a request's version.
+    fn http_version() -> impl std::fmt::Debug {
+        struct Shown;
+        impl std::fmt::Debug for Shown {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("HTTP/1.1")
+            }
+        }
+        Shown
+    }
+
     #[test]
     fn an_event_is_one_json_line_whatever_its_text() {
         let out = written(|| {
-            let span = tracing::info_span!("request", method = "GET");
+            let span = tracing::info_span!("request", method = "GET", otel.kind = "server", version = ?http_version());
             let _inside = span.enter();
             let text = "forged\n{\"level\":\"ERROR\"}";
             tracing::warn!(peer = "10.0.0.1:5", count = 3, "{text}");
@@ -189,6 +206,10 @@ mod tests {
         assert_eq!(line["fields"]["peer"], "10.0.0.1:5");
         assert_eq!(line["fields"]["count"], 3);
         assert_eq!(line["spans"][0]["name"], "request");
+        // Values, each a JSON string once: not `"\"server\""`, not one text.
+        assert_eq!(line["spans"][0]["fields"]["method"], "GET", "{line}");
+        assert_eq!(line["spans"][0]["fields"]["otel.kind"], "server", "{line}");
+        assert_eq!(line["spans"][0]["fields"]["version"], "HTTP/1.1", "{line}");
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
         // No OpenTelemetry layer: no trace to name.
         assert!(line.get("trace_id").is_none(), "{line}");

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use common::identity::{PeerIdentity, shown};
 use common::quiet::Quiet;
+use common::telemetry::Untrusted;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
@@ -103,9 +104,9 @@ impl Authorize {
         }
         if let Some(unlogged) = self.quiet.should_log(&key, Instant::now()) {
             let peer = peer.map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
-            // Debug formatting: the identity comes from a certificate, and
+            // Escaped: the identity comes from a certificate, and
             // must not forge log lines.
-            tracing::warn!(%peer, identity = ?key, method, unlogged,
+            tracing::warn!(%peer, identity = %Untrusted(&key), method, unlogged,
                 "call refused by the allow-list (--allow-client)");
         }
         let mut refusal = tonic::Status::permission_denied(message).into_http();

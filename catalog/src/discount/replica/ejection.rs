@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use common::telemetry::Untrusted;
+
 use super::{Replica, State};
 use crate::discount::outcome::CallError;
 
@@ -65,7 +67,7 @@ impl Replica {
                 if !state.refused {
                     state.refused = true;
                     self.metrics.ejected("refused");
-                    tracing::warn!(replica = %self.addr, cause = ?error.to_string(),
+                    tracing::warn!(replica = %self.addr, cause = %Untrusted(&error.to_string()),
                         "discount replica refuses this catalog's identity; out of rotation until it restarts or the catalog reloads its certificate");
                     self.update_rotation(&state);
                 }
@@ -108,13 +110,13 @@ impl Replica {
             // among its next few calls is ejected again at once, for
             // longer, rather than after three more lost listings.
             if state.down_logged {
-                tracing::debug!(replica = %self.addr, ?cause, ejected_for = ?wait,
+                tracing::debug!(replica = %self.addr, cause = %Untrusted(cause), ejected_for = ?wait,
                     "discount replica still failing; ejected again");
             } else {
                 state.down_logged = true;
-                // Debug format: the cause may carry a replica's own text
+                // Escaped: the cause may carry a replica's own text
                 // (grpc-message), which must not forge log lines.
-                tracing::warn!(replica = %self.addr, ?cause, ejected_for = ?wait,
+                tracing::warn!(replica = %self.addr, cause = %Untrusted(cause), ejected_for = ?wait,
                     "discount replica ejected; probing it again when the wait ends (failed probes are logged at debug level)");
             }
             self.update_rotation(state);
