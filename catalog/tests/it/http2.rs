@@ -62,6 +62,9 @@ async fn stream_limit(client: &mut h2::client::SendRequest<bytes::Bytes>) -> Set
     Ok(client.current_max_send_streams())
 }
 
+/// The connections of the zero-window flood.
+const FLOOD_CONNECTIONS: usize = 300;
+
 #[tokio::test]
 async fn streams_whose_answers_are_never_read_cannot_pin_memory_or_keep_clients_out()
 -> SetupResult<()> {
@@ -69,15 +72,16 @@ async fn streams_whose_answers_are_never_read_cannot_pin_memory_or_keep_clients_
     let catalog = catalog_process(&pki, &["--header-read-timeout", "2s"]).await?;
     let before = catalog.peak_rss_mb()?;
 
-    // 100 connections, each opening as many streams as the catalog lets
-    // it (at most 256), each `GET /products`, none read.
+    // 300 connections, each opening as many streams as the catalog lets
+    // it (of 200 tried), each `GET /products`, none read: issue 28's flood.
+    // Loopback only; bounded by the count.
     let uri = format!("http://{}/products", catalog.addr());
     let (mut held, mut clients, mut closed, mut limit) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    for _ in 0..100 {
+    for _ in 0..FLOOD_CONNECTIONS {
         let (mut client, connection) = never_reading(catalog.addr()).await?;
         closed.push(connection);
         limit = stream_limit(&mut client).await?;
-        for _ in 0..limit.min(256) {
+        for _ in 0..limit.min(200) {
             client = client.ready().await?;
             let (answer, _) = client.send_request(http::Request::get(&uri).body(())?, true)?;
             held.push(answer);
@@ -92,17 +96,15 @@ async fn streams_whose_answers_are_never_read_cannot_pin_memory_or_keep_clients_
     let good_client = started.elapsed();
     let peak = catalog.peak_rss_mb()?;
     eprintln!(
-        "{} streams never read over 100 connections (limit {limit} a connection): peak RSS {before:.1} -> {peak:.1} MiB, good client {good_client:?}",
+        "{} streams never read over {FLOOD_CONNECTIONS} connections (limit {limit} a connection): peak RSS {before:.1} -> {peak:.1} MiB, good client {good_client:?}",
         held.len()
     );
     assert_eq!(answer.text().await?, "It is working.");
-    assert_eq!(limit, 64, "the advertised stream limit");
-    // hyper's default of 200 streams a connection let these pin 61 MiB,
-    // 630 MiB at the 1,024-connection limit.
-    assert!(
-        peak < before + 32.0,
-        "peak RSS {peak:.1} MiB (was {before:.1})"
-    );
+    assert_eq!(limit, 32, "the advertised stream limit");
+    // The bound every attack is held to: at 64 streams a connection, with
+    // each stream's finished future kept inline in its task, this flood
+    // reached 78 MiB (debug build).
+    assert!(peak < 64.0, "peak RSS {peak:.1} MiB (was {before:.1})");
     // With no request in flight they count as idle, and are closed after
     // the header timeout (and as long again for their answers): unread
     // answers used to keep them open, and their slots taken, for ever.

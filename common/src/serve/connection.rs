@@ -269,7 +269,11 @@ impl<S: Service> Connection<S> {
             saw_http1.store(http1, Ordering::Relaxed);
             let close = http1 && *leaving.borrow();
             let answer = service.answer(request);
-            async move {
+            // Boxed: hyper keeps each stream's task until its answer is
+            // sent, and an unboxed future would stay inline in it, at its
+            // full size, after it finished. A client that never reads its
+            // answers (an HTTP/2 window of 0) pins that task per stream.
+            Box::pin(async move {
                 let mut response = answer.await;
                 if let Ok(response) = &mut response
                     && close
@@ -281,7 +285,7 @@ impl<S: Service> Connection<S> {
                 }
                 drop(busy);
                 response
-            }
+            })
         })
     }
 }
