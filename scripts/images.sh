@@ -43,9 +43,12 @@ docker info >/dev/null 2>&1 || {
 
 # The host's own target named explicitly: RUSTFLAGS then apply to the
 # binaries only, not to build scripts and proc macros, which cannot be
-# static. The binaries land in target/<triple>/release, apart from the
-# dynamic ones in target/release.
+# static. The binaries land in <target dir>/<triple>/release, apart from
+# the dynamic ones in <target dir>/release; cargo says where its target
+# directory is (CARGO_TARGET_DIR, or build.target-dir in a config file).
 triple=$(rustc -vV | sed -n 's/^host: //p')
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+[ -n "$target_dir" ] || { echo "images: cargo metadata did not name the target directory" >&2; exit 1; }
 case "$triple" in
   *-linux-gnu) ;;
   *) echo "images: builds on a *-linux-gnu host only (this is $triple)" >&2; exit 1 ;;
@@ -69,7 +72,7 @@ build() {
   local service=$1 port=$2 admin=$3 description=$4 var extra_env=""
   shift 4
   [ $# -gt 0 ] && extra_env=" $*"
-  local binary="target/$triple/release/$service"
+  local binary="$target_dir/$triple/release/$service"
   if readelf -d "$binary" | grep -q '(NEEDED)'; then
     echo "images: $binary needs shared libraries; it would not start FROM scratch:" >&2
     readelf -d "$binary" | grep '(NEEDED)' >&2
