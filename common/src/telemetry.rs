@@ -15,14 +15,15 @@
 //! whatever callers ask ([`cap`]).
 
 pub mod cap;
+pub mod ids;
 mod json;
+mod propagation;
 mod untrusted;
 
 use std::io::IsTerminal;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -33,6 +34,7 @@ use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 pub use json::JsonLines;
+pub use propagation::{MAX_TRACESTATE, continue_trace, extract, inject, propagate};
 pub use untrusted::Untrusted;
 
 /// How log lines are written.
@@ -115,8 +117,9 @@ impl Telemetry {
 ///
 /// Without an endpoint there are no OpenTelemetry spans at all: building
 /// them costs the catalog about 45% more instructions per listing
-/// (measured with callgrind), for ids nobody collects. So trace ids, in
-/// the logs and passed on to discount, come with exporting.
+/// (measured with callgrind), for spans nobody collects. Each span gets
+/// trace and span ids all the same ([`ids`]), for the logs and the gRPC
+/// hop, so the two services' logs join without a collector.
 ///
 /// Without `RUST_LOG` the filter is `default_filter` (each binary passes
 /// `info` for itself and `warn` for its dependencies), so a fresh start shows
@@ -200,6 +203,11 @@ pub fn init_with<W>(
             .with_tracer(provider.tracer(service))
             .with_filter(LevelFilter::INFO)
     });
+    // Without spans to export, each span still gets trace and span ids,
+    // for the logs and the gRPC hop ([`ids`]). Under the log's own filter:
+    // a layer of its own at INFO would enable the libraries' INFO spans
+    // and events too, which cost discount 8.5% more instructions a call.
+    let ids = provider.is_none().then(ids::TraceIdsLayer::default);
     let registry = tracing_subscriber::registry().with(spans);
     let installed = match format {
         LogFormat::Json => registry
@@ -210,6 +218,7 @@ pub fn init_with<W>(
                     .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
                     .with_ansi(false)
                     .with_writer(writer)
+                    .and_then(ids)
                     .with_filter(filter),
             )
             .try_init(),
@@ -219,6 +228,7 @@ pub fn init_with<W>(
                     .with_writer(writer)
                     // Colours only for a person at a terminal, never in files or pipes.
                     .with_ansi(std::io::stderr().is_terminal())
+                    .and_then(ids)
                     .with_filter(filter),
             )
             .try_init(),
@@ -273,74 +283,6 @@ pub fn exporting_provider(
         .with_resource(resource)
         .with_span_processor(processor)
         .build())
-}
-
-/// Makes `span` (a request's) a child of the trace context its request
-/// carried in `headers`; with none, `span` starts a trace.
-pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    if span.is_disabled() {
-        return;
-    }
-    // Fails only for a span already started, which a new one is not.
-    let _ = span.set_parent(extract(headers));
-}
-
-/// Writes `span`'s trace context into the metadata of the gRPC call it
-/// stands for.
-pub fn propagate(span: &tracing::Span, metadata: &mut tonic::metadata::MetadataMap) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    inject(&span.context(), metadata);
-}
-
-/// The trace context a request arrived with (`traceparent`,
-/// `tracestate`), or an empty one: the parent of the span that serves it.
-pub fn extract(headers: &http::HeaderMap) -> opentelemetry::Context {
-    TraceContextPropagator::new().extract(&Headers(headers))
-}
-
-/// Writes the trace context `cx` into `metadata` (`traceparent`,
-/// `tracestate`), so the callee's span becomes a child of the caller's.
-pub fn inject(cx: &opentelemetry::Context, metadata: &mut tonic::metadata::MetadataMap) {
-    TraceContextPropagator::new().inject_context(cx, &mut Metadata(metadata));
-}
-
-/// The longest `tracestate` passed on; a longer one is dropped (the
-/// `traceparent` still is). The W3C recommendation asks vendors to keep
-/// theirs short and allows dropping entries; a client's 16 KB one, copied
-/// into every call's metadata, made discount answer 431 (over its header
-/// limit) and the catalog eject healthy replicas, and into every exported
-/// span, made batches too large for a collector.
-pub const MAX_TRACESTATE: usize = 512;
-
-/// HTTP headers as the propagator reads them.
-struct Headers<'a>(&'a http::HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        let value = self.0.get(key)?;
-        if key.eq_ignore_ascii_case("tracestate") && value.len() > MAX_TRACESTATE {
-            return None;
-        }
-        value.to_str().ok()
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
-
-/// gRPC metadata as the propagator writes it.
-struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
-
-impl Injector for Metadata<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes());
-        let value = tonic::metadata::MetadataValue::try_from(value);
-        if let (Ok(key), Ok(value)) = (key, value) {
-            self.0.insert(key, value);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,13 @@ where
                     line.insert("span_id".into(), ids.span_id().to_string().into());
                 }
             }
+            // No spans exported: the ids the logs get instead.
+            if !line.contains_key("trace_id")
+                && let Some(ids) = current.extensions().get::<super::ids::TraceIds>().copied()
+            {
+                line.insert("trace_id".into(), ids.trace_id.to_string().into());
+                line.insert("span_id".into(), ids.span_id.to_string().into());
+            }
         }
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
