@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use common::telemetry::Untrusted;
 use http::{HeaderMap, HeaderName, StatusCode, header};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
@@ -107,6 +108,15 @@ const LOGGED_URI: usize = 256;
 /// token as a method, up to the 16 KiB head limit.
 const LOGGED_METHOD: usize = 24;
 
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The access log's span for `request`: its method, version and URI, the
 /// URI cut at [`LOGGED_URI`] bytes with the length of the rest noted. A
 /// client controls the URI, up to the 16 KiB head limit: written whole,
@@ -118,15 +128,15 @@ const LOGGED_METHOD: usize = 24;
 /// came with if any.
 fn access_span<B>(request: &http::Request<B>) -> tracing::Span {
     let uri = request.uri().to_string();
-    // A URI is ASCII (hyper refuses anything else), so any byte is a
-    // character boundary; `get` keeps this safe if that ever changes.
-    let shown = uri.get(..LOGGED_URI).unwrap_or(&uri);
+    // hyper takes UTF-8 in a path or query: cut at a character boundary,
+    // or a character across byte 256 would log the whole URI.
+    let shown = cut(&uri, LOGGED_URI);
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
     let method = request.method().as_str();
-    let shown_method = method.get(..LOGGED_METHOD).unwrap_or(method);
+    let shown_method = cut(method, LOGGED_METHOD);
     // A span name must come from a bounded set: a method outside the
     // standard nine is `_OTHER`, as OpenTelemetry's conventions say.
     let named_method = match crate::metrics::method(request.method()) {
@@ -135,8 +145,8 @@ fn access_span<B>(request: &http::Request<B>) -> tracing::Span {
     };
     let span = tracing::info_span!(
         "request",
-        method = %shown_method,
-        uri = %shown,
+        method = %Untrusted(shown_method),
+        uri = %Untrusted(shown),
         uri_bytes_not_shown = tracing::field::Empty,
         version = ?request.version(),
         otel.name = %format_args!("{named_method} {route}"),
@@ -283,6 +293,17 @@ async fn not_found() -> (StatusCode, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A character across the cut is left out, not the cut given up: the
+    /// whole URI in the log was the flood `LOGGED_URI` stops.
+    #[test]
+    fn a_cut_stops_before_a_character_it_would_split() {
+        assert_eq!(cut("ab\u{e9}cd", 3), "ab");
+        assert_eq!(cut("ab\u{e9}cd", 4), "ab\u{e9}");
+        assert_eq!(cut("abc", 256), "abc");
+        let long = format!("/x?{}\u{e9}{}", "a".repeat(252), "a".repeat(14_700));
+        assert_eq!(cut(&long, LOGGED_URI).len(), 255);
+    }
     use axum::body::Body;
     use http::Request;
     use http_body_util::BodyExt;

@@ -11,6 +11,7 @@ use ecommerce_proto::pb::{DiscountValue, Product};
 
 use crate::discount_status::DiscountStatus;
 use common::quiet::Quiet;
+use common::telemetry::Untrusted;
 
 /// Products priced for one customer, and how that went.
 #[derive(Debug, Clone)]
@@ -242,7 +243,7 @@ pub(crate) fn merge(
                 ?product_ids,
                 failed,
                 of = total,
-                ?cause,
+                cause = %Untrusted(cause),
                 unlogged,
                 "discount failed; listing these products without a discount"
             );

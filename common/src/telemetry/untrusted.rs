@@ -10,18 +10,19 @@
 
 use std::fmt;
 
-/// Displays a string with its control characters (and backslashes)
-/// escaped as Rust escapes them (`\n`, `\u{1b}`), and no quotes added.
+/// Displays a string escaped as Debug escapes it (`\n`, `\u{1b}`, and
+/// what else is not printable: U+2028, the bidi controls), with no quotes
+/// added and quotes left as they are.
 #[derive(Debug, Clone, Copy)]
 pub struct Untrusted<'a>(pub &'a str);
 
 impl fmt::Display for Untrusted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in self.0.chars() {
-            if c.is_control() || c == '\\' {
-                write!(f, "{}", c.escape_default())?;
-            } else {
+            if c == '"' || c == '\'' {
                 write!(f, "{c}")?;
+            } else {
+                write!(f, "{}", c.escape_debug())?;
             }
         }
         Ok(())
@@ -40,5 +41,11 @@ mod tests {
             "refused\\n2026-12-07T00:00:00Z  INFO all is well\\u{1b}[2J \\\\ \"ok\" é"
         );
         assert_eq!(Untrusted("plain text").to_string(), "plain text");
+        // Unicode line and paragraph separators and bidi overrides: a line
+        // splitter that knows Unicode must not see a new line.
+        assert_eq!(
+            Untrusted("x\u{2028}y\u{2029}z\u{202e}").to_string(),
+            "x\\u{2028}y\\u{2029}z\\u{202e}"
+        );
     }
 }
