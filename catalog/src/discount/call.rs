@@ -3,6 +3,7 @@
 //! and each answer checked before it is believed.
 
 use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use std::time::Instant;
 use ecommerce_proto::pb::discount_client::DiscountClient as GrpcClient;
 use ecommerce_proto::pb::{Customer, DiscountRequest, DiscountValue, DiscountsRequest, Product};
 use futures_util::StreamExt;
+use prost::Message;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
@@ -24,8 +26,47 @@ const EACH_IN_FLIGHT: usize = 32;
 
 /// The largest answer decoded: a listing's is a few hundred bytes, and
 /// tonic's default (4 MiB) let three hostile replicas pin 4 MiB per
-/// listing in flight.
+/// listing in flight. The same as discount's limit on what it reads and
+/// writes (`discount::server::MAX_MESSAGE_SIZE`).
 const MAX_ANSWER_SIZE: usize = 64 * 1024;
+
+/// The most bytes one `ApplyDiscounts` answer may take, with room for its
+/// framing: a page of 1,000 products is about 120 KB, over discount's
+/// limit, so a page is sent as several calls ([`batches`]).
+const BATCH_BYTES: usize = MAX_ANSWER_SIZE - 64;
+
+/// The most a product grows in the answer: its `discount_value` (a tag, a
+/// length, a `float` and a non-negative `int32`: 13 bytes at most) and one
+/// more byte of its own length.
+const PRICED_GROWTH: usize = 14;
+
+/// The most `ApplyDiscounts` calls of one listing in flight at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// `products` cut, in order, into runs whose `ApplyDiscounts` answers for
+/// `customer` fit in [`BATCH_BYTES`] (the answer is the request with a
+/// discount on each product, so the request fits too). A product too big
+/// to fit even alone is a run of its own: discount refuses it, and only
+/// that product is listed without a discount.
+fn batches(customer: &Customer, products: &[Product]) -> Vec<Range<usize>> {
+    let field = |len: usize| 1 + prost::length_delimiter_len(len) + len;
+    let room = BATCH_BYTES.saturating_sub(field(customer.encoded_len()));
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, product) in products.iter().enumerate() {
+        let size = field(product.encoded_len()) + PRICED_GROWTH;
+        if i > start && bytes + size > room {
+            runs.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < products.len() {
+        runs.push(start..products.len());
+    }
+    runs
+}
+
 impl DiscountClient {
     /// Sends `message` through `call` (the gRPC method `method`) to
     /// `replica`, with what is left until `deadline`. The deadline travels
@@ -193,12 +234,45 @@ impl DiscountClient {
         }
     }
 
+    /// `products` priced by `replica`: one `ApplyDiscounts` call per run
+    /// of [`batches`] (one run for any page of the seed's size), at most
+    /// [`BATCHES_IN_FLIGHT`] at a time. A run that failed is each of its
+    /// products' error, so that only those are sent again.
+    pub(super) async fn ask(
+        &self,
+        replica: &Arc<Replica>,
+        deadline: Instant,
+        customer: &Customer,
+        products: &[Product],
+    ) -> Result<Answers, CallError> {
+        let runs = batches(customer, products);
+        if let [_] = runs.as_slice() {
+            return self.ask_run(replica, deadline, customer, products).await;
+        }
+        let calls: Vec<_> = runs
+            .iter()
+            .map(|run| self.ask_run(replica, deadline, customer, &products[run.clone()]))
+            .collect();
+        let answers: Vec<_> = futures_util::stream::iter(calls)
+            .buffered(BATCHES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut all = Vec::with_capacity(products.len());
+        for (run, answer) in runs.into_iter().zip(answers) {
+            match answer {
+                Ok(answers) => all.extend(answers),
+                Err(error) => all.extend(run.map(|_| Err(error.clone()))),
+            }
+        }
+        Ok(all)
+    }
+
     /// One `ApplyDiscounts` call, or one `ApplyDiscount` per product for a
     /// replica built from the seed's proto. Such a replica answers
     /// UNIMPLEMENTED to the batch; from then on (until its health check
     /// finds it serving again after a restart) it is sent one call per
     /// product.
-    pub(super) async fn ask(
+    async fn ask_run(
         &self,
         replica: &Arc<Replica>,
         deadline: Instant,
@@ -210,13 +284,88 @@ impl DiscountClient {
         }
         match self.call_batch(replica, deadline, customer, products).await {
             Err(CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
-                replica.batch.store(false, Ordering::Relaxed);
-                tracing::info!(replica = %replica.addr,
-                    "discount replica has no ApplyDiscounts (a peer built from the seed's proto); calling ApplyDiscount per product from now on"
-                );
+                // Logged once, by the first of a listing's runs to find out.
+                if replica.batch.swap(false, Ordering::Relaxed) {
+                    tracing::info!(replica = %replica.addr,
+                        "discount replica has no ApplyDiscounts (a peer built from the seed's proto); calling ApplyDiscount per product from now on"
+                    );
+                }
                 self.call_each(replica, deadline, customer, products).await
             }
             answer => answer,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(id: i32, description_bytes: usize) -> Product {
+        Product {
+            id,
+            slug: format!("product-{id}"),
+            description: "d".repeat(description_bytes),
+            price_in_cents: 99_999,
+            discount_value: None,
+        }
+    }
+
+    /// The `ApplyDiscounts` answer for `products`: each with the largest
+    /// discount a replica can send.
+    fn answer_len(customer: &Customer, products: &[Product]) -> usize {
+        let priced = products
+            .iter()
+            .map(|product| Product {
+                discount_value: Some(DiscountValue {
+                    pct: 0.1,
+                    value_in_cents: i32::MAX,
+                }),
+                ..product.clone()
+            })
+            .collect();
+        let request = DiscountsRequest {
+            customer: Some(customer.clone()),
+            products: priced,
+        };
+        request.encoded_len()
+    }
+
+    #[test]
+    fn a_page_is_cut_in_order_into_calls_whose_answers_fit_discounts_limit() {
+        let customer = Customer {
+            id: i32::MIN,
+            first_name: "f".repeat(200),
+            last_name: "l".repeat(200),
+        };
+        // The seed's size of page: one call, as before.
+        let small: Vec<_> = (1..=3).map(|id| product(id, 20)).collect();
+        assert_eq!(batches(&customer, &small), vec![Range { start: 0, end: 3 }]);
+        assert_eq!(batches(&customer, &[]), Vec::<Range<usize>>::new());
+        // A page of 1,000 with long descriptions: several calls, each
+        // answer under the limit, every product once and in order.
+        let big: Vec<_> = (1..=1000)
+            .map(|id| product(id, 150 + id as usize % 7))
+            .collect();
+        let runs = batches(&customer, &big);
+        assert!(runs.len() > 2, "{runs:?}");
+        assert_eq!(runs.first().map(|r| r.start), Some(0));
+        assert_eq!(runs.last().map(|r| r.end), Some(1000));
+        for pair in runs.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        for run in &runs {
+            let len = answer_len(&customer, &big[run.clone()]);
+            assert!(len <= MAX_ANSWER_SIZE, "{run:?}: {len}");
+            // Not cut much smaller than needed.
+            assert!(
+                len > BATCH_BYTES * 9 / 10 || run.end == 1000,
+                "{run:?}: {len}"
+            );
+        }
+        // A product too big for any call is alone, its neighbours priced.
+        let mut odd = small.clone();
+        odd.insert(1, product(9, MAX_ANSWER_SIZE));
+        assert_eq!(batches(&customer, &odd), [0..1, 1..2, 2..4]);
     }
 }

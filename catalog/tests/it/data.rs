@@ -118,6 +118,43 @@ async fn pages_follow_the_link_header_through_the_whole_list_each_priced_once() 
     Ok(())
 }
 
+/// A page of 1,000 products is over discount's 64 KiB message limit in
+/// one `ApplyDiscounts` call: the catalog cuts it into several, and every
+/// product still gets its discount.
+#[tokio::test]
+async fn a_page_of_a_thousand_is_priced_whole_for_a_known_customer() -> SetupResult<()> {
+    let (pki, _discount, catalog) = system().await?;
+    let url = DatabaseUrl::parse(&format!("sqlite://{}", database(&pki).display()))?;
+    let store = store::open(&url).await?;
+    let products: Vec<_> = (1..=1000)
+        .map(|id| {
+            let mut product = product(id, &format!("p-{id}"), 100 + id);
+            product.description = format!("{id} {}", "long words ".repeat(12));
+            product
+        })
+        .collect();
+    store.import_products(products).await?;
+    lists(&catalog, 1000).await?;
+
+    let (status, link, discount, body) =
+        fetch(&catalog, "/products?page_size=1000", Some("1")).await?;
+    assert_eq!((status, link), (StatusCode::OK, None));
+    assert!(body.len() > 200_000, "{}", body.len());
+    assert_eq!(discount.as_deref(), Some("applied"));
+    let page: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    let ids: Vec<_> = page.iter().filter_map(|item| item["id"].as_i64()).collect();
+    assert_eq!(ids, (1..=1000).collect::<Vec<_>>());
+    for item in &page {
+        let price = item["price_in_cents"].as_i64().unwrap_or_default();
+        assert_eq!(
+            item["discount_value"]["value_in_cents"].as_i64(),
+            Some(price * 9 / 10),
+            "{item}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_seed_list_has_no_link_and_one_product_is_an_object_priced_like_a_listing()
 -> SetupResult<()> {
