@@ -173,7 +173,7 @@ impl Application {
         );
         server::run(
             listener,
-            AppState::new(client, data, metrics),
+            AppState::new(client, data, metrics, config.max_unsent_bytes()),
             options,
             shutdown,
         )

@@ -207,6 +207,14 @@ pub struct Config {
     #[arg(long, env = "CATALOG_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub http2_max_concurrent_streams: u32,
 
+    /// The most memory, in MiB, that answers of 4 KiB and more may hold
+    /// while waiting for their clients to read them, over all connections.
+    /// When a new answer does not fit, those that have waited longest are
+    /// dropped and their streams reset (`catalog_unsent_answers_dropped_total`).
+    /// 16 MiB is some 80 unread pages of 1,000 products.
+    #[arg(long, env = "CATALOG_MAX_UNSENT_MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_unsent_mib: u32,
+
     /// On SIGTERM or Ctrl-C, how long to keep serving with `/readyz`
     /// answering 503 before closing the listener. Behind a load balancer
     /// or an orchestrator's readiness probe, set it a little above their
@@ -294,6 +302,13 @@ impl Config {
             resolve_interval: self.discount_resolve_interval,
             health_interval: self.discount_health_interval,
         }
+    }
+
+    /// `--max-unsent-mib` in bytes.
+    pub fn max_unsent_bytes(&self) -> usize {
+        usize::try_from(self.max_unsent_mib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024 * 1024)
     }
 
     /// How the HTTP server treats requests and shutdown.

@@ -34,6 +34,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod unsent;
 
 pub use app::Application;
 pub use config::Config;

@@ -21,6 +21,7 @@ use crate::error::CatalogError;
 use crate::json;
 use crate::metrics::CatalogMetrics;
 use crate::page::PageRequest;
+use crate::unsent::Unsent;
 
 /// Says whether the listing has discount's answers: `applied`, `partial`
 /// or `unavailable`. Present only when discount was asked, that is, for a
@@ -39,18 +40,32 @@ pub struct AppState {
     /// Behind an `Arc`: the state is cloned for every request, and the
     /// metrics are some thirty handles.
     pub(crate) metrics: Arc<CatalogMetrics>,
+    /// The memory answers waiting for their clients may hold.
+    unsent: Arc<Unsent>,
 }
 
 impl AppState {
     /// State around the client of discount and the data, counting in
-    /// `metrics`.
-    pub fn new(discount: DiscountClient, data: Data, metrics: CatalogMetrics) -> Self {
+    /// `metrics`, with at most `max_unsent` bytes of large answers waiting
+    /// for their clients ([`Unsent`]).
+    pub fn new(
+        discount: DiscountClient,
+        data: Data,
+        metrics: CatalogMetrics,
+        max_unsent: usize,
+    ) -> Self {
+        let unsent = Unsent::new(
+            max_unsent,
+            metrics.unsent_bytes.clone(),
+            metrics.unsent_dropped.clone(),
+        );
         Self {
             discount,
             data,
             shutting_down: Arc::new(AtomicBool::new(false)),
             not_ready: Arc::new(Mutex::new(None)),
             metrics: Arc::new(metrics),
+            unsent: Arc::new(unsent),
         }
     }
 
@@ -182,13 +197,14 @@ async fn list_products(
     let mut response = match customer {
         None => {
             state.metrics.listing(None);
-            json_response(json::products(&page.products), None)
+            json_response(&state, json::products(&page.products), None)
         }
         Some(customer) => {
             tracing::debug!(customer_id = customer.id, "pricing products for customer");
             let priced = state.discount.apply_to_all(&customer, page.products).await;
             state.metrics.listing(Some(priced.status));
             json_response(
+                &state,
                 json::products(&priced.products),
                 Some(priced.status.as_str()),
             )
@@ -216,7 +232,7 @@ async fn one_product(
         .flatten()
         .ok_or(CatalogError::ProductNotFound)?;
     let Some(customer) = customer_id.and_then(|id| state.data.customer(id)) else {
-        return Ok(json_response(json::product(&product), None));
+        return Ok(json_response(&state, json::product(&product), None));
     };
     let priced = state
         .discount
@@ -224,10 +240,17 @@ async fn one_product(
         .await;
     // The client never drops a product; the plain one is there if it did.
     let body = json::product(priced.products.first().unwrap_or(&product));
-    Ok(json_response(body, Some(priced.status.as_str())))
+    Ok(json_response(&state, body, Some(priced.status.as_str())))
 }
 
-fn json_response(body: Vec<u8>, discount_status: Option<&'static str>) -> Response {
+/// A JSON answer of `body`, held in the budget of unsent answers when it
+/// is large.
+fn json_response(
+    state: &AppState,
+    body: Vec<u8>,
+    discount_status: Option<&'static str>,
+) -> Response {
+    let body = state.unsent.body(body);
     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Some(status) = discount_status {
         response
@@ -337,7 +360,10 @@ mod tests {
             crate::store::seed::products(),
             crate::store::seed::customers(),
         );
-        router(AppState::new(client, data, metrics), Duration::from_secs(5))
+        router(
+            AppState::new(client, data, metrics, 16 << 20),
+            Duration::from_secs(5),
+        )
     }
 
     struct Answer {

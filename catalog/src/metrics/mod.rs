@@ -50,6 +50,10 @@ pub struct CatalogMetrics {
     data_age: Gauge,
     /// Products held in memory.
     products: IntGauge,
+    /// Bytes of large answers waiting for their clients.
+    pub(crate) unsent_bytes: IntGauge,
+    /// Large answers dropped unsent to make room for new ones.
+    pub(crate) unsent_dropped: IntCounter,
 }
 
 impl CatalogMetrics {
@@ -85,6 +89,14 @@ impl CatalogMetrics {
             "catalog_products",
             "Products the catalog holds in memory and serves.",
         );
+        let unsent_bytes = common.gauge(
+            "catalog_unsent_answer_bytes",
+            "Bytes of large answers built and not yet sent to their clients, counted against --max-unsent-mib.",
+        );
+        let unsent_dropped = common.counter(
+            "catalog_unsent_answers_dropped_total",
+            "Large answers dropped unsent, their streams reset, because unread answers held all of --max-unsent-mib.",
+        );
         Self {
             common,
             http,
@@ -94,6 +106,8 @@ impl CatalogMetrics {
             reloads,
             data_age,
             products,
+            unsent_bytes,
+            unsent_dropped,
         }
     }
 
