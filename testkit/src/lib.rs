@@ -21,6 +21,8 @@
 //! - [`stall`]: a file whose reading blocks until the test lets it go.
 //! - [`task`]: a server in a task, and the one stop handle that asserts a
 //!   clean exit.
+//! - [`scrape`]: one metric's value from a service's `/metrics`.
+//! - [`volume`]: TLS files published as the kubelet publishes a Secret.
 
 pub mod discount;
 pub mod grpc;
@@ -34,8 +36,10 @@ pub mod process;
 pub mod proxy;
 pub mod readme;
 pub mod refusing;
+pub mod scrape;
 pub mod stall;
 pub mod task;
+pub mod volume;
 pub mod wire;
 
 use std::time::Duration;
@@ -52,8 +56,10 @@ pub use postgres::Postgres;
 pub use process::Process;
 pub use proxy::{CountingProxy, silent_peer};
 pub use refusing::RefusingPeer;
+pub use scrape::metric;
 pub use stall::StalledFile;
 pub use task::ServerTask;
+pub use volume::SecretVolume;
 
 /// Result type for test set-up: any failure there is a failed test.
 pub type SetupResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -193,19 +193,6 @@ async fn streams_cancelled_as_soon_as_they_are_taken_cannot_grow_memory() -> Set
     Ok(())
 }
 
-/// A metric's value in the catalog's `/metrics` text.
-async fn metric(catalog: &Process, name: &str) -> SetupResult<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", catalog.metrics_addr()?))
-        .await?
-        .text()
-        .await?;
-    let line = text
-        .lines()
-        .find(|line| line.split(' ').next() == Some(name))
-        .ok_or(format!("no {name} in /metrics"))?;
-    Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
-}
-
 /// The connections of the flood of large pages: 50, or `ATTACK_CONNECTIONS`
 /// (`ATTACK_CONNECTIONS=300 cargo test --release` is the attack as found).
 fn page_flood_connections() -> usize {
@@ -274,8 +261,9 @@ async fn large_pages_never_read_are_held_to_the_unsent_budget_and_clients_still_
     let page: Vec<serde_json::Value> = serde_json::from_str(&good.text().await?)?;
     let good_client = started.elapsed();
     let peak = catalog.peak_rss_mb()?;
-    let dropped = metric(&catalog, "catalog_unsent_answers_dropped_total").await?;
-    let unsent = metric(&catalog, "catalog_unsent_answer_bytes").await?;
+    let metrics = catalog.metrics_addr()?;
+    let dropped = testkit::metric(metrics, "catalog_unsent_answers_dropped_total", "").await?;
+    let unsent = testkit::metric(metrics, "catalog_unsent_answer_bytes", "").await?;
     eprintln!(
         "{answered} pages of 1,000 never read over {connections} connections: peak RSS {before:.1} -> {peak:.1} MiB, {dropped} answers dropped, {:.1} MiB unsent, good client {good_client:?}",
         unsent / 1024.0 / 1024.0

@@ -1040,19 +1040,14 @@ async fn bad_replicas_cost_at_most_one_percent(bad: Bad, copies: usize) -> Setup
     Ok(catalog)
 }
 
-/// The sum of the catalog's series whose line starts with `name` and
-/// holds `labels` (`""`: any), from its `/metrics`.
+/// [`testkit::metric`] from the catalog's `/metrics`.
 async fn metric(catalog: &Catalog, name: &str, labels: &str) -> SetupResult<f64> {
-    let addr = catalog.metrics_addr.ok_or("no metrics listener")?;
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|line| line.starts_with(name) && line.contains(labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    testkit::metric(
+        catalog.metrics_addr.ok_or("no metrics listener")?,
+        name,
+        labels,
+    )
+    .await
 }
 
 #[tokio::test]
