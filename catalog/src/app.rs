@@ -145,10 +145,14 @@ impl Application {
         }
         // Installed before the start-up line: see common::shutdown_signal.
         let (reloader, reloads) = (client.clone(), metrics.clone());
-        let reload_on_sighup = tokio::spawn(common::reload::on_sighup(move || {
-            // A failed reload is logged by the reloader and changes nothing.
-            reloads.reloaded(reloader.reload().is_ok());
-        }));
+        let reload_on_sighup = tokio::spawn(common::reload::on_sighup_or_change(
+            config.tls_files(),
+            config.tls_watch_interval,
+            move || {
+                // A failed reload is logged by the reloader and changes nothing.
+                reloads.reloaded(reloader.reload().is_ok());
+            },
+        ));
         let metrics_addr = admin.as_ref().map(|(_, addr)| *addr);
         let admin = admin.map(|(listener, _)| {
             // No `/readyz` there: the catalog's is on its HTTP port.

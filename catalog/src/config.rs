@@ -108,6 +108,13 @@ pub struct Config {
     #[arg(long, env = "CATALOG_CLIENT_KEY", default_value = "keys/client.key")]
     pub client_key: PathBuf,
 
+    /// How often `--discount-ca`, `--client-cert` and `--client-key` are
+    /// looked at: when they change (rewritten, replaced, a Kubernetes
+    /// Secret's `..data` swapped) they are reloaded as on SIGHUP. `0s`
+    /// turns it off.
+    #[arg(long, env = "CATALOG_TLS_WATCH_INTERVAL", default_value = "5s", value_parser = common::flags::duration)]
+    pub tls_watch_interval: Duration,
+
     /// How log lines are written: `text`, `json` (one object per line,
     /// with `trace_id` and `span_id` inside a request, to join the two
     /// services' logs), or `auto`: text on a terminal, JSON otherwise.
@@ -301,6 +308,19 @@ impl Config {
             backoff_max: self.discount_backoff_max,
             resolve_interval: self.discount_resolve_interval,
             health_interval: self.discount_health_interval,
+        }
+    }
+
+    /// The files whose change reloads the TLS material: none in plaintext.
+    pub fn tls_files(&self) -> Vec<PathBuf> {
+        if self.discount_plaintext {
+            Vec::new()
+        } else {
+            vec![
+                self.discount_ca.clone(),
+                self.client_cert.clone(),
+                self.client_key.clone(),
+            ]
         }
     }
 

@@ -1,4 +1,5 @@
-//! Values rebuilt from files on demand (SIGHUP), without a restart.
+//! Values rebuilt from files when they change or on SIGHUP, without a
+//! restart.
 //!
 //! TLS material rotates: certificates expire, CAs are replaced. A
 //! [`Reloadable`] holds the current value in a `watch` channel; readers take
@@ -7,9 +8,13 @@
 //! on what they started with. A reload that fails keeps the old value and
 //! says why.
 
+mod files;
+
 use std::fmt::Display;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
@@ -94,49 +99,48 @@ fn one_line(text: &str) -> String {
 }
 
 /// A future that calls `reload` each time the process receives SIGHUP,
-/// forever. The handler is installed when this is called (see
-/// [`crate::shutdown_signal`] for why: SIGHUP's default action ends the
-/// process). On platforms without SIGHUP it does nothing.
+/// and each time `files` change (looked at every `interval`, see
+/// `reload/files.rs`; zero: never), forever. The SIGHUP handler is installed when
+/// this is called (see [`crate::shutdown_signal`] for why: SIGHUP's
+/// default action ends the process). On platforms without SIGHUP only the
+/// files are watched.
 ///
 /// `reload` runs on Tokio's blocking pool, never on a runtime worker: it
 /// reads and parses files, and a 10,000-certificate CA bundle held a worker
 /// for tens of milliseconds at each SIGHUP, which every request queued on
 /// that worker waited out (issue 25: p99 of `GET /products` from 2.7 to
-/// 98 ms under 10 SIGHUPs a second). SIGHUPs are coalesced as
+/// 98 ms under 10 SIGHUPs a second). Requests are coalesced as
 /// [`reload_when_asked`] says, so a burst of them cannot queue reloads.
-pub fn on_sighup(
+pub fn on_sighup_or_change(
+    files: Vec<PathBuf>,
+    interval: Duration,
     reload: impl Fn() + Send + Sync + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let hangups = {
         use tokio::signal::unix::{SignalKind, signal};
-        let installed = signal(SignalKind::hangup());
-        async move {
-            let mut hangups = match installed {
-                Ok(hangups) => hangups,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGHUP; certificates will not be reloaded");
-                    return;
-                }
-            };
-            let asked = Notify::new();
-            let listen = async {
+        signal(SignalKind::hangup())
+            .map_err(|error| tracing::error!(%error, "cannot listen for SIGHUP; certificates are reloaded only when their files change"))
+            .ok()
+    };
+    async move {
+        let asked = Notify::new();
+        let listen = async {
+            #[cfg(unix)]
+            if let Some(mut hangups) = hangups {
                 while hangups.recv().await.is_some() {
                     tracing::info!("received SIGHUP, reloading TLS material");
                     asked.notify_one();
                 }
-            };
-            // `listen` ends only when the runtime shuts down.
-            tokio::select! {
-                () = listen => {}
-                () = reload_when_asked(&asked, reload) => {}
             }
+            std::future::pending::<()>().await;
+        };
+        // None of these ends while the runtime runs.
+        tokio::select! {
+            () = listen => {}
+            () = files::on_change(files, interval, &asked) => {}
+            () = reload_when_asked(&asked, reload) => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = reload;
-        std::future::pending::<()>()
     }
 }
 

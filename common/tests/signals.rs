@@ -28,7 +28,7 @@ async fn handlers_are_installed_by_the_call_not_by_the_first_poll() -> Result<()
 
     let shutdown = common::shutdown_signal();
     assert!(catches(SIGTERM)?, "SIGTERM not caught after the call");
-    let reload = common::reload::on_sighup(|| {});
+    let reload = common::reload::on_sighup_or_change(Vec::new(), std::time::Duration::ZERO, || {});
     assert!(catches(SIGHUP)?, "SIGHUP not caught after the call");
 
     // Neither was ever polled.

@@ -137,10 +137,14 @@ impl<S: Discount> Application<S> {
                 let transport = Transport::Tls(tls.subscribe());
                 // Installed before the start-up line: see common::shutdown_signal.
                 let (reloader, reloads) = (Arc::clone(&tls), metrics.clone());
-                let task = tokio::spawn(common::reload::on_sighup(move || {
-                    // A failed reload is logged by the reloader and changes nothing.
-                    reloads.reloaded(reloader.reload().is_ok());
-                }));
+                let task = tokio::spawn(common::reload::on_sighup_or_change(
+                    config.tls_files(),
+                    config.tls_watch_interval,
+                    move || {
+                        // A failed reload is logged by the reloader and changes nothing.
+                        reloads.reloaded(reloader.reload().is_ok());
+                    },
+                ));
                 tracing::info!(
                     cert = %common::pem::display_path(&config.cert),
                     client_auth = ?config.client_auth,

@@ -49,6 +49,12 @@ pub struct Config {
     #[arg(long, env = "DISCOUNT_CLIENT_CA", default_value = "keys/ca.pem")]
     pub client_ca: PathBuf,
 
+    /// How often `--cert`, `--key` and `--client-ca` are looked at: when
+    /// they change (rewritten, replaced, a Kubernetes Secret's `..data`
+    /// swapped) they are reloaded as on SIGHUP. `0s` turns it off.
+    #[arg(long, env = "DISCOUNT_TLS_WATCH_INTERVAL", default_value = "5s", value_parser = common::flags::duration)]
+    pub tls_watch_interval: Duration,
+
     /// A host name or address clients dial; the certificate doctor checks
     /// that `--cert` covers it. Repeat for several. Without it, the doctor
     /// only warns when `localhost` is not covered.
@@ -234,6 +240,15 @@ impl Config {
             server_names: self.server_names.clone(),
             allow_clients: self.allow_clients.clone(),
         }
+    }
+
+    /// The files whose change reloads the TLS material.
+    pub fn tls_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.cert.clone(), self.key.clone()];
+        if self.client_auth != ClientAuth::None {
+            files.push(self.client_ca.clone());
+        }
+        files
     }
 
     /// The allow-list as it applies: off when there is no client identity

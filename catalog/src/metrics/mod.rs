@@ -44,7 +44,7 @@ pub struct CatalogMetrics {
     pub discount: ClientMetrics,
     /// HTTP connections open now.
     pub connections: IntGauge,
-    /// SIGHUP reloads of the TLS material, by outcome.
+    /// Reloads of the TLS material, by outcome.
     reloads: IntCounterVec,
     /// Seconds since the store last answered.
     data_age: Gauge,
@@ -75,7 +75,7 @@ impl CatalogMetrics {
         );
         let reloads = common.counter_vec(
             "catalog_reloads_total",
-            "Reloads of the TLS material (SIGHUP), by outcome: success, or failure (the old material stays).",
+            "Reloads of the TLS material (its files changed, or SIGHUP), by outcome: success, or failure (the old material stays).",
             &["outcome"],
         );
         for outcome in ["success", "failure"] {

@@ -19,5 +19,6 @@ mod probes;
 mod readme;
 mod replicas;
 mod resilience;
+mod rotation;
 mod shutdown;
 mod store;

@@ -52,7 +52,7 @@ impl DiscountMetrics {
         }
         let reloads = common.counter_vec(
             "discount_reloads_total",
-            "Reloads of the TLS material (SIGHUP), by outcome: success, or failure (the old material stays).",
+            "Reloads of the TLS material (its files changed, or SIGHUP), by outcome: success, or failure (the old material stays).",
             &["outcome"],
         );
         for outcome in ["success", "failure"] {
