@@ -1,0 +1,28 @@
+#!/bin/sh
+# The entry point of the ecommerce/postgres image (deploy/postgres/image.sh):
+# on an empty data directory, make a cluster whose superuser `postgres`
+# has the password in POSTGRES_PASSWORD_FILE (a Compose or Swarm secret);
+# then run PostgreSQL in the foreground as this (non-root) user. Only shell
+# built-ins and PostgreSQL's own programs: the image has nothing else.
+set -eu
+
+PGDATA=${PGDATA:-/var/lib/postgresql/data}
+export PGDATA
+
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  if [ -z "${POSTGRES_PASSWORD_FILE:-}" ] || [ ! -r "$POSTGRES_PASSWORD_FILE" ]; then
+    echo "postgres: the data directory $PGDATA is empty and POSTGRES_PASSWORD_FILE (${POSTGRES_PASSWORD_FILE:-unset}) names no readable file: set it to a file holding the superuser's password (a secret), so that a new cluster can be made" >&2
+    exit 1
+  fi
+  echo "postgres: no cluster in $PGDATA; making one (superuser postgres, password from $POSTGRES_PASSWORD_FILE)"
+  initdb --username=postgres --pwfile="$POSTGRES_PASSWORD_FILE" \
+    --auth-local=trust --auth-host=scram-sha-256 \
+    --encoding=UTF8 --locale=C --no-instructions >/dev/null
+  # Connections from other containers, with the password only.
+  echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
+fi
+
+# The socket in /tmp (a tmpfs in the stacks): the root file system is
+# read-only, and /var/run/postgresql is not in the image. No JIT: the image
+# leaves LLVM out.
+exec postgres -c listen_addresses='*' -c unix_socket_directories=/tmp -c jit=off "$@"
