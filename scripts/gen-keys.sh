@@ -8,15 +8,23 @@
 #   client.pem, client.key  catalog's client identity, signed by the CA,
 #                           workload identity spiffe://TRUST_DOMAIN/catalog
 # All keys are ECDSA P-256. Existing files are never overwritten unless
-# --force is given. These are for development only: see keys/README.md.
+# --force is given; --renew keeps the CA and replaces the four others,
+# which running services pick up with no failed request. These are for
+# development only: see keys/README.md.
 set -euo pipefail
 
 usage() {
   cat <<USAGE
-usage: scripts/gen-keys.sh [--dir DIR] [--force] [--days N] [--trust-domain TD]
+usage: scripts/gen-keys.sh [--dir DIR] [--force | --renew] [--days N] [--trust-domain TD]
                            [--dns NAME]... [--owner UID:GID]
   --dir DIR            where to write the files (default: keys/ in the repository)
-  --force              replace existing files
+  --force              replace existing files, the CA too: services already
+                       running trust only the old CA, so until both have
+                       reloaded, their calls fail (see --renew)
+  --renew              keep ca.pem and ca.key, and replace the server and
+                       client certificates and keys with new ones from that
+                       CA: what a renewal is; running services reload them
+                       within seconds and no call fails
   --dns NAME           another name discount's certificate is valid for, such
                        as discount (Compose) or discount.ecommerce.svc
                        (Kubernetes); repeat for several
@@ -34,6 +42,7 @@ USAGE
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir="$repo/keys"
 force=no
+renew=no
 days=365
 trust_domain=ecommerce.local
 dns_names=()
@@ -49,6 +58,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dir) value "$1" DIR "$@"; dir=$2; shift 2 ;;
     --force) force=yes; shift ;;
+    --renew) renew=yes; shift ;;
     --days) value "$1" 365 "$@"; days=$2; shift 2 ;;
     --trust-domain) value "$1" ecommerce.local "$@"; trust_domain=$2; shift 2 ;;
     --dns) value "$1" discount "$@"; dns_names+=("$2"); shift 2 ;;
@@ -98,7 +108,19 @@ command -v openssl >/dev/null || {
 }
 
 files=(ca.pem ca.key cert.pem private.key client.pem client.key)
-if [ "$force" = no ]; then
+if [ "$renew" = yes ]; then
+  if [ "$force" = yes ]; then
+    echo "gen-keys: --renew keeps the CA and --force replaces it: give one of them" >&2
+    exit 2
+  fi
+  for f in ca.pem ca.key; do
+    [ -r "$dir/$f" ] || {
+      echo "gen-keys: --renew needs the CA that signs the new certificates, and $dir/$f is missing; make a set first (without --renew)" >&2
+      exit 1
+    }
+  done
+  files=(cert.pem private.key client.pem client.key)
+elif [ "$force" = no ]; then
   existing=()
   for f in "${files[@]}"; do [ -e "$dir/$f" ] && existing+=("$dir/$f"); done
   if [ ${#existing[@]} -gt 0 ]; then
@@ -120,17 +142,21 @@ serial() { echo "0x$(openssl rand -hex 16)"; }
 # The CA. openssl req -x509 marks its certificate CA:TRUE; that is right here
 # and is exactly why the seed's single self-signed certificate cannot serve
 # as a server identity under rustls (CaUsedAsEndEntity).
-new_key ca.key
-# Each CA gets a subject of its own: a certificate from another dev CA with
-# the same name would be checked against this CA's key and reported as
-# BadSignature, where UnknownIssuer says what is wrong.
-ca_id=$(openssl rand -hex 4)
-openssl req -x509 -new -key "$work/ca.key" -sha256 -days 3650 -set_serial "$(serial)" \
-  -subj "/O=ecommerce development/CN=ecommerce dev CA $ca_id" \
-  -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
-  -addext "keyUsage=critical,keyCertSign,cRLSign" \
-  -addext "subjectKeyIdentifier=hash" \
-  -out "$work/ca.pem"
+if [ "$renew" = yes ]; then
+  cp "$dir/ca.pem" "$dir/ca.key" "$work/"
+else
+  new_key ca.key
+  # Each CA gets a subject of its own: a certificate from another dev CA
+  # with the same name would be checked against this CA's key and reported
+  # as BadSignature, where UnknownIssuer says what is wrong.
+  ca_id=$(openssl rand -hex 4)
+  openssl req -x509 -new -key "$work/ca.key" -sha256 -days 3650 -set_serial "$(serial)" \
+    -subj "/O=ecommerce development/CN=ecommerce dev CA $ca_id" \
+    -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -addext "subjectKeyIdentifier=hash" \
+    -out "$work/ca.pem"
+fi
 
 # sign NAME SUBJECT EXTENSIONS: a leaf certificate signed by the CA.
 sign() {
@@ -161,16 +187,18 @@ subjectAltName=DNS:catalog,URI:spiffe://$trust_domain/catalog"
 openssl verify -CAfile "$work/ca.pem" "$work/server.pem" "$work/client.pem" >/dev/null
 
 mkdir -p "$dir"
-mv "$work/ca.pem" "$work/ca.key" "$dir/"
+# Each pair renamed into place one right after the other: a service that
+# watches its files sees both change at once (it waits for them to settle).
+chmod 644 "$work/ca.pem" "$work/server.pem" "$work/client.pem"
+if [ -n "$owner" ]; then
+  # Not ca.key: no container needs the CA's key.
+  (cd "$work" && chown "$owner" ca.pem server.pem server.key client.pem client.key)
+fi
+[ "$renew" = yes ] || mv "$work/ca.pem" "$work/ca.key" "$dir/"
 mv "$work/server.pem" "$dir/cert.pem"
 mv "$work/server.key" "$dir/private.key"
 mv "$work/client.pem" "$dir/client.pem"
 mv "$work/client.key" "$dir/client.key"
-chmod 644 "$dir/ca.pem" "$dir/cert.pem" "$dir/client.pem"
-if [ -n "$owner" ]; then
-  # Not ca.key: no container needs the CA's key.
-  (cd "$dir" && chown "$owner" ca.pem cert.pem private.key client.pem client.key)
-fi
 
 echo "gen-keys: wrote ${files[*]} to $dir"
 echo "gen-keys: server certificate valid for $(echo "$server_san" | sed 's/DNS://g; s/IP://g; s/,/, /g') for $days days"

@@ -56,7 +56,7 @@ elif [ -e keys/client.pem ] && ! openssl x509 -in keys/client.pem -noout -ext su
   # Keys made before workload identities: discount would refuse the
   # catalog, and the catalog discount, with every product undiscounted.
   echo "run: keys/ predates workload identities (no spiffe:// URI in keys/client.pem)," >&2
-  echo "run: which discount's allow-list and the catalog now check; make new ones with: scripts/gen-keys.sh --force" >&2
+  echo "run: which discount's allow-list and the catalog now check; make new ones with: scripts/gen-keys.sh --renew" >&2
   exit 1
 fi
 

@@ -91,11 +91,15 @@ impl<T: Send + Sync + 'static> Reloadable<T> {
 /// `text` on one line, its lines joined by `; `: a log record stays one
 /// line for whatever reads the log line by line.
 fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    let mut joined = String::with_capacity(text.len());
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if !joined.is_empty() {
+            // After a heading ("...cannot be used:"), a space, not "; ".
+            joined.push_str(if joined.ends_with(':') { " " } else { "; " });
+        }
+        joined.push_str(line);
+    }
+    joined
 }
 
 /// A future that calls `reload` each time the process receives SIGHUP,
@@ -196,7 +200,7 @@ mod tests {
             "the TLS material cannot be used:\n  error: a.pem: expired\n  error: b.key: mismatch\n";
         assert_eq!(
             one_line(reason),
-            "the TLS material cannot be used:; error: a.pem: expired; error: b.key: mismatch"
+            "the TLS material cannot be used: error: a.pem: expired; error: b.key: mismatch"
         );
     }
 

@@ -39,7 +39,7 @@ pub enum StartupError {
     /// The files were read but rustls would not use them together (for
     /// example a key that does not belong to the certificate).
     #[error(
-        "cannot use {cert} with {key} as the server identity: {error}; check that the key belongs to the certificate, or run `scripts/gen-keys.sh --force` to make a fresh pair"
+        "cannot use {cert} with {key} as the server identity: {error}; check that the key belongs to the certificate, or run `scripts/gen-keys.sh --renew` to make a fresh pair from the same development CA"
     )]
     Identity {
         /// The certificate file.

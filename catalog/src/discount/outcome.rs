@@ -201,6 +201,10 @@ impl fmt::Display for CallError {
 
 impl Error for CallError {}
 
+/// The most product ids one log line of [`merge`] names; `failed` says
+/// how many there were.
+const LOGGED_IDS: usize = 20;
+
 /// Puts each answer on its product, in order (a product whose call failed
 /// is listed as it was), says how the listing went, and logs each distinct
 /// cause once with the products it hit (and a cause that keeps coming at
@@ -238,6 +242,8 @@ pub(crate) fn merge(
     for (cause, product_ids) in &failures {
         let failed = product_ids.len();
         if let Some(unlogged) = quiet.should_log(cause, Instant::now()) {
+            // The first few: a page of 1,000 named them all in 5 KB lines.
+            let product_ids = &product_ids[..failed.min(LOGGED_IDS)];
             tracing::warn!(
                 customer_id,
                 ?product_ids,

@@ -20,7 +20,7 @@ mod x509;
 use x509::{check_identity_uri, check_purpose, check_validity, is_ca, subject};
 
 /// How to replace development keys, quoted where a certificate must be renewed.
-const REGEN_HINT: &str = "`scripts/gen-keys.sh --force` makes new development keys";
+const REGEN_HINT: &str = "`scripts/gen-keys.sh --renew` makes new development pairs from the same CA; `--force` replaces the CA too";
 
 /// Certificates expiring sooner than this get a warning.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
