@@ -55,6 +55,25 @@ fn keys_from_gen_keys_pass_the_doctor() -> SetupResult<()> {
              certificates OK\n"
         )
     );
+
+    // A renewal: new pairs from the same CA, which both sides still trust.
+    let read = |name: &str| std::fs::read(keys.path().join(name));
+    let (ca, cert) = (read("ca.pem")?, read("cert.pem")?);
+    let renewed = Command::new("bash")
+        .arg(repo_root().join("scripts/gen-keys.sh"))
+        .arg("--renew")
+        .arg("--dir")
+        .arg(keys.path())
+        .output()?;
+    assert!(renewed.status.success(), "{}", text(&renewed.stderr));
+    assert_eq!(read("ca.pem")?, ca, "--renew must keep the CA");
+    assert_ne!(
+        read("cert.pem")?,
+        cert,
+        "--renew must make a new certificate"
+    );
+    let checked = discount(keys.path(), &["--check-certs"])?;
+    assert!(checked.status.success(), "{}", text(&checked.stdout));
     Ok(())
 }
 
