@@ -335,8 +335,8 @@ mod tests {
     use crate::discount::{DiscountClient, DiscountSettings, SystemResolver};
     use crate::tls::Security;
 
-    /// The router with a client of a discount that is never dialled here.
-    fn app() -> Router {
+    /// The state around a client of a discount that is never dialled here.
+    fn state() -> AppState {
         let settings = DiscountSettings {
             targets: "127.0.0.1:9".parse().unwrap(),
             server_name: "localhost".to_owned(),
@@ -360,10 +360,19 @@ mod tests {
             crate::store::seed::products(),
             crate::store::seed::customers(),
         );
-        router(
-            AppState::new(client, data, metrics, 16 << 20),
-            Duration::from_secs(5),
-        )
+        AppState::new(client, data, metrics, 16 << 20)
+    }
+
+    /// The router around [`state`].
+    fn app() -> Router {
+        router(state(), Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn a_request_future_is_small_so_boxing_it_copies_little() {
+        let listing = list_products(State(state()), Query(Vec::new()), HeaderMap::new());
+        let size = std::mem::size_of_val(&listing);
+        assert!(size < 2048, "GET /products's future is {size} bytes");
     }
 
     struct Answer {
