@@ -11,6 +11,7 @@
 #   scripts/bench.sh --baseline REV --rounds 3 --scenarios ceiling,shared
 #                                       each run also on commit REV, the two
 #                                       interleaved, and their ratio
+#                                       (--compare REV is the same)
 #
 # Builds the release binaries, makes throw-away keys, starts the services
 # afresh for each run on 127.0.0.1, drives them with wrk (HTTP) and our
@@ -28,9 +29,9 @@ args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --debug) profile=debug ;;
-    --baseline) baseline=${2:?--baseline needs a commit, e.g. --baseline HEAD~1}; shift ;;
-    --baseline=*) baseline=${1#--baseline=} ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --baseline|--compare) baseline=${2:?$1 needs a commit, e.g. $1 HEAD~1}; shift ;;
+    --baseline=*|--compare=*) baseline=${1#*=} ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1") ;;
   esac
   shift
