@@ -43,6 +43,13 @@ where
     }
 }
 
+/// Waits until `proxy` has seen more connections than `before`: the
+/// catalog dialled with the material it reloaded.
+async fn new_connection(proxy: &CountingProxy, before: usize) -> SetupResult<()> {
+    let connections = || async { Ok(proxy.connections() as f64) };
+    until("a new connection", connections, |n| n > before as f64).await
+}
+
 /// Listings for customer 1 sent one after another by `clients` tasks until
 /// `stop`: how many, and those not whole and discounted.
 fn steady_load(
@@ -159,12 +166,7 @@ async fn both_services_rotate_to_a_new_ca_from_their_files_with_no_listing_undis
         |n| n >= 1.0,
     )
     .await?;
-    until(
-        "a new connection",
-        || async { Ok(proxy.connections() as f64) },
-        |n| n > connections as f64,
-    )
-    .await?;
+    new_connection(&proxy, connections).await?;
     assert_eq!(catalog.priced("1").await?.0, CUSTOMER_1);
 
     // 4. discount trusts the new CA alone; the catalog's next connection
@@ -190,12 +192,7 @@ async fn both_services_rotate_to_a_new_ca_from_their_files_with_no_listing_undis
         |n| n > reloaded,
     )
     .await?;
-    until(
-        "a new connection",
-        || async { Ok(proxy.connections() as f64) },
-        |n| n > connections as f64,
-    )
-    .await?;
+    new_connection(&proxy, connections).await?;
     assert_eq!(catalog.priced("1").await?.0, CUSTOMER_1);
 
     stop.store(true, Ordering::Relaxed);
