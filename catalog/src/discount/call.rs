@@ -43,6 +43,17 @@ const PRICED_GROWTH: usize = 14;
 /// The most `ApplyDiscounts` calls of one listing in flight at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
+/// The size of the request for `products` when that is one product too
+/// large to fit in a call even alone, so never to be sent.
+fn too_large(customer: &Customer, products: &[Product]) -> Option<usize> {
+    let [product] = products else {
+        return None;
+    };
+    let field = |len: usize| 1 + prost::length_delimiter_len(len) + len;
+    let bytes = field(customer.encoded_len()) + field(product.encoded_len()) + PRICED_GROWTH;
+    (bytes > BATCH_BYTES).then_some(bytes)
+}
+
 /// `products` cut, in order, into runs whose `ApplyDiscounts` answers for
 /// `customer` fit in [`BATCH_BYTES`] (the answer is the request with a
 /// discount on each product, so the request fits too). A product too big
@@ -153,6 +164,10 @@ impl DiscountClient {
         customer: &Customer,
         product: &Product,
     ) -> Result<Option<DiscountValue>, CallError> {
+        // Nothing built for a call that could not be sent in time.
+        if Instant::now() >= deadline {
+            return Err(CallError::Deadline(self.deadline));
+        }
         let message = DiscountRequest {
             customer: Some(customer.clone()),
             product: Some(product.clone()),
@@ -179,6 +194,11 @@ impl DiscountClient {
         customer: &Customer,
         products: &[Product],
     ) -> Result<Answers, CallError> {
+        // Nothing built for a call that could not be sent in time: a page
+        // of many runs waits its turn, and each message clones the customer.
+        if Instant::now() >= deadline {
+            return Err(CallError::Deadline(self.deadline));
+        }
         let message = DiscountsRequest {
             customer: Some(customer.clone()),
             products: products.to_vec(),
@@ -247,6 +267,9 @@ impl DiscountClient {
     ) -> Result<Answers, CallError> {
         let runs = batches(customer, products);
         if let [_] = runs.as_slice() {
+            if let Some(bytes) = too_large(customer, products) {
+                return Ok(vec![Err(CallError::TooLarge(bytes))]);
+            }
             return self.ask_run(replica, deadline, customer, products).await;
         }
         // Boxed: inline, its stream of calls made every request's future
@@ -265,7 +288,16 @@ impl DiscountClient {
     ) -> Result<Answers, CallError> {
         let calls: Vec<_> = runs
             .iter()
-            .map(|run| self.ask_run(replica, deadline, customer, &products[run.clone()]))
+            .map(|run| {
+                let products = &products[run.clone()];
+                let too_large = too_large(customer, products);
+                async move {
+                    match too_large {
+                        Some(bytes) => Ok(vec![Err(CallError::TooLarge(bytes))]),
+                        None => self.ask_run(replica, deadline, customer, products).await,
+                    }
+                }
+            })
             .collect();
         let answers: Vec<_> = futures_util::stream::iter(calls)
             .buffered(BATCHES_IN_FLIGHT)

@@ -50,7 +50,7 @@ impl DiscountClient {
             }
         };
         let failed: Vec<usize> = (0..answers.len())
-            .filter(|&i| answers[i].is_err())
+            .filter(|&i| !CallError::settled(&answers[i]))
             .collect();
         let Some(error) = failed.first().and_then(|&i| answers[i].as_ref().err()) else {
             return answers;
@@ -134,7 +134,7 @@ impl DiscountClient {
         let started = Instant::now();
         let second_call = self.price_on(&second, deadline, customer, products);
         tokio::pin!(second_call);
-        let whole = |answers: &Answers| answers.iter().all(Result::is_ok);
+        let whole = |answers: &Answers| answers.iter().all(CallError::settled);
         tokio::select! {
             answers = first_call.as_mut() => {
                 if whole(&answers) {
@@ -175,7 +175,11 @@ impl DiscountClient {
             Err(error) => products.iter().map(|_| Err(error.clone())).collect(),
         };
         drop(pending);
-        let error = answers.iter().find_map(|answer| answer.as_ref().err());
+        // A product too large to send says nothing about the replica.
+        let error = answers
+            .iter()
+            .filter(|answer| !CallError::settled(answer))
+            .find_map(|answer| answer.as_ref().err());
         self.pool.record(replica, error);
         answers
     }

@@ -35,6 +35,10 @@ pub enum CallError {
     /// No replica is in rotation: none known, or every one unreachable,
     /// ejected or not serving (`/readyz` lists them).
     NoReplica,
+    /// Not sent: the request for this product alone (with its customer)
+    /// would be this many bytes, over discount's message limit. Nothing
+    /// any replica did, so held against none, and not sent again.
+    TooLarge(usize),
 }
 
 impl CallError {
@@ -48,6 +52,7 @@ impl CallError {
             Self::Status(status) => status.code(),
             Self::Invalid(_) => tonic::Code::Internal,
             Self::NoReplica => tonic::Code::Unavailable,
+            Self::TooLarge(_) => tonic::Code::ResourceExhausted,
         }
     }
 
@@ -118,7 +123,14 @@ impl CallError {
             Self::Status(_) if self.is_unreachable() => "discount is unreachable".to_owned(),
             Self::Status(_) => "discount answered with an error".to_owned(),
             Self::Invalid(_) => "discount sent an unusable answer".to_owned(),
+            Self::TooLarge(_) => "a product too large to send to discount".to_owned(),
         }
+    }
+
+    /// Whether the product's answer is as good as it will get: priced, or
+    /// too large for any replica to price.
+    pub(crate) fn settled(answer: &Result<Option<DiscountValue>, Self>) -> bool {
+        matches!(answer, Ok(_) | Err(Self::TooLarge(_)))
     }
 
     /// Whether the call failed before discount's handler had it, so it may
@@ -194,6 +206,10 @@ impl fmt::Display for CallError {
             Self::Invalid(what) => write!(f, "discount sent an unusable response: {what}"),
             Self::NoReplica => f.write_str(
                 "no discount replica in rotation (unreachable, ejected or not serving; see /readyz)",
+            ),
+            Self::TooLarge(bytes) => write!(
+                f,
+                "not sent to discount: the request for this product would be {bytes} bytes, over discount's 64 KiB message limit (its description, or the customer's names, are too long)"
             ),
         }
     }

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use testkit::{HANG, SetupResult};
 
 use crate::store::product;
-use crate::support::{Catalog, PLAIN, system};
+use crate::support::{Catalog, PLAIN, system, system_with};
 
 /// The SQLite file the test catalog of `pki` uses (see `support::config`).
 fn database(pki: &testkit::Pki) -> PathBuf {
@@ -152,6 +152,58 @@ async fn a_page_of_a_thousand_is_priced_whole_for_a_known_customer() -> SetupRes
             "{item}"
         );
     }
+    Ok(())
+}
+
+/// A product too large for any call (its description alone is over
+/// discount's 64 KiB limit) is listed without a discount, and never sent:
+/// sending it failed with RESOURCE_EXHAUSTED, held against the replica,
+/// which ejected healthy replicas and retried it on each.
+#[tokio::test]
+async fn a_product_too_large_to_price_is_listed_plain_and_not_held_against_discount()
+-> SetupResult<()> {
+    let (pki, _discount, catalog) = system_with(&["--metrics-addr", "127.0.0.1:0"]).await?;
+    let url = DatabaseUrl::parse(&format!("sqlite://{}", database(&pki).display()))?;
+    let store = store::open(&url).await?;
+    let mut products: Vec<_> = (1..=20)
+        .map(|id| product(id, &format!("p-{id}"), 100 + id))
+        .collect();
+    products[10].description = "x".repeat(100_000);
+    store.import_products(products).await?;
+    lists(&catalog, 20).await?;
+
+    for path in ["/products", "/products/11"] {
+        let (status, _, discount, body) = fetch(&catalog, path, Some("1")).await?;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let expected = if path == "/products" {
+            "partial"
+        } else {
+            "unavailable"
+        };
+        assert_eq!(discount.as_deref(), Some(expected), "{path}");
+        assert!(
+            body.contains(&"x".repeat(100_000)),
+            "{path}: the product is listed whole"
+        );
+    }
+    let (_, _, _, body) = fetch(&catalog, "/products", Some("1")).await?;
+    let page: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    let plain: Vec<_> = page
+        .iter()
+        .filter(|item| item.get("discount_value").is_none())
+        .filter_map(|item| item["id"].as_i64())
+        .collect();
+    assert_eq!(plain, [11], "only the large product is undiscounted");
+    // Not one call failed, nor was sent again.
+    let metrics = catalog.metrics_addr.ok_or("no metrics")?;
+    let failed = testkit::metric(
+        metrics,
+        "catalog_discount_calls_total",
+        "code=\"RESOURCE_EXHAUSTED\"",
+    )
+    .await?;
+    let retried = testkit::metric(metrics, "catalog_discount_retries_total", "").await?;
+    assert_eq!((failed, retried), (0.0, 0.0));
     Ok(())
 }
 
