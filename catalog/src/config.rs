@@ -216,8 +216,9 @@ pub struct Config {
 
     /// The most memory, in MiB, that answers of 4 KiB and more may hold
     /// while waiting for their clients to read them, over all connections.
-    /// When a new answer does not fit, those that have waited longest are
-    /// dropped and their streams reset (`catalog_unsent_answers_dropped_total`).
+    /// When a new answer does not fit, those that have gone longest without
+    /// their client reading any of them are dropped and their streams reset
+    /// (`catalog_unsent_answers_dropped_total`).
     /// 16 MiB is some 95 unread pages of 1,000 products.
     #[arg(long, env = "CATALOG_MAX_UNSENT_MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_unsent_mib: u32,
