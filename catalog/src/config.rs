@@ -111,8 +111,8 @@ pub struct Config {
     /// How often `--discount-ca`, `--client-cert` and `--client-key` are
     /// looked at: when they change (rewritten, replaced, a Kubernetes
     /// Secret's `..data` swapped) they are reloaded as on SIGHUP. `0s`
-    /// turns it off.
-    #[arg(long, env = "CATALOG_TLS_WATCH_INTERVAL", default_value = "5s", value_parser = common::flags::duration)]
+    /// turns it off; else at least 100ms.
+    #[arg(long, env = "CATALOG_TLS_WATCH_INTERVAL", default_value = "5s", value_parser = common::flags::watch_interval)]
     pub tls_watch_interval: Duration,
 
     /// How log lines are written: `text`, `json` (one object per line,
@@ -359,6 +359,8 @@ mod tests {
             ["--request-timeout", "2days"],
             ["--discount-port", "0"],
             ["--discount-server-name", ""],
+            ["--tls-watch-interval", "1ms"],
+            ["--max-unsent-mib", "0"],
         ] {
             let parsed = Config::try_parse_from(["catalog"].into_iter().chain(args));
             let error = parsed.err().map(|e| e.to_string()).unwrap_or_default();
@@ -366,6 +368,10 @@ mod tests {
         }
         let fine = Config::try_parse_from(["catalog", "--max-connections", "1"]).unwrap();
         assert_eq!(fine.serve_options().max_connections, 1);
+        for interval in ["0s", "100ms", "5s"] {
+            let watch = Config::try_parse_from(["catalog", "--tls-watch-interval", interval]);
+            assert!(watch.is_ok(), "--tls-watch-interval {interval} refused");
+        }
     }
 
     #[test]

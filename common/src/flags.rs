@@ -57,6 +57,22 @@ pub fn positive_duration(text: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// `--tls-watch-interval`: `0s` (off), or at least 100 ms. Below that the
+/// polling itself costs a few percent of a core, and the files cannot
+/// hold still long enough between looks to be called settled.
+///
+/// # Errors
+/// As [`duration`], or above zero and under 100 ms.
+pub fn watch_interval(text: &str) -> Result<Duration, String> {
+    let parsed = duration(text)?;
+    if !parsed.is_zero() && parsed < Duration::from_millis(100) {
+        return Err(format!(
+            "{text} is too short to poll files at; use 0s (off) or 100ms or more, like 5s"
+        ));
+    }
+    Ok(parsed)
+}
+
 /// `--max-traces-per-second`: a whole number, 1 or more. Zero is refused
 /// rather than read as "no cap" or "no traces": either reading surprises
 /// someone, and `OTEL_TRACES_SAMPLER=always_off` already turns traces off.

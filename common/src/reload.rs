@@ -132,8 +132,14 @@ pub fn on_sighup_or_change(
         let listen = async {
             #[cfg(unix)]
             if let Some(mut hangups) = hangups {
+                // A storm of signals is one line every few seconds, with
+                // the count, not a line each.
+                let quiet = crate::quiet::Quiet::default();
                 while hangups.recv().await.is_some() {
-                    tracing::info!("received SIGHUP, reloading TLS material");
+                    let now = std::time::Instant::now();
+                    if let Some(unlogged) = quiet.should_log("SIGHUP", now) {
+                        tracing::info!(unlogged, "received SIGHUP, reloading TLS material");
+                    }
                     asked.notify_one();
                 }
             }

@@ -51,8 +51,9 @@ pub struct Config {
 
     /// How often `--cert`, `--key` and `--client-ca` are looked at: when
     /// they change (rewritten, replaced, a Kubernetes Secret's `..data`
-    /// swapped) they are reloaded as on SIGHUP. `0s` turns it off.
-    #[arg(long, env = "DISCOUNT_TLS_WATCH_INTERVAL", default_value = "5s", value_parser = common::flags::duration)]
+    /// swapped) they are reloaded as on SIGHUP. `0s` turns it off; else at
+    /// least 100ms.
+    #[arg(long, env = "DISCOUNT_TLS_WATCH_INTERVAL", default_value = "5s", value_parser = common::flags::watch_interval)]
     pub tls_watch_interval: Duration,
 
     /// A host name or address clients dial; the certificate doctor checks

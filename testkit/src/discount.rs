@@ -38,6 +38,11 @@ pub fn command_line(keys: &Path, port: u16, extra: &[&str]) -> Vec<String> {
         "--client-ca".to_owned(),
         file("ca.pem"),
     ];
+    // Tests that rewrite TLS files reload when they say (SIGHUP, or
+    // `reload_tls`), unless they test the watch and set it.
+    if !extra.contains(&"--tls-watch-interval") {
+        args.extend(["--tls-watch-interval".to_owned(), "0s".to_owned()]);
+    }
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     args
 }

@@ -19,7 +19,7 @@ use crate::support::{CUSTOMER_1, Catalog, HEALTHY_DEADLINE};
 
 const WATCH: [&str; 4] = [
     "--tls-watch-interval",
-    "50ms",
+    "100ms",
     "--metrics-addr",
     "127.0.0.1:0",
 ];

@@ -240,6 +240,12 @@ pub(crate) fn config(
     if !extra.contains(&"--database-url") {
         args.extend(["--database-url", &database]);
     }
+    // Tests that rewrite TLS files reload when they say, unless they test
+    // the watch (tests/it/rotation.rs): a reload of its own, seconds into
+    // a slow run, would add a connection they count.
+    if !extra.contains(&"--tls-watch-interval") {
+        args.extend(["--tls-watch-interval", "0s"]);
+    }
     args.extend_from_slice(extra);
     Ok(catalog::Config::try_parse_from(args)?)
 }

@@ -26,6 +26,11 @@ use tokio::sync::Notify;
 /// How long a change must hold still before it is reloaded.
 pub(super) const SETTLE: Duration = Duration::from_millis(500);
 
+/// Files that keep changing for this many [`SETTLE`]s (10 s) are reloaded
+/// as they are, so that a writer that never stops cannot hold a rotation
+/// back unseen.
+const MOST_SETTLES: u32 = 20;
+
 /// What a file looks like from outside: enough to tell that it was
 /// replaced (device, inode), rewritten (length, modification and change
 /// times) or removed. The change time moves on every write, even one that
@@ -95,14 +100,23 @@ pub(super) async fn on_change(files: Vec<PathBuf>, interval: Duration, asked: &N
         if now == reloaded {
             continue;
         }
-        // Changing: wait until it stops.
+        // Changing: wait until it stops, or has not for MOST_SETTLES.
+        let mut settles = 0;
         loop {
-            tokio::time::sleep(SETTLE.min(interval)).await;
+            tokio::time::sleep(SETTLE).await;
             let again = look_at_all(&files).await;
             if again == now {
                 break;
             }
             now = again;
+            settles += 1;
+            if settles == MOST_SETTLES {
+                tracing::warn!(
+                    held_still_for = ?SETTLE,
+                    "TLS files keep changing; reloading them as they are now"
+                );
+                break;
+            }
         }
         let changed: Vec<String> = files
             .iter()
@@ -149,7 +163,7 @@ mod tests {
         let asked = Arc::new(Notify::new());
         let watcher = tokio::spawn({
             let asked = Arc::clone(&asked);
-            async move { on_change(files, Duration::from_millis(20), &asked).await }
+            async move { on_change(files, Duration::from_millis(100), &asked).await }
         });
         // Nothing changed: no reload, however long it looks.
         assert!(!notified(&asked, Duration::from_millis(300)).await);
