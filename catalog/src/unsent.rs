@@ -30,9 +30,9 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -62,6 +62,9 @@ pub struct Unsent {
     dropped: IntCounter,
     /// Bytes of pieces handed to hyper and not yet dropped by it.
     in_pieces: AtomicUsize,
+    /// Bodies waiting for pieces to drain below the budget.
+    waiters: Mutex<Vec<Waker>>,
+    has_waiters: AtomicBool,
     quiet: Quiet,
 }
 
@@ -99,6 +102,8 @@ impl Unsent {
             held_gauge: held,
             dropped,
             in_pieces: AtomicUsize::new(0),
+            waiters: Mutex::new(Vec::new()),
+            has_waiters: AtomicBool::new(false),
             quiet: Quiet::default(),
         }
     }
@@ -111,6 +116,36 @@ impl Unsent {
             bytes: bytes.to_vec(),
             unsent: Arc::clone(self),
         })
+    }
+
+    /// Whether the pieces hyper holds are over the whole budget: a client
+    /// with a huge window that never reads its socket lets h2 take piece
+    /// after piece into its send buffer (64 KiB a stream), past the
+    /// budget of what is not yet handed over (430 MiB for 300 connections).
+    /// Then `waker` is woken when they drain below it.
+    fn over_budget(&self, waker: &Waker) -> bool {
+        if self.in_pieces.load(Ordering::Acquire) <= self.limit {
+            return false;
+        }
+        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        waiters.push(waker.clone());
+        self.has_waiters.store(true, Ordering::Release);
+        drop(waiters);
+        // Checked again once registered, so that a drain in between is
+        // not missed.
+        self.in_pieces.load(Ordering::Acquire) > self.limit
+    }
+
+    /// Wakes the bodies waiting for pieces to drain.
+    fn wake_waiters(&self) {
+        let waiters = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            self.has_waiters.store(false, Ordering::Release);
+            std::mem::take(&mut *waiters)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
     }
 
     /// How many bytes the next piece of an answer may take.
@@ -216,9 +251,13 @@ impl AsRef<[u8]> for Piece {
 
 impl Drop for Piece {
     fn drop(&mut self) {
-        self.unsent
+        let unsent = &self.unsent;
+        let before = unsent
             .in_pieces
-            .fetch_sub(self.bytes.len(), Ordering::Relaxed);
+            .fetch_sub(self.bytes.len(), Ordering::AcqRel);
+        if unsent.has_waiters.load(Ordering::Acquire) && before - self.bytes.len() <= unsent.limit {
+            unsent.wake_waiters();
+        }
     }
 }
 
@@ -244,12 +283,18 @@ impl hyper::body::Body for Counted {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Dropped>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
         let first = self.remaining == self.slot.size;
+        // The first piece always (512 bytes a stream, bounded by the
+        // stream limits); later ones only while hyper holds less than the
+        // budget.
+        if !first && self.unsent.over_budget(cx.waker()) {
+            return Poll::Pending;
+        }
         let len = self.unsent.piece_len(first);
         let piece = {
             let mut rest = self
@@ -381,9 +426,14 @@ mod tests {
         drop((first, kept));
         assert_eq!(unsent.in_pieces.load(Ordering::Relaxed), 0);
         // One larger than the whole budget is still sent, alone.
-        let huge = unsent.body(answer(4, 150_000));
-        let bytes = huge.collect().await.map(|c| c.to_bytes().len());
-        assert_eq!(bytes.ok(), Some(150_000));
+        // (Each piece dropped once counted, as hyper drops it once written:
+        // held, they would be over the budget and wait for each other.)
+        let mut huge = unsent.body(answer(4, 150_000));
+        let mut bytes = 0;
+        while let Some(Ok(frame)) = huge.frame().await {
+            bytes += frame.into_data().map(|d| d.len()).unwrap_or_default();
+        }
+        assert_eq!(bytes, 150_000);
         assert_eq!(unsent.held_gauge.get(), 0);
     }
 
@@ -406,5 +456,35 @@ mod tests {
             rest += frame.into_data().map(|d| d.len()).unwrap_or_default();
         }
         assert_eq!(rest, 40_000 - FIRST_PIECE - PIECE);
+    }
+
+    #[tokio::test]
+    async fn no_more_pieces_are_handed_over_while_hyper_holds_the_budget() {
+        let unsent = budget(100_000);
+        // Pieces taken and held, as h2 holds them for a client that never
+        // reads its socket: past the whole budget.
+        let mut held_answer = unsent.body(answer(1, 200_000));
+        let mut held = Vec::new();
+        while unsent.in_pieces.load(Ordering::Relaxed) <= 100_000 {
+            let frame = held_answer.frame().await.and_then(Result::ok);
+            held.push(frame.and_then(|f| f.into_data().ok()).unwrap_or_default());
+        }
+        // Another answer gets its first piece, then waits.
+        let mut waiting = unsent.body(answer(2, 40_000));
+        assert!(matches!(waiting.frame().await, Some(Ok(_))));
+        let next =
+            tokio::time::timeout(std::time::Duration::from_millis(50), waiting.frame()).await;
+        assert!(next.is_err(), "a piece was handed over past the budget");
+        // Once the held pieces drain, it goes on to the end.
+        let rest = tokio::spawn(async move {
+            let mut bytes = 0;
+            while let Some(Ok(frame)) = waiting.frame().await {
+                bytes += frame.into_data().map(|d| d.len()).unwrap_or_default();
+            }
+            bytes
+        });
+        drop(held);
+        let bytes = tokio::time::timeout(std::time::Duration::from_secs(10), rest).await;
+        assert_eq!(bytes.ok().and_then(Result::ok), Some(40_000 - FIRST_PIECE));
     }
 }
