@@ -25,10 +25,12 @@ const H2_STREAM_WINDOW: u32 = 64 * 1024;
 /// The same for all of a connection's requests together.
 const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
-/// The most of one answer buffered for sending while the client's window
-/// is closed; a product list is under a kilobyte. hyper's default is
-/// about 400 KiB.
-const H2_SEND_BUFFER: usize = 64 * 1024;
+/// The most of one answer h2 buffers for sending, beyond what the socket
+/// has taken: one piece of a large answer (`unsent.rs`). At 64 KiB, clients
+/// with huge windows that never read their socket let h2 hold 64 KiB a
+/// stream: 50 such connections of 32 pages took a debug build from 29 to
+/// 114 MiB, at 16 KiB to 69. hyper's default is about 400 KiB.
+const H2_SEND_BUFFER: usize = 16 * 1024;
 
 /// How often an HTTP/2 connection is pinged, to find peers that vanished
 /// without closing it.

@@ -193,21 +193,9 @@ async fn streams_cancelled_as_soon_as_they_are_taken_cannot_grow_memory() -> Set
     Ok(())
 }
 
-/// The connections of the flood of large pages: 50, or `ATTACK_CONNECTIONS`
-/// (`ATTACK_CONNECTIONS=300 cargo test --release` is the attack as found).
-fn page_flood_connections() -> usize {
-    std::env::var("ATTACK_CONNECTIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(50)
-}
-
-#[tokio::test]
-async fn large_pages_never_read_are_held_to_the_unsent_budget_and_clients_still_served()
--> SetupResult<()> {
-    let pki = Pki::generate()?;
-    // 5,000 products of about 170 bytes of JSON each: a page of 1,000 is
-    // some 170 KB.
+/// The catalog binary serving 5,000 products of about 170 bytes of JSON
+/// each (a page of 1,000 is some 170 KB), with its metrics listener.
+async fn large_page_catalog(pki: &Pki) -> SetupResult<Process> {
     let csv = pki.path("products.csv");
     let mut rows = String::from("id,slug,description,price_in_cents\n");
     for id in 1..=5000 {
@@ -225,11 +213,27 @@ async fn large_pages_never_read_are_held_to_the_unsent_budget_and_clients_still_
         .args(["--database-url", &database])
         .output()?;
     assert!(import.status.success(), "{import:?}");
-    let catalog = catalog_process(
-        &pki,
+    catalog_process(
+        pki,
         &["--database-url", &database, "--metrics-addr", "127.0.0.1:0"],
     )
-    .await?;
+    .await
+}
+
+/// The connections of the flood of large pages: 50, or `ATTACK_CONNECTIONS`
+/// (`ATTACK_CONNECTIONS=300 cargo test --release` is the attack as found).
+fn page_flood_connections() -> usize {
+    std::env::var("ATTACK_CONNECTIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50)
+}
+
+#[tokio::test]
+async fn large_pages_never_read_are_held_to_the_unsent_budget_and_clients_still_served()
+-> SetupResult<()> {
+    let pki = Pki::generate()?;
+    let catalog = large_page_catalog(&pki).await?;
     let before = catalog.peak_rss_mb()?;
 
     // Each connection opens its 32 streams for a page of 1,000 and reads
