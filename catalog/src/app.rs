@@ -56,7 +56,7 @@ impl Application {
         let open_files = common::serve::open_files::raise_open_files_limit();
         let metrics = CatalogMetrics::new();
         let client = DiscountClient::start(&config.discount(), resolver, metrics.discount.clone())?;
-        let url = &config.database_url;
+        let url = config.database_url();
         let store = crate::store::open(url).await?;
         // A SQLite file that cannot be used fails the start; PostgreSQL
         // that cannot be reached yet is tried again while the catalog
@@ -167,7 +167,7 @@ impl Application {
             discount_identity = config.discount_identity.0.as_deref().unwrap_or("(not checked)"),
             dial_per_request = discount.dial_per_request,
             ca = %common::pem::display_path(&config.discount_ca),
-            database = %config.database_url,
+            database = %config.database_url(),
             products = data.product_count(),
             client_cert = %common::pem::display_path(&config.client_cert),
             max_connections = options.max_connections,

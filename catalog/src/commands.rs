@@ -35,7 +35,7 @@ async fn execute(config: &Config, command: &Command) -> Result<(), String> {
         ),
         Command::Migrate | Command::Export { .. } => None,
     };
-    let url = &config.database_url;
+    let url = config.database_url();
     let store = store::open(url).await.map_err(|e| e.to_string())?;
     // `catalog migrate` is the command --no-migrate points to: it migrates
     // whatever the flag says.

@@ -9,7 +9,7 @@ use common::pem::PemSource;
 
 use crate::discount::{DEFAULT_PORT, DiscountSettings, Targets};
 use crate::server::ServeOptions;
-use crate::store::{DatabaseUrl, DatabaseUrlParser};
+use crate::store::{DatabaseUrl, DatabaseUrlFileParser, DatabaseUrlParser};
 use crate::tls::{ExpectedIdentity, Security};
 
 /// `catalog [PORT]`: the catalog HTTP API, a TLS gRPC client of discount.
@@ -33,7 +33,16 @@ pub struct Config {
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (for several catalog
     /// replicas; bring the data with `catalog import`). See docs/data.md.
     #[arg(long, env = "CATALOG_DATABASE_URL", default_value = "sqlite://catalog.db", value_parser = DatabaseUrlParser, global = true)]
-    pub database_url: DatabaseUrl,
+    database_url: DatabaseUrl,
+
+    /// A file holding the database URL, as `--database-url` takes it (one
+    /// line): how orchestrators hand over secrets (a Docker or Swarm
+    /// secret in `/run/secrets/`, a Kubernetes Secret mounted as a file),
+    /// so the password is in no environment or command line. Read once,
+    /// at start; wins over `--database-url` (the images set
+    /// `CATALOG_DATABASE_URL` to their embedded file).
+    #[arg(long, env = "CATALOG_DATABASE_URL_FILE", value_parser = DatabaseUrlFileParser, global = true)]
+    database_url_file: Option<DatabaseUrl>,
 
     /// Do not apply the database migrations at start, or before `catalog
     /// import` (for operators who run `catalog migrate` themselves): the
@@ -269,6 +278,14 @@ pub enum Table {
 }
 
 impl Config {
+    /// Where the data is: `--database-url-file`'s URL when given, else
+    /// `--database-url`'s.
+    pub fn database_url(&self) -> &DatabaseUrl {
+        self.database_url_file
+            .as_ref()
+            .unwrap_or(&self.database_url)
+    }
+
     /// The socket address to bind.
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.listen_addr, self.port)
@@ -422,5 +439,46 @@ mod tests {
             assert!(error.contains("invalid --database-url"), "{bad}: {error}");
             assert!(!error.contains("s3cret"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn the_database_url_can_come_from_a_file_whose_errors_name_it_not_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("database_url");
+        std::fs::write(&secret, "postgres://shop:s3cret@db:5432/catalog\n").unwrap();
+        let file = secret.to_str().unwrap();
+        let config = Config::try_parse_from(["catalog", "--database-url-file", file]).unwrap();
+        assert_eq!(
+            config.database_url().to_string(),
+            "postgres://shop@db:5432/catalog"
+        );
+        let both = [
+            "catalog",
+            "--database-url-file",
+            file,
+            "--database-url",
+            "sqlite://x.db",
+        ];
+        let both = Config::try_parse_from(both).unwrap();
+        assert_eq!(both.database_url().sqlite_path(), None, "the file wins");
+
+        let error = |contents: Option<&str>| {
+            let path = dir.path().join("other");
+            let _ = std::fs::remove_file(&path);
+            if let Some(contents) = contents {
+                std::fs::write(&path, contents).unwrap();
+            }
+            let args = ["catalog", "--database-url-file", path.to_str().unwrap()];
+            let error = Config::try_parse_from(args)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains(path.to_str().unwrap()), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+            error
+        };
+        assert!(error(None).contains("cannot read it"));
+        assert!(error(Some("\n")).contains("empty"));
+        assert!(error(Some("mysql://shop:s3cret@db/x\n")).contains("not a valid URL"));
     }
 }

@@ -91,6 +91,43 @@ impl clap::builder::TypedValueParser for DatabaseUrlParser {
     }
 }
 
+/// `--database-url-file`'s parser: reads the file when the command line is
+/// parsed, so a missing or unreadable secret stops the start with its path,
+/// and parses what it holds (trailing white space and newline removed) as
+/// [`DatabaseUrlParser`] does, never showing it.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseUrlFileParser;
+
+impl clap::builder::TypedValueParser for DatabaseUrlFileParser {
+    type Value = DatabaseUrl;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DatabaseUrl, clap::Error> {
+        let path = std::path::Path::new(value);
+        let refused = |why: String| {
+            let message = format!("--database-url-file {}: {why}\n", path.display());
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command)
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| refused(format!("cannot read it: {e}")))?;
+        let text = text.trim_end();
+        if text.is_empty() {
+            return Err(refused(
+                "the file is empty; it must hold the database URL".to_owned(),
+            ));
+        }
+        DatabaseUrl::parse(text).map_err(|why| {
+            refused(format!(
+                "not a valid URL (not shown: it may hold a password): {why}"
+            ))
+        })
+    }
+}
+
 /// `sqlite://PATH`, or `postgres://USER@HOST:PORT/DATABASE`: never the
 /// password.
 impl fmt::Display for DatabaseUrl {

@@ -23,7 +23,7 @@ use ecommerce_proto::pb::{Customer, Product};
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
-pub use database_url::{DatabaseUrl, DatabaseUrlParser};
+pub use database_url::{DatabaseUrl, DatabaseUrlFileParser, DatabaseUrlParser};
 
 /// The migrations, embedded in the binary. One set for both backends: the
 /// SQL is what SQLite and PostgreSQL both accept.
