@@ -2,7 +2,10 @@
 # The entry point of the ecommerce/postgres image (deploy/postgres/image.sh):
 # on an empty data directory, make a cluster whose superuser `postgres`
 # has the password in POSTGRES_PASSWORD_FILE (a Compose or Swarm secret);
-# then run PostgreSQL in the foreground as this (non-root) user. Only shell
+# with POSTGRES_APP_USER and POSTGRES_APP_PASSWORD_FILE, also a role of
+# that name with that password, owning a database of the same name (what
+# the catalogs log in as: not the superuser). Then run PostgreSQL in the
+# foreground as this (non-root) user. Only shell
 # built-ins and PostgreSQL's own programs: the image has nothing else.
 set -eu
 
@@ -14,12 +17,33 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     echo "postgres: the data directory $PGDATA is empty and POSTGRES_PASSWORD_FILE (${POSTGRES_PASSWORD_FILE:-unset}) names no readable file: set it to a file holding the superuser's password (a secret), so that a new cluster can be made" >&2
     exit 1
   fi
+  if [ -n "${POSTGRES_APP_USER:-}" ]; then
+    if [ -z "${POSTGRES_APP_PASSWORD_FILE:-}" ] || [ ! -r "$POSTGRES_APP_PASSWORD_FILE" ]; then
+      echo "postgres: POSTGRES_APP_USER is set and POSTGRES_APP_PASSWORD_FILE (${POSTGRES_APP_PASSWORD_FILE:-unset}) names no readable file: set it to a file holding that role's password" >&2
+      exit 1
+    fi
+    read -r app_password <"$POSTGRES_APP_PASSWORD_FILE" || true
+    # Quoted into SQL below: refuse what would need escaping.
+    case "$POSTGRES_APP_USER/$app_password" in
+      */ | *[!A-Za-z0-9_/-]* | */*/*)
+        echo "postgres: POSTGRES_APP_USER and the password in $POSTGRES_APP_PASSWORD_FILE must be non-empty and hold only letters, digits, '_' and '-'" >&2
+        exit 1 ;;
+    esac
+  fi
   echo "postgres: no cluster in $PGDATA; making one (superuser postgres, password from $POSTGRES_PASSWORD_FILE)"
   initdb --username=postgres --pwfile="$POSTGRES_PASSWORD_FILE" \
     --auth-local=trust --auth-host=scram-sha-256 \
     --encoding=UTF8 --locale=C --no-instructions >/dev/null
   # Connections from other containers, with the password only.
   echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
+  if [ -n "${POSTGRES_APP_USER:-}" ]; then
+    echo "postgres: making the role and database $POSTGRES_APP_USER (password from $POSTGRES_APP_PASSWORD_FILE)"
+    # Single-user mode: one statement a line, each in its own transaction.
+    printf '%s\n' \
+      "CREATE ROLE \"$POSTGRES_APP_USER\" LOGIN PASSWORD '$app_password';" \
+      "CREATE DATABASE \"$POSTGRES_APP_USER\" OWNER \"$POSTGRES_APP_USER\";" |
+      postgres --single -D "$PGDATA" -c jit=off postgres >/dev/null
+  fi
 fi
 
 # The socket in /tmp (a tmpfs in the stacks): the root file system is

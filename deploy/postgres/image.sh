@@ -7,15 +7,12 @@
 #   deploy/postgres/image.sh --check  also start it on a new volume, wait
 #                                     for its health check, and connect
 #
-# The image is FROM scratch and holds exactly what PostgreSQL needs at the
-# same paths as on the host: its programs (postgres, initdb, pg_isready),
-# its share and library directories, the shared libraries they load (found
-# with ldd, the dynamic loader included), the time zone database, dash as
-# /bin/sh for the entry point, and /etc/passwd naming the user it runs as
-# (999, not root: initdb refuses root). Why not `docker import` of a root
-# file system made with debootstrap: that needs Debian's mirror and makes
-# a 100 MB image with a package manager and a shell nobody uses; this one
-# is what runs, about 60 MB, and is made in seconds from files already here.
+# The image is FROM scratch (deploy/host-image.sh says why) and holds
+# exactly what PostgreSQL needs at the same paths as on the host: its
+# programs (postgres, initdb, pg_isready), its share and library
+# directories, the shared libraries they load, the time zone database, dash
+# as /bin/sh for the entry point, and /etc/passwd naming the user it runs as
+# (999, not root: initdb refuses root).
 #
 # The data directory is /var/lib/postgresql/data, a volume; the socket is in
 # /tmp. The health check is pg_isready over TCP.
@@ -27,7 +24,7 @@ check=no
 for arg in "$@"; do
   case "$arg" in
     --check) check=yes ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "postgres image: unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -40,42 +37,12 @@ bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true
 major=$(basename "$(dirname "$bindir")")
 libdir=/usr/lib/postgresql/$major/lib
 sharedir=/usr/share/postgresql/$major
-for tool in docker ldd; do
-  command -v "$tool" >/dev/null || { echo "postgres image: $tool is not installed" >&2; exit 1; }
-done
-docker info >/dev/null 2>&1 || {
-  echo "postgres image: cannot reach the Docker engine: $(docker info 2>&1 | tail -1)" >&2
-  exit 1
-}
-
-context=$(mktemp -d)
-trap 'rm -rf "$context"' EXIT
-root=$context/root
-
-# Debian's /bin, /lib and /lib64 are symlinks into /usr: the same in the
-# image, made first, so that files are copied to their real directories.
-mkdir -p "$root"
-for link in /bin /lib /lib64; do
-  [ -L "$link" ] && ln -s "$(readlink "$link")" "$root$link"
-done
-
-# copy PATH: the file PATH into the image at its real place, and, when
-# PATH goes through a symlink of its own (libfoo.so.1 -> libfoo.so.1.2.3),
-# that symlink too.
-copy() {
-  local dir real
-  dir=$(cd "$(dirname "$1")" && pwd -P)
-  mkdir -p "$root$dir"
-  cp -a "$dir/$(basename "$1")" "$root$dir/"
-  real=$(readlink -f "$1")
-  if [ "$real" != "$dir/$(basename "$1")" ]; then
-    mkdir -p "$root$(dirname "$real")"
-    cp -a "$real" "$root$real"
-  fi
-}
+# shellcheck source=deploy/host-image.sh
+. "$repo/deploy/host-image.sh"
+image_start postgres
 
 programs=("$bindir/postgres" "$bindir/initdb" "$bindir/pg_isready" /usr/bin/dash)
-for program in "${programs[@]}"; do copy "$program"; done
+image_copy "${programs[@]}"
 ln -s dash "$root/usr/bin/sh"
 # PostgreSQL's modules, but not its LLVM JIT (libLLVM alone is 105 MB; the
 # server runs with jit=off).
@@ -92,30 +59,22 @@ rm -rf "$root$sharedir/man"
 mkdir -p "$root/usr/share"
 cp -a /usr/share/zoneinfo "$root/usr/share/"
 
-# Every shared library the programs and the modules load, and the dynamic
-# loader they name.
+# Every shared library the programs and the modules load.
 modules=()
 for module in "$libdir"/*.so; do
   case "$(basename "$module")" in llvmjit*) ;; *) modules+=("$module") ;; esac
 done
-libraries=$( { for file in "${programs[@]}" "${modules[@]}"; do ldd "$file" 2>/dev/null; done; } |
-  awk '/=> \// { print $3 } /^\t\/.*ld-linux/ { print $1 }' | sort -u)
-for library in $libraries; do copy "$library"; done
+image_copy_libraries "${programs[@]}" "${modules[@]}"
 
-mkdir -p "$root/etc" "$root/tmp" "$root/var/lib/postgresql/data"
-printf 'root:x:0:0:root:/:/bin/sh\npostgres:x:999:999:PostgreSQL:/var/lib/postgresql:/bin/sh\n' >"$root/etc/passwd"
-printf 'root:x:0:\npostgres:x:999:\n' >"$root/etc/group"
-chmod 1777 "$root/tmp"
+mkdir -p "$root/var/lib/postgresql/data"
+image_user postgres 999
 chown -R 999:999 "$root/var/lib/postgresql"
 chmod 700 "$root/var/lib/postgresql/data"
 cp "$repo/deploy/postgres/entrypoint.sh" "$root/entrypoint.sh"
 chmod 755 "$root/entrypoint.sh"
 
 version=$("$bindir/postgres" --version | awk '{ print $3 }')
-tar -C "$root" -cf "$context/root.tar" .
-cat >"$context/Dockerfile" <<DOCKERFILE
-FROM scratch
-ADD root.tar /
+image_build "ecommerce/postgres:$major" ecommerce/postgres:latest <<DOCKERFILE
 LABEL org.opencontainers.image.title="ecommerce postgres" \\
       org.opencontainers.image.description="PostgreSQL $version from this machine's Debian package, for the ecommerce stacks" \\
       org.opencontainers.image.version="$version"
@@ -127,18 +86,12 @@ HEALTHCHECK --interval=2s --timeout=4s --start-period=30s --retries=3 CMD ["pg_i
 STOPSIGNAL SIGINT
 ENTRYPOINT ["/entrypoint.sh"]
 DOCKERFILE
-if ! docker build --quiet --tag "ecommerce/postgres:$major" --tag ecommerce/postgres:latest "$context" >"$context/build.log" 2>&1; then
-  cat "$context/build.log" >&2
-  echo "postgres image: docker build failed" >&2
-  exit 1
-fi
-size=$(docker image inspect --format '{{.Size}}' "ecommerce/postgres:$major")
-printf 'postgres image: ecommerce/postgres:%s and :latest (PostgreSQL %s), %.1f MB\n' "$major" "$version" "$(awk "BEGIN { print $size / 1000000 }")"
 
 [ "$check" = yes ] || exit 0
 
-# Started on a new volume with a password secret, healthy, running as 999;
-# over TCP the password is required and works; restarted on the same
+# Started on a new volume with a password secret and an application role,
+# healthy, running as 999; over TCP the password is required and works;
+# the role owns its database and is no superuser; restarted on the same
 # volume, the data is still there.
 name=ecommerce-postgres-check-$$
 psql=$bindir/psql
@@ -150,12 +103,17 @@ cleanup() {
 trap cleanup EXIT
 password=check-$$-$RANDOM
 printf '%s\n' "$password" >"$context/password"
-chmod 644 "$context/password"
+app_password=app$RANDOM$$
+printf '%s\n' "$app_password" >"$context/app_password"
+chmod 644 "$context/password" "$context/app_password"
 start() {
   docker rm -f "$name" >/dev/null 2>&1 || true
   docker run -d --name "$name" --read-only --tmpfs /tmp -p 127.0.0.1::5432 \
     -v "$name:/var/lib/postgresql/data" -v "$context/password:/run/secrets/password:ro" \
-    -e POSTGRES_PASSWORD_FILE=/run/secrets/password "ecommerce/postgres:$major" >/dev/null
+    -v "$context/app_password:/run/secrets/app_password:ro" \
+    -e POSTGRES_PASSWORD_FILE=/run/secrets/password \
+    -e POSTGRES_APP_USER=shop -e POSTGRES_APP_PASSWORD_FILE=/run/secrets/app_password \
+    "ecommerce/postgres:$major" >/dev/null
   local state=starting
   for _ in $(seq 1 240); do
     state=$(docker inspect --format '{{.State.Health.Status}}' "$name" 2>/dev/null || echo gone)
@@ -176,9 +134,13 @@ if PGPASSWORD=wrong "$psql" -h 127.0.0.1 -p "$port" -U postgres -Atc 'select 1' 
 fi
 PGPASSWORD=$password "$psql" -h 127.0.0.1 -p "$port" -U postgres -Atq \
   -c 'create table kept (n int)' -c 'insert into kept values (42)'
+# The application's role owns its database, and is no superuser.
+owner=$(PGPASSWORD=$app_password "$psql" -h 127.0.0.1 -p "$port" -U shop -d shop -Atc \
+  "select pg_get_userbyid(datdba) || ' ' || (select rolsuper from pg_roles where rolname = current_user) from pg_database where datname = 'shop'")
+[ "$owner" = "shop false" ] || { echo "postgres image: the role shop should own the database shop and not be a superuser (got '$owner')" >&2; exit 1; }
 docker stop "$name" >/dev/null
 start
 port=$(docker port "$name" 5432/tcp | head -1 | sed 's/.*://')
 kept=$(PGPASSWORD=$password "$psql" -h 127.0.0.1 -p "$port" -U postgres -Atc 'select n from kept')
 [ "$kept" = 42 ] || { echo "postgres image: the data did not survive a restart (got '$kept')" >&2; exit 1; }
-echo "postgres image: check passed (healthy on a new volume as uid 999, password required, data kept across a restart)"
+echo "postgres image: check passed (healthy on a new volume as uid 999, password required, the application's role owns its database, data kept across a restart)"
