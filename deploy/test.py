@@ -7,94 +7,50 @@ Brings deploy/compose.yaml up under a throw-away project name with keys made
 for the run, through deploy/up.sh (docs/deploy.md's quick start), then checks
 the golden bodies, that calls spread over the three discount replicas, and
 what a steady load sees while one replica is killed, frozen, cut off the
-network, and while all three are restarted one by one; then the catalog's
-own restart. Prints each figure, ends with "N passed, M failed", and always
-takes the stack down (`down -v`), checking that nothing is left behind.
+network, and while all three are restarted one by one; then a catalog's
+restart and its kill, PostgreSQL's restart, and an import through one
+catalog that both must serve within 1 s. Prints each figure, ends with "N
+passed, M failed", and always takes the stack down (`down -v`), checking
+that nothing is left behind.
 
-Traffic goes only to the catalog's port, published on 127.0.0.1; every
-wait and the load itself are bounded in time.
+Traffic goes to HAProxy's port, published on 127.0.0.1, and to the
+catalogs' own addresses on the stack's network (to read each one's
+/readyz); every wait and the load itself are bounded in time.
 """
 
-import http.client
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(DEPLOY))
 from checks import Checks  # noqa: E402
+from stacks import GOLDEN, PRODUCTS, Load, free_port, get, run, short, summary  # noqa: E402
 
-PRODUCTS = [
-    (1, "iphone-x", "64GB, black and iOS 12", 99999, 89999),
-    (2, "notebook-avell-g1511", "Notebook Gamer Intel Core i7", 150000, 135000),
-    (3, "playstation-4-slim", "1TB Console", 32999, 29699),
-]
-
-
-def golden(discount):
-    """The seed's Go catalog's body, byte for byte: `discount(value)` is the
-    discount_value member for a product, or None for none."""
-    items = []
-    for pid, slug, description, price, value in PRODUCTS:
-        item = (f'{{"id":{pid},"slug":"{slug}","description":"{description}",'
-                f'"price_in_cents":{price}')
-        member = discount(value)
-        items.append(item + (f',"discount_value":{member}' if member is not None else "") + "}")
-    return "[" + ",".join(items) + "]\n"
-
-
-GOLDEN = {
-    "1": (golden(lambda v: f'{{"pct":0.1,"value_in_cents":{v}}}'), "applied"),
-    "2": (golden(lambda v: "{}"), "applied"),
-    "3": (golden(lambda v: None), None),
-    None: (golden(lambda v: None), None),
-}
-
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(*command, check=True, **kwargs):
-    return subprocess.run(command, check=check, capture_output=True, text=True, timeout=120, **kwargs)
-
-
-def get(port, path, user=None, timeout=5):
-    """(status, X-Discount-Status, body) of one GET on a new connection."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path, headers={"X-USER-ID": user} if user is not None else {})
-        response = connection.getresponse()
-        return response.status, response.getheader("X-Discount-Status"), response.read().decode()
-    finally:
-        connection.close()
-
+# The product `more.csv` adds, imported through one catalog.
+NEW_PRODUCT = 4
 
 class Stack:
     """One Compose project: its name, ports and containers."""
 
-    def __init__(self, keys):
+    def __init__(self, keys, data):
         self.project = os.environ.get("ECOMMERCE_TEST_PROJECT", f"ecomtest{os.getpid()}")
         self.port = free_port()
-        self.metrics_port = free_port()
+        self.data = data
         self.env = dict(
             os.environ,
             COMPOSE_PROJECT_NAME=self.project,
             ECOMMERCE_KEYS=keys,
+            ECOMMERCE_DATA=data,
             CATALOG_HOST_PORT=f"127.0.0.1:{self.port}",
-            CATALOG_METRICS_HOST_PORT=f"127.0.0.1:{self.metrics_port}",
         )
 
     def up(self):
@@ -118,20 +74,27 @@ class Stack:
         return run("docker", "inspect", "--format",
                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container).stdout.strip()
 
-    def readyz(self):
+    def readyz(self, catalog):
+        """(status, body) of `catalog`'s own /readyz, asked at its address
+        on the stack's network rather than through HAProxy, which would
+        answer with either catalog's."""
         try:
-            status, _, body = get(self.port, "/readyz", timeout=2)
+            status, _, body = get(11080, "/readyz", timeout=2, host=self.ip(catalog))
             return status, body
         except OSError as error:
             return None, str(error)
 
     def replica_states(self):
-        """{ip: state} as the catalog's /readyz lists them."""
-        _, body = self.readyz()
+        """{ip: state} of each discount replica: "serving" while any
+        catalog's /readyz lists it so."""
         states = {}
-        for line in body.splitlines()[1:]:
-            address, _, state = line.partition(" ")
-            states[address.rsplit(":", 1)[0]] = state
+        for catalog in self.containers("catalog"):
+            _, body = self.readyz(catalog)
+            for line in body.splitlines()[1:]:
+                address, _, state = line.partition(" ")
+                ip = address.rsplit(":", 1)[0]
+                if states.get(ip) != "serving":
+                    states[ip] = state
         return states
 
     def wait(self, what, condition, timeout):
@@ -141,74 +104,31 @@ class Stack:
             if condition():
                 return time.monotonic() - started
             time.sleep(0.05)
-        print(f"  (gave up waiting {timeout:.0f} s for {what}; /readyz: {self.readyz()})", flush=True)
+        views = {c: self.readyz(c) for c in self.containers("catalog")}
+        print(f"  (gave up waiting {timeout:.0f} s for {what}; /readyz: {views})", flush=True)
         return None
 
     def all_serving(self, count=3):
-        status, body = self.readyz()
-        return status == 200 and body.startswith(f"ready: {count} of {count} ")
+        """Every catalog sees `count` discount replicas, all serving."""
+        for catalog in self.containers("catalog"):
+            status, body = self.readyz(catalog)
+            if status != 200 or not body.startswith(f"ready: {count} of {count} "):
+                return False
+        return True
+
+    def products(self, catalog):
+        """The product ids `catalog` lists (none when it does not answer)."""
+        try:
+            status, _, body = get(11080, "/products", timeout=2, host=self.ip(catalog))
+        except OSError:
+            return set()
+        return {product["id"] for product in json.loads(body)} if status == 200 else set()
 
     def calls_answered(self, container):
         """ApplyDiscounts calls the replica logged (one INFO line per call)."""
         logs = run("docker", "logs", container)
         return sum(1 for line in (logs.stdout + logs.stderr).splitlines()
                    if "call answered" in line and "ApplyDiscounts" in line)
-
-
-class Load:
-    """Steady traffic: `workers` keep-alive clients, each asking for customer
-    1's listing every few milliseconds; every answer is kept with the time
-    its request was sent."""
-
-    def __init__(self, port, workers=4, pause=0.004):
-        self.port, self.pause = port, pause
-        self.results = []  # (sent, status or None, X-Discount-Status)
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.worker, daemon=True) for _ in range(workers)]
-
-    def worker(self):
-        connection = None
-        while not self.stop.is_set():
-            sent = time.monotonic()
-            try:
-                if connection is None:
-                    connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                connection.request("GET", "/products", headers={"X-USER-ID": "1"})
-                response = connection.getresponse()
-                response.read()
-                outcome = (sent, response.status, response.getheader("X-Discount-Status"))
-                if response.getheader("Connection", "").lower() == "close":
-                    connection.close()
-                    connection = None
-            except (OSError, http.client.HTTPException):
-                outcome = (sent, None, None)
-                if connection is not None:
-                    connection.close()
-                connection = None
-            with self.lock:
-                self.results.append(outcome)
-            time.sleep(self.pause)
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=10)
-
-    def since(self, start, end=None):
-        with self.lock:
-            return [r for r in self.results if r[0] >= start and (end is None or r[0] < end)]
-
-
-def summary(results):
-    failed = sum(1 for _, status, _ in results if status != 200)
-    not_applied = sum(1 for _, status, xds in results if status == 200 and xds != "applied")
-    return len(results), failed, not_applied
 
 
 def fault(checks, stack, load, name, victim, act, undo, settle=4.0):
@@ -250,12 +170,22 @@ def main():
     keys = tempfile.mkdtemp(prefix="ecommerce-keys-")
     owner = ["--owner", "65532:65532"] if os.geteuid() == 0 else []
     run(str(REPO / "scripts" / "gen-keys.sh"), "--dir", keys, "--dns", "discount", *owner)
-    stack = Stack(keys)
+    # The seed's files, and one more product to import through a catalog;
+    # readable by the containers' user.
+    data = tempfile.mkdtemp(prefix="ecommerce-data-")
+    for name in ("products.csv", "customers.csv"):
+        shutil.copy(DEPLOY / "data" / name, data)
+    Path(data, "more.csv").write_text(f"id,slug,description,price_in_cents\n{NEW_PRODUCT},nintendo-switch,Console,29999\n")
+    for path in [data, *Path(data).iterdir()]:
+        os.chmod(path, 0o755 if Path(path).is_dir() else 0o644)
+    stack = Stack(keys, data)
     try:
         exercise(checks, stack)
+        database(checks, stack)
     finally:
         leftovers(checks, stack)
         shutil.rmtree(keys, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
     return checks.finish()
 
 
@@ -333,6 +263,75 @@ def exercise(checks, stack):
     checks.check("the restarted catalog answers the golden body",
                  get(stack.port, "/products", "1") == (200, *GOLDEN["1"][::-1]))
 
+
+
+def database(checks, stack):
+    """The two catalogs and their database: one catalog killed, PostgreSQL
+    restarted, both under load; then an import through one catalog."""
+    with Load(stack.port) as load:
+        time.sleep(1)
+        catalog_killed(checks, stack, load)
+        postgres_restarted(checks, stack, load)
+    imported_through_one(checks, stack)
+
+
+def catalog_killed(checks, stack, load):
+    """SIGKILL to one catalog: HAProxy's connections inside it are cut, so
+    at most the requests in flight there (one per load worker) may fail;
+    HAProxy sends a GET met by a refused or cut connection to the other."""
+    victim = stack.containers("catalog")[0]
+    started = time.monotonic()
+    run("docker", "kill", victim)
+    # Load on the one left, until HAProxy's health check has taken the
+    # killed one out (two missed checks, a second apart) and a little more.
+    time.sleep(4)
+    ended = time.monotonic()
+    run("docker", "start", victim)
+    back = stack.wait("the killed catalog serving again", stack.all_serving, 60)
+    total, failed, not_applied = summary(load.since(started, ended))
+    in_flight = len(load.threads)
+    print(f"  one catalog killed: {total} requests in {ended - started:.1f} s, {failed} failed, "
+          f"{not_applied} not applied; back {'never' if back is None else f'{back:.1f} s'} after docker start",
+          flush=True)
+    checks.check("catalog killed: only requests inside it may fail",
+                 failed <= in_flight and total > 0, f"{failed} failed, at most {in_flight} were in flight")
+    checks.check("catalog killed: it serves again once started", back is not None)
+
+
+def postgres_restarted(checks, stack, load):
+    """The catalogs serve from memory while PostgreSQL is away: no request
+    fails and no answer lacks a product."""
+    postgres = stack.containers("postgres")[0]
+    healthy = lambda: run("docker", "inspect", "--format", "{{.State.Health.Status}}",  # noqa: E731
+                          postgres, check=False).stdout.strip() == "healthy"
+    started = time.monotonic()
+    run("docker", "restart", "-t", "30", postgres)
+    back = stack.wait("PostgreSQL healthy again", healthy, 60)
+    ended = time.monotonic()
+    results = load.since(started, ended)
+    total, failed, not_applied = summary(results)
+    lost = short(results, len(PRODUCTS))
+    print(f"  PostgreSQL restarted: {total} requests in {ended - started:.1f} s, {failed} failed, "
+          f"{lost} short of a product, {not_applied} not applied", flush=True)
+    checks.check("PostgreSQL restarted: it is healthy again", back is not None)
+    checks.check("PostgreSQL restarted: no request failed", failed == 0 and total > 0, f"{failed} of {total}")
+    checks.check("PostgreSQL restarted: no product lost", lost == 0, f"{lost} answers short")
+
+
+def imported_through_one(checks, stack):
+    """`catalog import` in one catalog's container: both list the new
+    product within 1 s of its end (NOTIFY; the 500 ms check is the
+    backstop), PostgreSQL's restart just before included."""
+    one, other = stack.containers("catalog")[:2]
+    run("docker", "exec", one, "/catalog", "import", "products", "/import/more.csv")
+    done = time.monotonic()
+    both = lambda: all(NEW_PRODUCT in stack.products(c) for c in (one, other))  # noqa: E731
+    took = stack.wait("both catalogs to list the imported product", both, 10)
+    took = None if took is None else time.monotonic() - done
+    print(f"  an import through {one}: listed by both catalogs "
+          f"{'never' if took is None else f'{took * 1000:.0f} ms'} after it ended", flush=True)
+    checks.check("an import through one catalog is served by both within 1 s",
+                 took is not None and took <= 1.0, "never" if took is None else f"{took:.2f} s")
 
 
 def leftovers(checks, stack):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The Compose test, run by .ci/run: builds the images (scripts/images.sh),
+# The Compose test, run by .ci/run: builds the images (scripts/images.sh,
+# and PostgreSQL's and HAProxy's from this machine's packages),
 # then runs deploy/test.py against deploy/compose.yaml under a throw-away
 # project name. Whatever happens, removes every container, network and
 # volume of that project before it exits.
@@ -17,4 +18,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$repo/scripts/images.sh" --check
+# Built each time: an image left by an earlier run may predate this checkout.
+"$deploy/postgres/image.sh"
+"$deploy/haproxy/image.sh"
 python3 "$deploy/test.py"

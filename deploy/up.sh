@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Starts the Compose stack (deploy/compose.yaml) from the images that
-# scripts/images.sh built: makes TLS material in deploy/keys if there is
-# none, brings the stack up, waits until the catalog sees every discount
+# scripts/images.sh built (and builds the PostgreSQL and HAProxy images
+# from this machine's packages when missing): makes TLS material and the
+# database's passwords in deploy/keys if there are none, brings the stack
+# up, imports the seed's products and customers (deploy/data/) into a
+# database that has none, waits until the catalogs see every discount
 # replica serving, and prints the request to try.
 #
-#   deploy/up.sh                              three discount replicas
+#   deploy/up.sh                              three discount replicas, two catalogs
 #   deploy/up.sh --scale discount=5           any `up` option is passed on (run
 #                                             again without it: back to 3)
-#   deploy/up.sh down                         stop and remove everything
+#   deploy/up.sh down                         stop and remove everything, the
+#                                             database's volume included
 #
 # The project is COMPOSE_PROJECT_NAME (default: ecommerce); the keys are in
 # ECOMMERCE_KEYS (default: deploy/keys); the catalog is published on
-# CATALOG_HOST_PORT (default 11080). Uses `docker compose` when it exists,
+# CATALOG_HOST_PORT (default 11080); the files the catalogs can import
+# from are in ECOMMERCE_DATA (default: deploy/data). Uses `docker compose` when it exists,
 # else Debian's `docker-compose`.
 set -euo pipefail
 if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
@@ -26,6 +31,8 @@ export ECOMMERCE_KEYS=${ECOMMERCE_KEYS:-$deploy/keys}
 # Absolute: Compose reads relative paths from deploy/, not from here.
 mkdir -p "$ECOMMERCE_KEYS"
 ECOMMERCE_KEYS=$(cd "$ECOMMERCE_KEYS" && pwd)
+export ECOMMERCE_DATA=${ECOMMERCE_DATA:-$deploy/data}
+ECOMMERCE_DATA=$(cd "$ECOMMERCE_DATA" && pwd)
 
 if docker compose version >/dev/null 2>&1; then
   compose=(docker compose)
@@ -47,31 +54,38 @@ for image in ecommerce/catalog ecommerce/discount; do
     exit 1
   }
 done
+docker image inspect "ecommerce/postgres:${POSTGRES_VERSION:-15}" >/dev/null 2>&1 ||
+  "$deploy/postgres/image.sh"
+docker image inspect ecommerce/haproxy:latest >/dev/null 2>&1 || "$deploy/haproxy/image.sh"
 
-# The containers run as 65532 and read their keys, which are readable by
-# their owner only. As root the keys are given to 65532; otherwise the
-# containers run as the user running this script, who owns the keys.
-if [ "$(id -u)" = 0 ]; then
-  owner=(--owner 65532:65532)
-else
-  owner=()
-  export ECOMMERCE_USER=${ECOMMERCE_USER:-$(id -u):$(id -g)}
-fi
-# The catalog's /data (its embedded database) belongs to that user.
-user=${ECOMMERCE_USER:-65532:65532}
-export ECOMMERCE_UID=${user%%:*} ECOMMERCE_GID=${user##*:}
-if [ ! -e "$ECOMMERCE_KEYS/cert.pem" ]; then
-  echo "up: no keys in $ECOMMERCE_KEYS, making development keys valid for the name discount"
-  "$repo/scripts/gen-keys.sh" --dir "$ECOMMERCE_KEYS" --dns discount "${owner[@]}"
-elif ! openssl x509 -in "$ECOMMERCE_KEYS/cert.pem" -noout -ext subjectAltName 2>/dev/null | grep -Eq 'DNS:discount(,|$)'; then
-  echo "up: $ECOMMERCE_KEYS/cert.pem is not valid for the name discount, which the catalog dials;" >&2
-  echo "up: make new keys: scripts/gen-keys.sh --dir $ECOMMERCE_KEYS --force --dns discount ${owner[*]}" >&2
+# shellcheck source=deploy/secrets.sh
+. "$deploy/secrets.sh"
+
+# A port taken on the host fails `up` half way, with a container left in
+# Created: said plainly, and what was started is stopped (the data stays).
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! "${compose[@]}" up -d "$@" 2>&1 | tee "$log"; then
+  if grep -Eq 'port is already allocated|address already in use' "$log"; then
+    echo "up: port ${CATALOG_HOST_PORT:-11080} on this host is taken by another program; set CATALOG_HOST_PORT to a free one (CATALOG_HOST_PORT=18080 deploy/up.sh)" >&2
+  fi
+  echo "up: the stack did not start; stopping what did (the database's volume is kept; deploy/up.sh down removes it)" >&2
+  "${compose[@]}" down --remove-orphans >/dev/null 2>&1 || true
   exit 1
-elif [ "$(id -u)" = 0 ]; then
-  (cd "$ECOMMERCE_KEYS" && chown 65532:65532 ca.pem cert.pem private.key client.pem client.key)
 fi
 
-"${compose[@]}" up -d "$@"
+# The seed's data into a database that has none: a new volume answers the
+# seed's bodies, and data imported since is never overwritten.
+run_catalog=("${compose[@]}" run --rm --no-deps -T migrate)
+products=$("${run_catalog[@]}" export products) || {
+  echo "up: could not read the products in the database (the error is above); the stack is up: deploy/up.sh down stops it" >&2
+  exit 1
+}
+if [ "$(printf '%s' "$products" | tr -d '[:space:]')" = "[]" ]; then
+  echo "up: the database has no products; importing the seed's from $ECOMMERCE_DATA"
+  "${run_catalog[@]}" import products /import/products.csv
+  "${run_catalog[@]}" import customers /import/customers.csv
+fi
 
 # CATALOG_HOST_PORT is PORT, IP:PORT or [IPv6]:PORT; a port alone is
 # published on every address, loopback included.

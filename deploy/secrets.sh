@@ -1,0 +1,53 @@
+# shellcheck shell=bash
+# Sourced by deploy/up.sh (Compose) and deploy/swarm/up.sh (Swarm): makes,
+# once, what the stacks hand their services as secrets, in ECOMMERCE_KEYS:
+# the TLS material (scripts/gen-keys.sh, valid for the name discount) and
+# the database's passwords and URL; and makes each readable by the user
+# its container runs as. Needs `repo` and `ECOMMERCE_KEYS` set; sets `user`
+# (the services' uid:gid).
+
+# The containers run as 65532 and read their keys, which are readable by
+# their owner only. As root the keys are given to 65532; otherwise the
+# containers run as the user running this script, who owns the keys.
+if [ "$(id -u)" = 0 ]; then
+  owner=(--owner 65532:65532)
+else
+  owner=()
+  export ECOMMERCE_USER=${ECOMMERCE_USER:-$(id -u):$(id -g)}
+fi
+# The catalog's /data (its embedded database) belongs to that user.
+user=${ECOMMERCE_USER:-65532:65532}
+export ECOMMERCE_UID=${user%%:*} ECOMMERCE_GID=${user##*:}
+if [ ! -e "$ECOMMERCE_KEYS/cert.pem" ]; then
+  echo "$(basename "$0"): no keys in $ECOMMERCE_KEYS, making development keys valid for the name discount"
+  "$repo/scripts/gen-keys.sh" --dir "$ECOMMERCE_KEYS" --dns discount "${owner[@]}"
+elif ! openssl x509 -in "$ECOMMERCE_KEYS/cert.pem" -noout -ext subjectAltName 2>/dev/null | grep -Eq 'DNS:discount(,|$)'; then
+  echo "$(basename "$0"): $ECOMMERCE_KEYS/cert.pem is not valid for the name discount, which the catalog dials;" >&2
+  echo "$(basename "$0"): make new keys: scripts/gen-keys.sh --dir $ECOMMERCE_KEYS --force --dns discount ${owner[*]}" >&2
+  exit 1
+elif [ "$(id -u)" = 0 ]; then
+  (cd "$ECOMMERCE_KEYS" && chown 65532:65532 ca.pem cert.pem private.key client.pem client.key)
+fi
+
+# The database's passwords (made once, like the keys): the superuser's,
+# and the catalogs' role's, which their database URL holds. PostgreSQL
+# runs as 999 and reads the two passwords; the catalogs read the URL.
+secret() {
+  local file=$ECOMMERCE_KEYS/$1 owner=$2
+  if [ "$(id -u)" = 0 ]; then
+    chown "$owner" "$file" && chmod 600 "$file"
+  else
+    # Readable by the containers' users, who are not this one.
+    chmod 644 "$file"
+  fi
+}
+if [ ! -s "$ECOMMERCE_KEYS/database_url" ]; then
+  (umask 077
+   openssl rand -hex 24 >"$ECOMMERCE_KEYS/postgres_password"
+   openssl rand -hex 24 >"$ECOMMERCE_KEYS/catalog_password"
+   printf 'postgres://catalog:%s@postgres:5432/catalog\n' "$(cat "$ECOMMERCE_KEYS/catalog_password")" \
+     >"$ECOMMERCE_KEYS/database_url")
+fi
+secret postgres_password 999:999
+secret catalog_password 999:999
+secret database_url "$user"
