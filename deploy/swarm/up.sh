@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Deploys the system as a Docker Swarm stack (deploy/swarm/stack.yaml) from
+# the images scripts/images.sh built (and the PostgreSQL image, built from
+# this machine's package when missing): makes TLS material and the
+# database's passwords in deploy/keys if there are none (as deploy/up.sh),
+# deploys, imports the seed's products and customers (deploy/data/) into a
+# database that has none, and waits until the catalog sees every discount
+# replica serving.
+#
+#   docker swarm init --advertise-addr 127.0.0.1    once, if this engine is in no swarm
+#   deploy/swarm/up.sh                              deploy (again: an update)
+#   deploy/swarm/up.sh down                         remove the stack, its secrets,
+#                                                   networks and database volume
+#
+# The stack is STACK (default: ecommerce); the catalog is published on
+# CATALOG_HOST_PORT (default 11080) of every node, through Swarm's ingress;
+# the keys are in ECOMMERCE_KEYS (default: deploy/keys); the files to
+# import from in ECOMMERCE_DATA (default: deploy/data). Images are used as
+# they are on each node (--resolve-image never): with several nodes, load
+# them on each, or push them to a registry and drop that flag.
+set -euo pipefail
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
+  awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+  exit 0
+fi
+
+swarm=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+deploy=$(dirname "$swarm")
+repo=$(dirname "$deploy")
+STACK=${STACK:-ecommerce}
+export CATALOG_HOST_PORT=${CATALOG_HOST_PORT:-11080}
+export ECOMMERCE_KEYS=${ECOMMERCE_KEYS:-$deploy/keys}
+mkdir -p "$ECOMMERCE_KEYS"
+ECOMMERCE_KEYS=$(cd "$ECOMMERCE_KEYS" && pwd)
+ECOMMERCE_DATA=$(cd "${ECOMMERCE_DATA:-$deploy/data}" && pwd)
+
+state=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unreachable)
+if [ "$state" != active ]; then
+  echo "swarm: this Docker engine is not in a swarm (state: $state); make a one-node one with" >&2
+  echo "swarm:   docker swarm init --advertise-addr 127.0.0.1" >&2
+  exit 1
+fi
+
+# Whatever belongs to the stack: its tasks' containers, networks, secrets.
+owned() { docker "$1" ls -q --filter "label=com.docker.stack.namespace=$STACK" "${@:2}"; }
+
+if [ "${1:-}" = down ]; then
+  docker stack rm "$STACK" >/dev/null 2>&1 || true
+  # `stack rm` returns before its containers and networks are gone, and a
+  # volume in use cannot be removed.
+  for _ in $(seq 1 120); do
+    [ -z "$(owned container -a)$(owned network)" ] && break
+    sleep 0.5
+  done
+  [ -z "$(owned container -a)$(owned network)" ] || {
+    echo "swarm: the stack's containers or networks are still there after 60 s:" >&2
+    docker ps -a --filter "label=com.docker.stack.namespace=$STACK" >&2
+    exit 1
+  }
+  volumes=$(owned volume)
+  [ -z "$volumes" ] || docker volume rm $volumes >/dev/null
+  echo "swarm: stack $STACK removed, with its secrets, networks and volumes"
+  exit 0
+fi
+
+for image in ecommerce/catalog ecommerce/discount; do
+  docker image inspect "$image:${ECOMMERCE_VERSION:-latest}" >/dev/null 2>&1 || {
+    echo "swarm: no image $image:${ECOMMERCE_VERSION:-latest}; build it first: scripts/images.sh" >&2
+    exit 1
+  }
+done
+docker image inspect "ecommerce/postgres:${POSTGRES_VERSION:-15}" >/dev/null 2>&1 ||
+  "$deploy/postgres/image.sh"
+
+# shellcheck source=deploy/secrets.sh
+. "$deploy/secrets.sh"
+
+docker stack deploy --resolve-image never -c "$swarm/stack.yaml" "$STACK"
+
+url="http://127.0.0.1:$CATALOG_HOST_PORT"
+wait_for() {
+  local what=$1 condition=$2
+  for _ in $(seq 1 240); do
+    if eval "$condition"; then return 0; fi
+    sleep 0.5
+  done
+  echo "swarm: $what did not happen within 120 s; the services:" >&2
+  docker stack ps --no-trunc "$STACK" >&2 || true
+  exit 1
+}
+echo "swarm: waiting for the catalog to answer on $url"
+wait_for "the catalog answering" 'curl -sf --max-time 2 "$url/healthz" >/dev/null'
+
+# The seed's data into a database that has none, by a one-off catalog on
+# the stack's network with the database URL the catalogs have.
+catalog() {
+  docker run --rm --network "${STACK}_default" --user "$user" --read-only \
+    -v "$ECOMMERCE_KEYS/database_url:/run/secrets/database_url:ro" \
+    -v "$ECOMMERCE_DATA:/import:ro" -e CATALOG_DATABASE_URL_FILE=/run/secrets/database_url \
+    "ecommerce/catalog:${ECOMMERCE_VERSION:-latest}" "$@"
+}
+products=$(catalog export products) || {
+  echo "swarm: could not read the products in the database (the error is above)" >&2
+  exit 1
+}
+if [ "$(printf '%s' "$products" | tr -d '[:space:]')" = "[]" ]; then
+  echo "swarm: the database has no products; importing the seed's from $ECOMMERCE_DATA"
+  catalog import products /import/products.csv
+  catalog import customers /import/customers.csv
+fi
+
+replicas=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "${STACK}_discount")
+echo "swarm: waiting for the catalog to see all $replicas discount replicas serving"
+wait_for "every discount replica serving" \
+  '[[ "$(curl -s --max-time 2 "$url/readyz")" == "ready: $replicas of $replicas "* ]]'
+curl -s --max-time 2 "$url/readyz"
+echo
+echo "swarm: try   curl -H 'X-USER-ID: 1' $url/products"
+echo "swarm: stop  deploy/swarm/up.sh down"
