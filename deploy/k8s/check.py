@@ -41,9 +41,9 @@ def newest_versions(count=3):
     return [by_minor[minor] for minor in sorted(by_minor)[-count:]]
 
 
-def render(checks, directory):
+def render(checks, directory, name=None):
     rendered = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True)
-    checks.check(f"kubectl kustomize {directory.relative_to(REPO)}", rendered.returncode == 0,
+    checks.check(f"kubectl kustomize {name or directory.relative_to(REPO)}", rendered.returncode == 0,
                  rendered.stderr.strip())
     return rendered.stdout if rendered.returncode == 0 else None
 
@@ -78,6 +78,31 @@ def consistent(checks, name, text):
         checks.check(f"{who} mounts only Secrets that exist", mounted and mounted <= secrets,
                      f"mounts {sorted(mounted)}, has {sorted(secrets)}")
         checks.check(f"{who} has enableServiceLinks: false", pod.get("enableServiceLinks") is False)
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    checks.check(f"{who}: {variable['name']} comes from a Secret that exists",
+                                 ref["name"] in secrets, f"{ref['name']} not in {sorted(secrets)}")
+                checks.check(f"{who}: {variable['name']} holds no database URL in the pod spec",
+                             "postgres://" not in str(variable.get("value", "")))
+        for container in pod.get("initContainers", []):
+            limits = container.get("resources", {}).get("limits", {})
+            checks.check(f"{who}: init container {container['name']} has a memory limit", "memory" in limits)
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        admin = [p for c in pod["containers"] for p in c.get("ports", []) if p.get("name") == "admin"]
+        if admin:
+            checks.check(f"{who}: its pods ask to be scraped on the admin port",
+                         annotations.get("prometheus.io/scrape") == "true"
+                         and annotations.get("prometheus.io/port") == str(admin[0]["containerPort"]),
+                         str(annotations))
+            services = [svc for svc in kinds.get("Service", {}).values()
+                        if selects({"matchLabels": svc["spec"].get("selector", {})},
+                                   deployment["spec"]["template"]["metadata"].get("labels", {}))]
+            checks.check(f"{who}: its Service has the admin port",
+                         any(port.get("targetPort") in ("admin", admin[0]["containerPort"])
+                             for svc in services for port in svc["spec"].get("ports", [])),
+                         str([svc["spec"].get("ports") for svc in services]))
         for container in pod["containers"]:
             ports = {p["name"] for p in container.get("ports", [])}
             probed = {container[probe]["httpGet"]["port"]
@@ -86,6 +111,9 @@ def consistent(checks, name, text):
                          f"probes {sorted(probed)}, ports {sorted(ports)}")
             limits = container.get("resources", {}).get("limits", {})
             checks.check(f"{who} has a memory limit", "memory" in limits)
+    for config in kinds.get("ConfigMap", {}).values():
+        checks.check(f"{name}: configmap/{config['metadata']['name']} holds no database URL",
+                     "postgres://" not in str(config.get("data", {})))
     discount = kinds.get("Service", {}).get("discount", {})
     checks.check(f"{name}: the discount Service is headless",
                  discount.get("spec", {}).get("clusterIP") == "None")
@@ -176,6 +204,36 @@ def network_policies(checks, name, kinds):
                          reachable, "" if reachable else "the NetworkPolicy selects the pods and no rule allows this port")
 
 
+def on_postgres(checks, name, text):
+    """With the postgres component: the catalog reads its URL from the
+    Secret, an init container migrates, and the catalog does not."""
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    catalog = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "catalog")
+    pod = catalog["spec"]["template"]["spec"]
+    env = {v["name"]: v for v in pod["containers"][0].get("env", [])}
+    url = env.get("CATALOG_DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    checks.check(f"{name}: the catalog's CATALOG_DATABASE_URL is from the Secret catalog-database",
+                 url.get("name", "").startswith("catalog-database"), str(url))
+    checks.check(f"{name}: the catalog does not migrate", env.get("CATALOG_NO_MIGRATE", {}).get("value") == "true")
+    checks.check(f"{name}: an init container applies the migrations",
+                 any(c.get("args") == ["migrate"] for c in pod.get("initContainers", [])))
+    checks.check(f"{name}: no /data volume", all(v["name"] != "data" for v in pod.get("volumes", [])))
+
+
+def with_postgres(directory):
+    """A copy of deploy/k8s with its postgres component turned on, as
+    docs/deploy.md says to, and a made-up database URL."""
+    copy = Path(directory) / "k8s"
+    shutil.copytree(K8S, copy)
+    kustomization = copy / "kustomization.yaml"
+    text = kustomization.read_text()
+    turned_on = text.replace("# components:\n#   - postgres", "components:\n  - postgres")
+    assert turned_on != text, "deploy/k8s/kustomization.yaml no longer has the commented-out component"
+    kustomization.write_text(turned_on)
+    (copy / "postgres" / "database_url").write_text("postgres://catalog:s3cret@db.example.internal:5432/catalog")
+    return copy
+
+
 def main():
     checks = Checks()
     made_keys = not (K8S / "keys" / "cert.pem").exists()
@@ -189,6 +247,13 @@ def main():
             if text is not None:
                 validate(checks, name, text)
                 consistent(checks, name, text)
+        with tempfile.TemporaryDirectory() as scratch:
+            name = "deploy/k8s with components: [postgres]"
+            text = render(checks, with_postgres(scratch), name)
+            if text is not None:
+                validate(checks, name, text)
+                consistent(checks, name, text)
+                on_postgres(checks, name, text)
     finally:
         if made_keys:
             shutil.rmtree(K8S / "keys", ignore_errors=True)
