@@ -1,9 +1,11 @@
 """What the stacks' tests share (deploy/test.py for Compose,
 deploy/swarm/test.py for Swarm): the seed's golden bodies, one GET on a new
-connection, and a steady load whose every answer is kept."""
+connection, a steady load whose every answer is kept, and what the stacks'
+Prometheus sees."""
 
 import http.client
 import json
+import urllib.request
 import socket
 import subprocess
 import threading
@@ -119,3 +121,46 @@ def summary(results):
 def short(results, products):
     """Answers that listed fewer than `products` products."""
     return sum(1 for _, status, _, listed in results if status == 200 and listed < products)
+
+
+# The alerts deploy/prometheus/rules.yml defines.
+ALERTS = {"CertificateExpiresSoon", "NoDiscountReplicaServing", "ListingsNotApplied",
+          "HighServerErrorRate", "ReplicaNotScraped"}
+
+
+def prometheus_view(port):
+    """({job: number of targets up}, {job: number of targets}, alert rules
+    loaded) from the Prometheus API on 127.0.0.1:`port`; empty when it
+    does not answer yet."""
+    def ask(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as answer:
+            return json.load(answer)["data"]
+    try:
+        targets = ask("/api/v1/targets?state=active")["activeTargets"]
+        groups = ask("/api/v1/rules?type=alert")["groups"]
+    except (OSError, ValueError, KeyError):
+        return {}, {}, set()
+    up, known = {}, {}
+    for target in targets:
+        job = target["labels"].get("job")
+        known[job] = known.get(job, 0) + 1
+        up[job] = up.get(job, 0) + (target["health"] == "up")
+    return up, known, {rule["name"] for group in groups for rule in group["rules"]}
+
+
+def scraped(checks, port, replicas, timeout=60):
+    """Waits until the stack's Prometheus (on 127.0.0.1:`port`) scrapes
+    exactly `replicas` ({job: count}), all up, with the alerting rules
+    loaded; then checks that it did."""
+    started = time.monotonic()
+    while True:
+        up, known, alerts = prometheus_view(port)
+        if (up, known, alerts) == (replicas, replicas, ALERTS) or time.monotonic() - started > timeout:
+            break
+        time.sleep(0.5)
+    print(f"  Prometheus: targets up {up} of {known} after {time.monotonic() - started:.1f} s; "
+          f"alert rules {sorted(alerts)}", flush=True)
+    checks.check("Prometheus finds and scrapes every catalog and discount replica",
+                 (up, known) == (replicas, replicas), f"up {up}, known {known}")
+    checks.check("Prometheus has the alerting rules", alerts == ALERTS, str(sorted(alerts)))
+

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ REPO = DEPLOY.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(DEPLOY))
 from checks import Checks  # noqa: E402
-from stacks import GOLDEN, PRODUCTS, Load, free_port, get, run, short, summary  # noqa: E402
+from stacks import GOLDEN, PRODUCTS, Load, free_port, get, run, scraped, short, summary  # noqa: E402
 
 # The product `more.csv` adds, imported through one catalog.
 NEW_PRODUCT = 4
@@ -44,6 +45,7 @@ class Stack:
     def __init__(self, keys, data):
         self.project = os.environ.get("ECOMMERCE_TEST_PROJECT", f"ecomtest{os.getpid()}")
         self.port = free_port()
+        self.prometheus_port = free_port()
         self.data = data
         self.env = dict(
             os.environ,
@@ -51,6 +53,7 @@ class Stack:
             ECOMMERCE_KEYS=keys,
             ECOMMERCE_DATA=data,
             CATALOG_HOST_PORT=f"127.0.0.1:{self.port}",
+            PROMETHEUS_HOST_PORT=f"127.0.0.1:{self.prometheus_port}",
         )
 
     def up(self):
@@ -180,6 +183,7 @@ def main():
         os.chmod(path, 0o755 if Path(path).is_dir() else 0o644)
     stack = Stack(keys, data)
     try:
+        port_taken(checks, keys, data)
         exercise(checks, stack)
         database(checks, stack)
     finally:
@@ -187,6 +191,27 @@ def main():
         shutil.rmtree(keys, ignore_errors=True)
         shutil.rmtree(data, ignore_errors=True)
     return checks.finish()
+
+
+def port_taken(checks, keys, data):
+    """up.sh with CATALOG_HOST_PORT on a port another program holds: it
+    fails, names the variable, and leaves nothing of its project."""
+    project = f"{os.environ.get('ECOMMERCE_TEST_PROJECT', f'ecomtest{os.getpid()}')}taken"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        env = dict(os.environ, COMPOSE_PROJECT_NAME=project, ECOMMERCE_KEYS=keys, ECOMMERCE_DATA=data,
+                   CATALOG_HOST_PORT=f"127.0.0.1:{taken}", PROMETHEUS_HOST_PORT=f"127.0.0.1:{free_port()}")
+        done = subprocess.run([str(DEPLOY / "up.sh")], env=env, capture_output=True, text=True, timeout=180)
+    label = f"label=com.docker.compose.project={project}"
+    left = [name for kind in (["ps", "-a"], ["network", "ls"], ["volume", "ls"])
+            for name in run("docker", *kind, "-q", "--filter", label).stdout.split()]
+    said = [line for line in done.stderr.splitlines() if "CATALOG_HOST_PORT" in line]
+    print(f"  a taken port: exit {done.returncode}, said {said}, left {left}", flush=True)
+    checks.check("a taken port fails up.sh, naming CATALOG_HOST_PORT",
+                 done.returncode != 0 and said, done.stderr[-500:])
+    checks.check("a taken port leaves nothing half up", not left, str(left))
 
 
 def exercise(checks, stack):
@@ -199,6 +224,8 @@ def exercise(checks, stack):
         got = get(stack.port, "/products", user)
         checks.check(f"golden body for X-USER-ID {user or '(none)'}",
                      got == (200, status, body), repr(got)[:300])
+
+    scraped(checks, stack.prometheus_port, {"catalog": 2, "discount": 3})
 
     before = {c: stack.calls_answered(c) for c in discounts}
     listings = 300

@@ -10,10 +10,14 @@ repo=$(dirname "$deploy")
 
 export ECOMMERCE_TEST_PROJECT="ecomtest$$"
 cleanup() {
-  local label="label=com.docker.compose.project=$ECOMMERCE_TEST_PROJECT"
-  docker ps -aq --filter "$label" | xargs -r docker rm -f >/dev/null
-  docker network ls -q --filter "$label" | xargs -r docker network rm >/dev/null
-  docker volume ls -q --filter "$label" | xargs -r docker volume rm >/dev/null
+  local project label
+  # The stack, and the one the taken-port case tries to start.
+  for project in "$ECOMMERCE_TEST_PROJECT" "${ECOMMERCE_TEST_PROJECT}taken"; do
+    label="label=com.docker.compose.project=$project"
+    docker ps -aq --filter "$label" | xargs -r docker rm -f >/dev/null
+    docker network ls -q --filter "$label" | xargs -r docker network rm >/dev/null
+    docker volume ls -q --filter "$label" | xargs -r docker volume rm >/dev/null
+  done
 }
 trap cleanup EXIT
 
@@ -21,4 +25,5 @@ trap cleanup EXIT
 # Built each time: an image left by an earlier run may predate this checkout.
 "$deploy/postgres/image.sh"
 "$deploy/haproxy/image.sh"
+"$deploy/prometheus/image.sh"
 python3 "$deploy/test.py"

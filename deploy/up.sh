@@ -15,7 +15,8 @@
 #
 # The project is COMPOSE_PROJECT_NAME (default: ecommerce); the keys are in
 # ECOMMERCE_KEYS (default: deploy/keys); the catalog is published on
-# CATALOG_HOST_PORT (default 11080); the files the catalogs can import
+# CATALOG_HOST_PORT (default 11080), Prometheus on PROMETHEUS_HOST_PORT
+# (default 127.0.0.1:19090); the files the catalogs can import
 # from are in ECOMMERCE_DATA (default: deploy/data). Uses `docker compose` when it exists,
 # else Debian's `docker-compose`.
 set -euo pipefail
@@ -57,20 +58,36 @@ done
 docker image inspect "ecommerce/postgres:${POSTGRES_VERSION:-15}" >/dev/null 2>&1 ||
   "$deploy/postgres/image.sh"
 docker image inspect ecommerce/haproxy:latest >/dev/null 2>&1 || "$deploy/haproxy/image.sh"
+docker image inspect ecommerce/prometheus:latest >/dev/null 2>&1 || "$deploy/prometheus/image.sh"
 
 # shellcheck source=deploy/secrets.sh
 . "$deploy/secrets.sh"
 
 # A port taken on the host fails `up` half way, with a container left in
-# Created: said plainly, and what was started is stopped (the data stays).
+# Created: said plainly, and what this run made is removed (a database
+# volume of an earlier run stays).
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+project_volumes() { docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"; }
+volumes_before=$(project_volumes)
 if ! "${compose[@]}" up -d "$@" 2>&1 | tee "$log"; then
   if grep -Eq 'port is already allocated|address already in use' "$log"; then
-    echo "up: port ${CATALOG_HOST_PORT:-11080} on this host is taken by another program; set CATALOG_HOST_PORT to a free one (CATALOG_HOST_PORT=18080 deploy/up.sh)" >&2
+    # Which of the two published ports: Docker names it, as "Bind for
+    # IP:PORT failed" (another container has it) or "listen tcp4 IP:PORT:
+    # bind" (another program).
+    taken=$(grep -Eo '(Bind for|listen tcp[46]?) [^ ]+' "$log" | head -1 | awk '{ sub(/:$/, "", $3); print $3 }' || true)
+    prometheus=${PROMETHEUS_HOST_PORT:-127.0.0.1:19090}
+    if [ -n "$taken" ] && [ "${taken##*:}" = "${prometheus##*:}" ]; then
+      echo "up: port ${taken:-$prometheus} on this host is taken by another program; set PROMETHEUS_HOST_PORT to a free one (PROMETHEUS_HOST_PORT=127.0.0.1:19091 deploy/up.sh)" >&2
+    else
+      echo "up: port ${taken:-${CATALOG_HOST_PORT:-11080}} on this host is taken by another program; set CATALOG_HOST_PORT to a free one (CATALOG_HOST_PORT=18080 deploy/up.sh)" >&2
+    fi
   fi
-  echo "up: the stack did not start; stopping what did (the database's volume is kept; deploy/up.sh down removes it)" >&2
+  echo "up: the stack did not start; removing what this run made (volumes made before it are kept, with their data)" >&2
   "${compose[@]}" down --remove-orphans >/dev/null 2>&1 || true
+  for volume in $(project_volumes); do
+    grep -qxF "$volume" <<<"$volumes_before" || docker volume rm "$volume" >/dev/null || true
+  done
   exit 1
 fi
 
@@ -87,18 +104,21 @@ if [ "$(printf '%s' "$products" | tr -d '[:space:]')" = "[]" ]; then
   "${run_catalog[@]}" import customers /import/customers.csv
 fi
 
-# CATALOG_HOST_PORT is PORT, IP:PORT or [IPv6]:PORT; a port alone is
-# published on every address, loopback included.
-published=${CATALOG_HOST_PORT:-11080}
-host=127.0.0.1
-case "$published" in
-  *:*) host=${published%:*} ;;
-esac
-case "$host" in
-  0.0.0.0 | "" ) host=127.0.0.1 ;;
-  :: | "[::]") host="[::1]" ;;
-esac
-url="http://$host:${published##*:}"
+# url PUBLISHED: where to reach a port published as PUBLISHED, which is
+# PORT, IP:PORT or [IPv6]:PORT; a port alone is published on every
+# address, loopback included.
+url() {
+  local published=$1 host=127.0.0.1
+  case "$published" in
+    *:*) host=${published%:*} ;;
+  esac
+  case "$host" in
+    0.0.0.0 | "" ) host=127.0.0.1 ;;
+    :: | "[::]") host="[::1]" ;;
+  esac
+  echo "http://$host:${published##*:}"
+}
+url=$(url "${CATALOG_HOST_PORT:-11080}")
 # As many as are running (after --scale too); the catalog finds new ones
 # when it next resolves the name, within 5 s.
 replicas=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
@@ -111,6 +131,7 @@ for _ in $(seq 1 120); do
     echo "$ready"
     echo
     echo "up: try   curl -H 'X-USER-ID: 1' $url/products"
+    echo "up: look  $(url "${PROMETHEUS_HOST_PORT:-127.0.0.1:19090}")/alerts (Prometheus)"
     echo "up: stop  deploy/up.sh down"
     exit 0
   fi

@@ -30,7 +30,7 @@ REPO = DEPLOY.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(DEPLOY))
 from checks import Checks  # noqa: E402
-from stacks import GOLDEN, Load, free_port, get, run, summary  # noqa: E402
+from stacks import GOLDEN, Load, free_port, get, run, scraped, summary  # noqa: E402
 
 # The bar for a rolling update: listings answered without their
 # discount, as a share of all.
@@ -41,8 +41,9 @@ class Stack:
     def __init__(self, keys):
         self.name = os.environ.get("STACK", f"ecomswarm{os.getpid()}")
         self.port = free_port()
+        self.prometheus_port = free_port()
         self.env = dict(os.environ, STACK=self.name, ECOMMERCE_KEYS=keys,
-                        CATALOG_HOST_PORT=str(self.port))
+                        CATALOG_HOST_PORT=str(self.port), PROMETHEUS_HOST_PORT=str(self.prometheus_port))
 
     def up(self):
         started = time.monotonic()
@@ -104,6 +105,8 @@ def exercise(checks, stack):
         got = get(stack.port, "/products", user)
         checks.check(f"golden body for X-USER-ID {user or '(none)'}",
                      got == (200, status, body), repr(got)[:300])
+    scraped(checks, stack.prometheus_port, {"catalog": 2, "discount": 3})
+
     with Load(stack.port) as load:
         time.sleep(1)
         rolling_update(checks, stack, load, "discount")

@@ -21,6 +21,7 @@ trap cleanup EXIT
 # Built each time: an image left by an earlier run may predate this checkout.
 "$repo/deploy/postgres/image.sh"
 "$repo/deploy/haproxy/image.sh"
+"$repo/deploy/prometheus/image.sh"
 state=$(docker info --format '{{.Swarm.LocalNodeState}}')
 case "$state" in
   active) echo "swarm test: using the swarm this engine is in" ;;

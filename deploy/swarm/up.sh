@@ -12,8 +12,9 @@
 #   deploy/swarm/up.sh down                         remove the stack, its secrets,
 #                                                   networks and database volume
 #
-# The stack is STACK (default: ecommerce); the catalog is published on
-# CATALOG_HOST_PORT (default 11080) of every node, through Swarm's ingress;
+# The stack is STACK (default: ecommerce); the catalog is published by
+# HAProxy on CATALOG_HOST_PORT (default 11080), Prometheus on
+# PROMETHEUS_HOST_PORT (default 19090), of the node each runs on;
 # the keys are in ECOMMERCE_KEYS (default: deploy/keys); the files to
 # import from in ECOMMERCE_DATA (default: deploy/data). Images are used as
 # they are on each node (--resolve-image never): with several nodes, load
@@ -29,6 +30,7 @@ deploy=$(dirname "$swarm")
 repo=$(dirname "$deploy")
 STACK=${STACK:-ecommerce}
 export CATALOG_HOST_PORT=${CATALOG_HOST_PORT:-11080}
+export PROMETHEUS_HOST_PORT=${PROMETHEUS_HOST_PORT:-19090}
 export ECOMMERCE_KEYS=${ECOMMERCE_KEYS:-$deploy/keys}
 mkdir -p "$ECOMMERCE_KEYS"
 ECOMMERCE_KEYS=$(cd "$ECOMMERCE_KEYS" && pwd)
@@ -71,6 +73,8 @@ for image in ecommerce/catalog ecommerce/discount; do
 done
 docker image inspect "ecommerce/postgres:${POSTGRES_VERSION:-15}" >/dev/null 2>&1 ||
   "$deploy/postgres/image.sh"
+docker image inspect ecommerce/haproxy:latest >/dev/null 2>&1 || "$deploy/haproxy/image.sh"
+docker image inspect ecommerce/prometheus:latest >/dev/null 2>&1 || "$deploy/prometheus/image.sh"
 
 # shellcheck source=deploy/secrets.sh
 . "$deploy/secrets.sh"
@@ -116,4 +120,5 @@ wait_for "every discount replica serving" \
 curl -s --max-time 2 "$url/readyz"
 echo
 echo "swarm: try   curl -H 'X-USER-ID: 1' $url/products"
+echo "swarm: look  http://127.0.0.1:$PROMETHEUS_HOST_PORT/alerts (Prometheus)"
 echo "swarm: stop  deploy/swarm/up.sh down"
