@@ -1,6 +1,10 @@
 //! The catalog command line, and the typed settings it turns into. The
 //! defaults live here, in the clap attributes, and nowhere else.
 
+mod command;
+
+pub use command::{Command, Table};
+
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -245,38 +249,6 @@ pub struct Config {
     pub drain_timeout: Duration,
 }
 
-/// What the catalog can do besides serving.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum Command {
-    /// Apply the database migrations this catalog has, and exit.
-    Migrate,
-    /// Load products or customers from a file into the database: inserted,
-    /// or updated by id, all in one transaction or nothing.
-    Import {
-        /// What the file holds.
-        what: Table,
-        /// A `.csv` file with a header (`id,slug,description,price_in_cents`
-        /// or `id,first_name,last_name`), or a `.json` array in the shape
-        /// `GET /products` answers.
-        file: PathBuf,
-    },
-    /// Print the products (in the shape `GET /products` answers) or the
-    /// customers as a JSON array, by id.
-    Export {
-        /// What to print.
-        what: Table,
-    },
-}
-
-/// The two kinds of data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Table {
-    /// Products.
-    Products,
-    /// Customers.
-    Customers,
-}
-
 impl Config {
     /// Where the data is: `--database-url-file`'s URL when given, else
     /// `--database-url`'s.
@@ -478,6 +450,17 @@ mod tests {
             error
         };
         assert!(error(None).contains("cannot read it"));
+        let directory = [
+            "catalog",
+            "--database-url-file",
+            dir.path().to_str().unwrap(),
+        ];
+        let refused = Config::try_parse_from(directory)
+            .err()
+            .map(|e| e.to_string());
+        assert!(refused.unwrap_or_default().contains("not a regular file"));
+        let huge = format!("postgres://shop:s3cret@db/{}", "x".repeat(70_000));
+        assert!(error(Some(&huge)).contains("too large"));
         assert!(error(Some("\n")).contains("empty"));
         assert!(error(Some("mysql://shop:s3cret@db/x\n")).contains("not a valid URL"));
     }

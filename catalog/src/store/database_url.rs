@@ -80,9 +80,10 @@ impl clap::builder::TypedValueParser for DatabaseUrlParser {
         value: &std::ffi::OsStr,
     ) -> Result<DatabaseUrl, clap::Error> {
         let refused = |why: String| {
-            let message =
-                format!("invalid --database-url (not shown: it may hold a password): {why}\n");
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command)
+            invalid(
+                command,
+                format!("invalid --database-url (not shown: it may hold a password): {why}"),
+            )
         };
         let text = value
             .to_str()
@@ -94,9 +95,13 @@ impl clap::builder::TypedValueParser for DatabaseUrlParser {
 /// `--database-url-file`'s parser: reads the file when the command line is
 /// parsed, so a missing or unreadable secret stops the start with its path,
 /// and parses what it holds (trailing white space and newline removed) as
-/// [`DatabaseUrlParser`] does, never showing it.
+/// [`DatabaseUrlParser`] does, never showing it. Only a regular file (a
+/// FIFO would block the start) of at most [`MOST_URL_FILE`] bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct DatabaseUrlFileParser;
+
+/// Far more than any URL; a larger file is not one.
+const MOST_URL_FILE: u64 = 64 * 1024;
 
 impl clap::builder::TypedValueParser for DatabaseUrlFileParser {
     type Value = DatabaseUrl;
@@ -109,9 +114,22 @@ impl clap::builder::TypedValueParser for DatabaseUrlFileParser {
     ) -> Result<DatabaseUrl, clap::Error> {
         let path = std::path::Path::new(value);
         let refused = |why: String| {
-            let message = format!("--database-url-file {}: {why}\n", path.display());
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(command)
+            invalid(
+                command,
+                format!("--database-url-file {}: {why}", path.display()),
+            )
         };
+        let metadata =
+            std::fs::metadata(path).map_err(|e| refused(format!("cannot read it: {e}")))?;
+        if !metadata.is_file() {
+            return Err(refused("not a regular file".to_owned()));
+        }
+        if metadata.len() > MOST_URL_FILE {
+            return Err(refused(format!(
+                "{} bytes, too large to be a database URL",
+                metadata.len()
+            )));
+        }
         let text =
             std::fs::read_to_string(path).map_err(|e| refused(format!("cannot read it: {e}")))?;
         let text = text.trim_end();
@@ -126,6 +144,16 @@ impl clap::builder::TypedValueParser for DatabaseUrlFileParser {
             ))
         })
     }
+}
+
+/// A value clap refuses, with `message` alone: clap's own error would
+/// repeat the value.
+fn invalid(command: &clap::Command, message: String) -> clap::Error {
+    clap::Error::raw(
+        clap::error::ErrorKind::ValueValidation,
+        format!("{message}\n"),
+    )
+    .with_cmd(command)
 }
 
 /// `sqlite://PATH`, or `postgres://USER@HOST:PORT/DATABASE`: never the
