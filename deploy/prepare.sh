@@ -1,10 +1,24 @@
 # shellcheck shell=bash
-# Sourced by deploy/up.sh (Compose) and deploy/swarm/up.sh (Swarm): makes,
-# once, what the stacks hand their services as secrets, in ECOMMERCE_KEYS:
-# the TLS material (scripts/gen-keys.sh, valid for the name discount) and
-# the database's passwords and URL; and makes each readable by the user
-# its container runs as. Needs `repo` and `ECOMMERCE_KEYS` set; sets `user`
+# Sourced by deploy/up.sh (Compose) and deploy/swarm/up.sh (Swarm): what
+# both do before starting a stack. Checks that the services' images are
+# built (and builds PostgreSQL's, HAProxy's and Prometheus' from this
+# machine's packages when missing); makes, once, what the stacks hand their
+# services as secrets, in ECOMMERCE_KEYS: the TLS material
+# (scripts/gen-keys.sh, valid for the name discount) and the database's
+# passwords and URL; and makes each readable by the user its container
+# runs as. Needs `repo`, `deploy` and `ECOMMERCE_KEYS` set; sets `user`
 # (the services' uid:gid).
+
+for image in ecommerce/catalog ecommerce/discount; do
+  docker image inspect "$image:${ECOMMERCE_VERSION:-latest}" >/dev/null 2>&1 || {
+    echo "$(basename "$0"): no image $image:${ECOMMERCE_VERSION:-latest}; build it first: scripts/images.sh" >&2
+    exit 1
+  }
+done
+docker image inspect "ecommerce/postgres:${POSTGRES_VERSION:-15}" >/dev/null 2>&1 ||
+  "$deploy/postgres/image.sh"
+docker image inspect ecommerce/haproxy:latest >/dev/null 2>&1 || "$deploy/haproxy/image.sh"
+docker image inspect ecommerce/prometheus:latest >/dev/null 2>&1 || "$deploy/prometheus/image.sh"
 
 # The containers run as 65532 and read their keys, which are readable by
 # their owner only. As root the keys are given to 65532; otherwise the
@@ -15,9 +29,7 @@ else
   owner=()
   export ECOMMERCE_USER=${ECOMMERCE_USER:-$(id -u):$(id -g)}
 fi
-# The catalog's /data (its embedded database) belongs to that user.
 user=${ECOMMERCE_USER:-65532:65532}
-export ECOMMERCE_UID=${user%%:*} ECOMMERCE_GID=${user##*:}
 if [ ! -e "$ECOMMERCE_KEYS/cert.pem" ]; then
   echo "$(basename "$0"): no keys in $ECOMMERCE_KEYS, making development keys valid for the name discount"
   "$repo/scripts/gen-keys.sh" --dir "$ECOMMERCE_KEYS" --dns discount "${owner[@]}"

@@ -49,19 +49,8 @@ if [ "${1:-}" = down ]; then
   exec "${compose[@]}" down -v --remove-orphans
 fi
 
-for image in ecommerce/catalog ecommerce/discount; do
-  docker image inspect "$image:${ECOMMERCE_VERSION:-latest}" >/dev/null 2>&1 || {
-    echo "up: no image $image:${ECOMMERCE_VERSION:-latest}; build it first: scripts/images.sh" >&2
-    exit 1
-  }
-done
-docker image inspect "ecommerce/postgres:${POSTGRES_VERSION:-15}" >/dev/null 2>&1 ||
-  "$deploy/postgres/image.sh"
-docker image inspect ecommerce/haproxy:latest >/dev/null 2>&1 || "$deploy/haproxy/image.sh"
-docker image inspect ecommerce/prometheus:latest >/dev/null 2>&1 || "$deploy/prometheus/image.sh"
-
-# shellcheck source=deploy/secrets.sh
-. "$deploy/secrets.sh"
+# shellcheck source=deploy/prepare.sh
+. "$deploy/prepare.sh"
 
 # A port taken on the host fails `up` half way, with a container left in
 # Created: said plainly, and what this run made is removed (a database
