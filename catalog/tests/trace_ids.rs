@@ -7,54 +7,17 @@
 //! up without an endpoint, logging JSON into a buffer. A test binary of its
 //! own: it installs the process's one global subscriber.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, PoisonError};
-
 use common::telemetry::{LogFormat, init_with};
 use reqwest::StatusCode;
 use serde_json::Value;
-use testkit::{DiscountServer, Pki, Process, SetupResult};
+use testkit::{DiscountServer, Logs, Pki, Process, SetupResult};
 use tracing_subscriber::EnvFilter;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-/// What discount, in this process, logs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// discount's "call answered" lines.
-    fn answered(&self) -> Vec<Value> {
-        let bytes = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|line| line["message"] == "call answered")
-            .collect()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_exporter_both_logs_carry_the_trace_id() -> SetupResult<()> {
-    let discount_log = Captured::default();
+    let discount_log = Logs::default();
     let writer = discount_log.clone();
     init_with(
         EnvFilter::new("warn,discount=info,common=info"),
@@ -105,14 +68,14 @@ async fn without_an_exporter_both_logs_carry_the_trace_id() -> SetupResult<()> {
     let line = catalog.logged(&format!("\"trace_id\":\"{TRACE}\"")).await?;
     let line: Value = serde_json::from_str(&line)?;
     assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
-    let answered = discount_log.answered();
+    let answered = discount_log.json_messages("call answered");
     assert_eq!(answered.len(), 1, "{answered:?}");
     assert_eq!(answered[0]["trace_id"], TRACE, "{}", answered[0]);
 
     // No traceparent: a new trace, the same in both logs.
     let answer = client.get(&url).header("X-USER-ID", "1").send().await?;
     assert_eq!(answer.status(), StatusCode::OK);
-    let answered = discount_log.answered();
+    let answered = discount_log.json_messages("call answered");
     assert_eq!(answered.len(), 2, "{answered:?}");
     let fresh = answered[1]["trace_id"].as_str().ok_or("no trace_id")?;
     assert_eq!(fresh.len(), 32, "{}", answered[1]);

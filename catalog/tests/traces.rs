@@ -17,15 +17,13 @@
 //! log, or be refused when one of those came first.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::telemetry::{LogFormat, exporting_provider, init_with};
 use reqwest::StatusCode;
 use serde_json::Value;
-use testkit::{DiscountServer, Pki, Process, ReceivedSpan, SetupResult, TraceReceiver};
+use testkit::{DiscountServer, Logs, Pki, Process, ReceivedSpan, SetupResult, TraceReceiver};
 use tracing_subscriber::EnvFilter;
 
 /// The trace and span the test request says it comes from.
@@ -35,38 +33,6 @@ const CALLER: &str = "00f067aa0ba902b7";
 /// OTLP span kinds.
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
-
-/// What discount, in this process, logs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<Value> {
-        let bytes = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-            .collect()
-    }
-}
 
 /// The catalog's command line: port 0 on loopback, `discount` with the
 /// keys of `pki`, a deadline no debug build misses, then `extra`.
@@ -107,7 +73,7 @@ async fn a_request_is_one_trace_across_both_services_and_both_logs() -> SetupRes
         Some(&receiver.endpoint()),
         NonZeroU32::new(100).ok_or("zero")?,
     )?;
-    let discount_log = Captured::default();
+    let discount_log = Logs::default();
     let writer = discount_log.clone();
     init_with(
         // discount's default filter, as its main sets it.
@@ -185,9 +151,9 @@ async fn a_request_is_one_trace_across_both_services_and_both_logs() -> SetupRes
     // own log, with the same trace id and its own span's id: the two logs
     // join on trace_id.
     let answered: Vec<Value> = discount_log
-        .lines()
+        .json_messages("call answered")
         .into_iter()
-        .filter(|line| line["message"] == "call answered" && line["trace_id"] == TRACE)
+        .filter(|line| line["trace_id"] == TRACE)
         .collect();
     assert_eq!(answered.len(), 1, "{answered:?}");
     let line = &answered[0];

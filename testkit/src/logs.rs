@@ -84,6 +84,42 @@ impl Logs {
     }
 }
 
+/// A [`Logs`] is also a writer, for a test binary that installs its own
+/// subscriber (`init_with(..., move || logs.clone())`) rather than
+/// [`Logs::capture`]'s: everything written is kept, whatever the thread.
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.append(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn append(&self, bytes: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(bytes);
+    }
+
+    /// The lines written as JSON whose `message` is `message`, parsed.
+    /// A line that is not JSON fails the test: a JSON log has none.
+    pub fn json_messages(&self, message: &str) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"))
+            })
+            .filter(|line| line["message"] == message)
+            .collect()
+    }
+}
+
 /// Writes into the capturing buffer of the current thread, if any.
 struct ToCurrentThread;
 
@@ -91,10 +127,7 @@ impl std::io::Write for ToCurrentThread {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         CURRENT.with(|current| {
             if let Some(logs) = &*current.borrow() {
-                logs.0
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend_from_slice(bytes);
+                logs.append(bytes);
             }
         });
         Ok(bytes.len())
