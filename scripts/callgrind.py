@@ -3,7 +3,7 @@
 machine's load does not move, so a change to the request path can be
 compared with the commit before it, however noisy the machine.
 
-    scripts/callgrind.py --bin-dir target/release [--bin-dir OTHER/target/release ...]
+    scripts/callgrind.py --bin-dir target/release [--bin-dir OTHER/target/release ...] [--top N]
 
 For each binary directory, and for each side (the catalog on the discount
 path, `X-USER-ID: 1`; the catalog on the plain path, no header; discount
@@ -14,6 +14,11 @@ instruction totals by LONG - SHORT, so start-up and shutdown cancel out.
 Each listing's answer is checked (200, and `X-Discount-Status: applied` on
 the discount path): a count over failed requests would be no figure.
 
+With --top N it also prints, for each side, the N functions costing the
+most per listing counted inclusively (a function with all it calls), from
+callgrind_annotate --inclusive=yes on both runs, their difference divided
+the same way: where the instructions go.
+
 Needs valgrind (Debian: apt-get install valgrind) and release binaries
 built with the default profile (line tables only, so function names show
 in callgrind_annotate).
@@ -22,6 +27,7 @@ in callgrind_annotate).
 import argparse
 import glob
 import http.client
+import re
 import subprocess
 import sys
 import tempfile
@@ -77,8 +83,44 @@ def total_instructions(out_file):
     return total
 
 
-def run(bin_dir, keys, side, count, work):
-    """Total instructions of the measured service for `count` listings."""
+def inclusive(out_file):
+    """{function: instructions, itself and all it calls} in one run, from
+    callgrind_annotate (one file: callgrind writes one per process)."""
+    files = sorted(glob.glob(out_file + "*"))
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--auto=no",
+                           "--show-percs=no", files[0]],
+                          capture_output=True, text=True, check=True).stdout
+    costs = {}
+    for line in text.splitlines():
+        # "  1,234,567  file.rs:crate::module::function [/path/to/binary]"
+        found = re.match(r"\s*([\d,]+)\s+(?:[^ :]*:)?(.+?)(?: \[[^\]]*\])?$", line)
+        if found and not found.group(2).startswith(("PROGRAM TOTALS", "file:function", "Ir")):
+            name = found.group(2)
+            costs[name] = costs.get(name, 0) + int(found.group(1).replace(",", ""))
+    return costs
+
+
+# Frames every task's poll passes through (the runtime, thread start-up,
+# future adapters and pins): their inclusive cost is the whole side's, so
+# they say nothing of where it goes.
+PLUMBING = ("tokio::runtime::", "std::sys::", "core::ops::function::", "start_thread", "clone3",
+            "<core::pin::Pin<", "<core::future::", "<futures_util::future::", "<tower::util::oneshot::",
+            "<axum::util::MapIntoResponseFuture", "tokio::task::", "<tokio::runtime::")
+
+
+def top(short, long, count, total):
+    """The `count` functions costing the most per listing, inclusively,
+    plumbing left out, and the frames of a recursion cycle (callgrind
+    names them `'2`, and counts them more than once)."""
+    per = {name: (cost - short.get(name, 0)) / (LONG - SHORT) for name, cost in long.items()
+           if not name.startswith(PLUMBING) and "'" not in name}
+    meaningful = [(name, cost) for name, cost in per.items() if cost < total]
+    return sorted(meaningful, key=lambda item: -item[1])[:count]
+
+
+def run(bin_dir, keys, side, count, work, costs=None):
+    """Total instructions of the measured service for `count` listings;
+    with `costs` (a dict), its inclusive cost by function put there."""
     out_file = f"{work}/{side}-{count}.out"
     discount_args = ["--listen-addr", "127.0.0.1", "--cert", f"{keys}/cert.pem",
                      "--key", f"{keys}/private.key", "--client-ca", f"{keys}/ca.pem", "0"]
@@ -106,6 +148,8 @@ def run(bin_dir, keys, side, count, work):
             catalog.stop()
     finally:
         discount.stop()
+    if costs is not None:
+        costs.update(inclusive(out_file))
     return total_instructions(out_file)
 
 
@@ -113,6 +157,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bin-dir", action="append", required=True,
                         help="a directory holding release catalog and discount (repeat to compare)")
+    parser.add_argument("--top", type=int, default=0, metavar="N",
+                        help="also print each side's N most costly functions per listing, inclusive")
     args = parser.parse_args()
     for tool in ("valgrind", "openssl"):
         if subprocess.run(["which", tool], capture_output=True).returncode != 0:
@@ -124,17 +170,28 @@ def main():
         print(f"instructions per listing ({LONG} - {SHORT} listings, one keep-alive client)")
         print("| binaries | catalog, discount path | discount | both | catalog, plain path |")
         print("|---|---|---|---|---|")
+        tops = []
         for bin_dir in args.bin_dir:
             per = {}
             for side in ("catalog", "discount", "catalog-plain"):
                 started = time.monotonic()
-                short = run(bin_dir, keys, side, SHORT, work)
-                long = run(bin_dir, keys, side, LONG, work)
+                costs = ({}, {}) if args.top else (None, None)
+                short = run(bin_dir, keys, side, SHORT, work, costs[0])
+                long = run(bin_dir, keys, side, LONG, work, costs[1])
                 per[side] = (long - short) / (LONG - SHORT)
+                if args.top:
+                    tops.append((bin_dir, side, per[side], top(*costs, args.top, per[side])))
                 print(f"  {bin_dir} {side}: {per[side]:,.0f} ({time.monotonic() - started:.0f} s)",
                       file=sys.stderr)
             print(f"| {bin_dir} | {per['catalog']:,.0f} | {per['discount']:,.0f} | "
                   f"{per['catalog'] + per['discount']:,.0f} | {per['catalog-plain']:,.0f} |")
+        for bin_dir, side, total, functions in tops:
+            print(f"\n{bin_dir}, {side}: instructions per listing, inclusive (of {total:,.0f})")
+            print("| function | per listing | share |")
+            print("|---|---|---|")
+            for name, cost in functions:
+                shown = name if len(name) <= 110 else name[:107] + "..."
+                print(f"| `{shown}` | {cost:,.0f} | {cost / total:.0%} |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 #   scripts/instructions.sh              the working tree
 #   scripts/instructions.sh HEAD~1       HEAD~1, then the working tree
 #   scripts/instructions.sh A B --only   A and B, not the working tree
+#   scripts/instructions.sh --top 15     also each side's 15 most costly
+#                                        functions per listing, inclusive
 #
 # Each revision is built from `git archive` in target/instructions/<commit>/
 # (kept, so a second run reuses the build), without touching this work tree
@@ -18,10 +20,15 @@ cd "$repo"
 
 revisions=()
 tree=yes
-for arg in "$@"; do
+top=()
+while [ $# -gt 0 ]; do
+  arg=$1
+  shift
   case "$arg" in
     --only) tree=no ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --top) [ $# -gt 0 ] || { echo "instructions: --top needs a number" >&2; exit 2; }
+           top=(--top "$1"); shift ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     -*) echo "instructions: unknown option $arg (see --help)" >&2; exit 2 ;;
     *) revisions+=("$arg") ;;
   esac
@@ -60,4 +67,4 @@ if [ "$tree" = yes ]; then
   bin_dirs+=(--bin-dir "${CARGO_TARGET_DIR:-$repo/target}/release")
 fi
 
-python3 scripts/callgrind.py "${bin_dirs[@]}"
+python3 scripts/callgrind.py "${bin_dirs[@]}" "${top[@]}"
