@@ -15,8 +15,8 @@ set -euo pipefail
 
 usage() {
   cat <<USAGE
-usage: scripts/gen-keys.sh [--dir DIR] [--force | --renew] [--days N] [--trust-domain TD]
-                           [--dns NAME]... [--owner UID:GID]
+usage: scripts/gen-keys.sh [--dir DIR] [--force | --renew] [--in-place] [--days N]
+                           [--trust-domain TD] [--dns NAME]... [--owner UID:GID]
   --dir DIR            where to write the files (default: keys/ in the repository)
   --force              replace existing files, the CA too: services already
                        running trust only the old CA, so until both have
@@ -25,6 +25,11 @@ usage: scripts/gen-keys.sh [--dir DIR] [--force | --renew] [--days N] [--trust-d
                        client certificates and keys with new ones from that
                        CA: what a renewal is; running services reload them
                        within seconds and no call fails
+  --in-place           rewrite existing files in place (same inode, owner and
+                       mode) instead of renaming new ones over them: what a
+                       file bind-mounted into a container (Compose secrets)
+                       needs to show the change; renaming is the default, so
+                       that nothing ever reads half a file
   --dns NAME           another name discount's certificate is valid for, such
                        as discount (Compose) or discount.ecommerce.svc
                        (Kubernetes); repeat for several
@@ -43,6 +48,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir="$repo/keys"
 force=no
 renew=no
+in_place=no
 days=365
 trust_domain=ecommerce.local
 dns_names=()
@@ -59,6 +65,7 @@ while [ $# -gt 0 ]; do
     --dir) value "$1" DIR "$@"; dir=$2; shift 2 ;;
     --force) force=yes; shift ;;
     --renew) renew=yes; shift ;;
+    --in-place) in_place=yes; shift ;;
     --days) value "$1" 365 "$@"; days=$2; shift 2 ;;
     --trust-domain) value "$1" ecommerce.local "$@"; trust_domain=$2; shift 2 ;;
     --dns) value "$1" discount "$@"; dns_names+=("$2"); shift 2 ;;
@@ -194,11 +201,24 @@ if [ -n "$owner" ]; then
   # Not ca.key: no container needs the CA's key.
   (cd "$work" && chown "$owner" ca.pem server.pem server.key client.pem client.key)
 fi
-[ "$renew" = yes ] || mv "$work/ca.pem" "$work/ca.key" "$dir/"
-mv "$work/server.pem" "$dir/cert.pem"
-mv "$work/server.key" "$dir/private.key"
-mv "$work/client.pem" "$dir/client.pem"
-mv "$work/client.key" "$dir/client.key"
+# place NEW TARGET: renamed over TARGET, or with --in-place written into
+# it (a bind mount shows the file's inode, which a rename replaces).
+place() {
+  if [ "$in_place" = yes ] && [ -f "$2" ]; then
+    cat "$1" >"$2"
+    rm -f "$1"
+  else
+    mv "$1" "$2"
+  fi
+}
+if [ "$renew" = no ]; then
+  place "$work/ca.pem" "$dir/ca.pem"
+  place "$work/ca.key" "$dir/ca.key"
+fi
+place "$work/server.pem" "$dir/cert.pem"
+place "$work/server.key" "$dir/private.key"
+place "$work/client.pem" "$dir/client.pem"
+place "$work/client.key" "$dir/client.key"
 
 echo "gen-keys: wrote ${files[*]} to $dir"
 echo "gen-keys: server certificate valid for $(echo "$server_san" | sed 's/DNS://g; s/IP://g; s/,/, /g') for $days days"
