@@ -6,8 +6,9 @@
 # services as secrets, in ECOMMERCE_KEYS: the TLS material
 # (scripts/gen-keys.sh, valid for the name discount) and the database's
 # passwords and URL; and makes each readable by the user its container
-# runs as. Needs `repo`, `deploy` and `ECOMMERCE_KEYS` set; sets `user`
-# (the services' uid:gid).
+# runs as. Needs `repo`, `deploy`, `ECOMMERCE_KEYS`, `database_volume`
+# (the stack's PostgreSQL volume) and `down` (the command that removes the
+# stack) set; sets `user` (the services' uid:gid).
 
 for image in ecommerce/catalog ecommerce/discount; do
   docker image inspect "$image:${ECOMMERCE_VERSION:-latest}" >/dev/null 2>&1 || {
@@ -54,6 +55,13 @@ secret() {
   fi
 }
 if [ ! -s "$ECOMMERCE_KEYS/database_url" ]; then
+  # A database volume made before knows other passwords: the catalogs
+  # would fail to log in, deep in a container's log.
+  if docker volume inspect "$database_volume" >/dev/null 2>&1; then
+    echo "$(basename "$0"): $ECOMMERCE_KEYS has no database passwords, but the database volume $database_volume exists, made with passwords from another keys directory;" >&2
+    echo "$(basename "$0"): give that directory back (ECOMMERCE_KEYS=...), or remove the volume and its data first: $down" >&2
+    exit 1
+  fi
   (umask 077
    openssl rand -hex 24 >"$ECOMMERCE_KEYS/postgres_password"
    openssl rand -hex 24 >"$ECOMMERCE_KEYS/catalog_password"

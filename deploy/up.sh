@@ -49,16 +49,21 @@ if [ "${1:-}" = down ]; then
   exec "${compose[@]}" down -v --remove-orphans
 fi
 
+database_volume=${COMPOSE_PROJECT_NAME}_postgres
+down="COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT_NAME deploy/up.sh down"
 # shellcheck source=deploy/prepare.sh
 . "$deploy/prepare.sh"
 
-# A port taken on the host fails `up` half way, with a container left in
-# Created: said plainly, and what this run made is removed (a database
-# volume of an earlier run stays).
+# A port taken on the host, or a container that fails, fails `up` half
+# way: said plainly, with the failed containers' own last lines (the
+# cause is there, and `down` removes them). A stack that was not there
+# before is removed, with the volumes this run made; one that was is left
+# as it is.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-project_volumes() { docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"; }
-volumes_before=$(project_volumes)
+label="label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"
+volumes_before=$(docker volume ls -q --filter "$label")
+containers_before=$(docker ps -aq --filter "$label")
 if ! "${compose[@]}" up -d "$@" 2>&1 | tee "$log"; then
   if grep -Eq 'port is already allocated|address already in use' "$log"; then
     # Which of the two published ports: Docker names it, as "Bind for
@@ -66,15 +71,25 @@ if ! "${compose[@]}" up -d "$@" 2>&1 | tee "$log"; then
     # bind" (another program).
     taken=$(grep -Eo '(Bind for|listen tcp[46]?) [^ ]+' "$log" | head -1 | awk '{ sub(/:$/, "", $3); print $3 }' || true)
     prometheus=${PROMETHEUS_HOST_PORT:-127.0.0.1:19090}
+    variable=CATALOG_HOST_PORT example=127.0.0.1:18080
     if [ -n "$taken" ] && [ "${taken##*:}" = "${prometheus##*:}" ]; then
-      echo "up: port ${taken:-$prometheus} on this host is taken by another program; set PROMETHEUS_HOST_PORT to a free one (PROMETHEUS_HOST_PORT=127.0.0.1:19091 deploy/up.sh)" >&2
-    else
-      echo "up: port ${taken:-${CATALOG_HOST_PORT:-11080}} on this host is taken by another program; set CATALOG_HOST_PORT to a free one (CATALOG_HOST_PORT=18080 deploy/up.sh)" >&2
+      variable=PROMETHEUS_HOST_PORT example=127.0.0.1:19091
     fi
+    echo "up: port ${taken:-${CATALOG_HOST_PORT:-11080}} on this host is taken by another program or container; set $variable to a free one ($variable=$example deploy/up.sh)" >&2
   fi
-  echo "up: the stack did not start; removing what this run made (volumes made before it are kept, with their data)" >&2
+  for container in $(docker ps -aq --filter "$label" --filter status=exited); do
+    code=$(docker inspect --format '{{.State.ExitCode}}' "$container")
+    [ "$code" != 0 ] || continue
+    echo "up: $(docker inspect --format '{{.Name}}' "$container" | tr -d /) exited with $code; its last lines:" >&2
+    docker logs --tail 10 "$container" 2>&1 | sed 's/^/    /' >&2
+  done
+  if [ -n "$containers_before" ]; then
+    echo "up: the stack did not start; it was there before this run, so it is left as it is (docker ps; $down removes it)" >&2
+    exit 1
+  fi
+  echo "up: the stack did not start; removing what this run made" >&2
   "${compose[@]}" down --remove-orphans >/dev/null 2>&1 || true
-  for volume in $(project_volumes); do
+  for volume in $(docker volume ls -q --filter "$label"); do
     grep -qxF "$volume" <<<"$volumes_before" || docker volume rm "$volume" >/dev/null || true
   done
   exit 1
@@ -120,7 +135,7 @@ for _ in $(seq 1 120); do
     echo "$ready"
     echo
     echo "up: try   curl -H 'X-USER-ID: 1' $url/products"
-    echo "up: look  $(url "${PROMETHEUS_HOST_PORT:-127.0.0.1:19090}")/alerts (Prometheus)"
+    echo "up: look  $(url "${PROMETHEUS_HOST_PORT:-127.0.0.1:19090}")/ (Prometheus; Alerts lists the rules and what fires)"
     echo "up: stop  deploy/up.sh down"
     exit 0
   fi
