@@ -3,8 +3,10 @@ deploy/swarm/test.py for Swarm): the seed's golden bodies, one GET on a new
 connection, a steady load whose every answer is kept, and what the stacks'
 Prometheus sees."""
 
+import collections
 import http.client
 import json
+import urllib.parse
 import urllib.request
 import socket
 import subprocess
@@ -67,7 +69,8 @@ class Load:
 
     def __init__(self, port, workers=4, pause=0.004):
         self.port, self.pause = port, pause
-        self.results = []  # (sent, status or None, X-Discount-Status, products)
+        # (sent, status or None, X-Discount-Status or what failed, products)
+        self.results = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.worker, daemon=True) for _ in range(workers)]
@@ -82,13 +85,16 @@ class Load:
                 connection.request("GET", "/products", headers={"X-USER-ID": "1"})
                 response = connection.getresponse()
                 body = response.read()
-                products = len(json.loads(body)) if response.status == 200 else 0
-                outcome = (sent, response.status, response.getheader("X-Discount-Status"), products)
+                if response.status == 200:
+                    outcome = (sent, 200, response.getheader("X-Discount-Status"), len(json.loads(body)))
+                else:
+                    # For a failure, what it was, in place of X-Discount-Status.
+                    outcome = (sent, response.status, f"{response.status} {body[:80]!r}", 0)
                 if response.getheader("Connection", "").lower() == "close":
                     connection.close()
                     connection = None
-            except (OSError, http.client.HTTPException, ValueError):
-                outcome = (sent, None, None, 0)
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                outcome = (sent, None, f"{type(error).__name__}: {error}", 0)
                 if connection is not None:
                     connection.close()
                 connection = None
@@ -116,6 +122,12 @@ def summary(results):
     failed = sum(1 for _, status, _, _ in results if status != 200)
     not_applied = sum(1 for _, status, xds, _ in results if status == 200 and xds != "applied")
     return len(results), failed, not_applied
+
+
+def failures(results):
+    """The commonest kinds of failure among `results`, with their counts."""
+    kinds = collections.Counter(reason for _, status, reason, _ in results if status != 200)
+    return dict(kinds.most_common(3))
 
 
 def short(results, products):
@@ -148,6 +160,18 @@ def prometheus_view(port):
     return up, known, {rule["name"] for group in groups for rule in group["rules"]}
 
 
+def prometheus_value(port, query):
+    """The value of an instant `query` (one number) from the Prometheus API
+    on 127.0.0.1:`port`, or None."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            result = json.load(answer)["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def scraped(checks, port, replicas, timeout=60):
     """Waits until the stack's Prometheus (on 127.0.0.1:`port`) scrapes
     exactly `replicas` ({job: count}), all up, with the alerting rules
@@ -163,4 +187,13 @@ def scraped(checks, port, replicas, timeout=60):
     checks.check("Prometheus finds and scrapes every catalog and discount replica",
                  (up, known) == (replicas, replicas), f"up {up}, known {known}")
     checks.check("Prometheus has the alerting rules", alerts == ALERTS, str(sorted(alerts)))
+    # Its UI: the alerts page, and a script of the graph page's that the
+    # image copies apart from the rest.
+    pages = {}
+    for page in ("/classic/alerts", "/classic/static/moment-timezone/moment-timezone-with-data.min.js"):
+        try:
+            pages[page] = get(port, page)[0]
+        except OSError as error:
+            pages[page] = str(error)
+    checks.check("Prometheus's UI answers its pages", set(pages.values()) == {200}, str(pages))
 

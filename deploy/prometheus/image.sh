@@ -7,9 +7,9 @@
 #   deploy/prometheus/image.sh
 #
 # FROM scratch (deploy/host-image.sh says why): the prometheus program and
-# the libraries it loads, and its web UI's files but for moment-timezone's
-# 214 MB of time zone data (the UI then shows times in UTC and the browser's
-# zone only). Runs as 65532; its database is /prometheus, a volume;
+# the libraries it loads, and its web UI's files (Debian's package has the
+# classic UI, at /classic/), of moment-timezone's 214 MB only the file the
+# UI loads. Runs as 65532; its database is /prometheus, a volume;
 # the configuration is read from /etc/prometheus/, which the stacks mount.
 set -euo pipefail
 if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
@@ -39,6 +39,10 @@ cp -a "$web/templates" "$root$web/"
 for item in "$web"/static/*; do
   [ "$(basename "$item")" = moment-timezone ] || cp -rL "$item" "$root$web/static/"
 done
+# Of moment-timezone, only the one file the graph page loads (780 KB; the
+# directory is 214 MB of time zone data in other forms).
+mkdir -p "$root$web/static/moment-timezone"
+cp -L "$web/static/moment-timezone/moment-timezone-with-data.min.js" "$root$web/static/moment-timezone/"
 mkdir -p "$root/etc/prometheus" "$root/prometheus"
 chown 65532:65532 "$root/prometheus"
 
