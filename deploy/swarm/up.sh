@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Deploys the system as a Docker Swarm stack (deploy/swarm/stack.yaml) from
-# the images scripts/images.sh built (and the PostgreSQL image, built from
-# this machine's package when missing): makes TLS material and the
-# database's passwords in deploy/keys if there are none (as deploy/up.sh),
-# deploys, imports the seed's products and customers (deploy/data/) into a
+# the images scripts/images.sh built (and PostgreSQL's, HAProxy's and
+# Prometheus', built from this machine's packages when missing): makes TLS
+# material and the database's passwords in deploy/keys if there are none
+# (as deploy/up.sh), deploys, imports the seed's products and customers (deploy/data/) into a
 # database that has none, and waits until the catalog sees every discount
-# replica serving.
+# replica serving. Run again, it is an update: a renewed certificate or an
+# edited configuration rolls the services that use it (docs/deploy.md).
 #
 #   docker swarm init --advertise-addr 127.0.0.1    once, if this engine is in no swarm
 #   deploy/swarm/up.sh                              deploy (again: an update)
@@ -36,6 +37,15 @@ mkdir -p "$ECOMMERCE_KEYS"
 ECOMMERCE_KEYS=$(cd "$ECOMMERCE_KEYS" && pwd)
 ECOMMERCE_DATA=$(cd "${ECOMMERCE_DATA:-$deploy/data}" && pwd)
 
+# Published in host mode, which takes a port alone (on every address of
+# the node), not IP:PORT as Compose does.
+for variable in CATALOG_HOST_PORT PROMETHEUS_HOST_PORT; do
+  [[ "${!variable}" =~ ^[0-9]+$ ]] || {
+    echo "swarm: $variable=${!variable}: give a port alone, such as 11080; Swarm publishes it on every address of the node" >&2
+    exit 2
+  }
+done
+
 state=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unreachable)
 if [ "$state" != active ]; then
   echo "swarm: this Docker engine is not in a swarm (state: $state); make a one-node one with" >&2
@@ -65,8 +75,59 @@ if [ "${1:-}" = down ]; then
   exit 0
 fi
 
+database_volume=${STACK}_postgres
+down="STACK=$STACK deploy/swarm/up.sh down"
 # shellcheck source=deploy/prepare.sh
 . "$deploy/prepare.sh"
+
+# Each secret and config named after its content (stack.yaml says why).
+version() { sha256sum "$1" | cut -c1-12; }
+export STACK \
+  CA_V="$(version "$ECOMMERCE_KEYS/ca.pem")" \
+  DISCOUNT_CERT_V="$(version "$ECOMMERCE_KEYS/cert.pem")" \
+  DISCOUNT_KEY_V="$(version "$ECOMMERCE_KEYS/private.key")" \
+  CATALOG_CERT_V="$(version "$ECOMMERCE_KEYS/client.pem")" \
+  CATALOG_KEY_V="$(version "$ECOMMERCE_KEYS/client.key")" \
+  POSTGRES_PASSWORD_V="$(version "$ECOMMERCE_KEYS/postgres_password")" \
+  CATALOG_PASSWORD_V="$(version "$ECOMMERCE_KEYS/catalog_password")" \
+  DATABASE_URL_V="$(version "$ECOMMERCE_KEYS/database_url")" \
+  HAPROXY_CFG_V="$(version "$deploy/haproxy/haproxy.cfg")" \
+  PROMETHEUS_YML_V="$(version "$deploy/prometheus/prometheus.yml")" \
+  PROMETHEUS_RULES_V="$(version "$deploy/prometheus/rules.yml")"
+# The versions an earlier run replaced, once no task uses them any more
+# (Docker refuses to remove one in use: those wait for the next run).
+for kind in secret config; do
+  for old in $(docker "$kind" ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}}'); do
+    docker "$kind" rm "$old" >/dev/null 2>&1 || true
+  done
+done
+
+# On a stack already running, a deploy that changes a service's tasks (an
+# image, a renewed certificate) is a rolling update of that service, which
+# Swarm runs after `stack deploy` returns: each service's task template
+# and last update, to tell which to wait for.
+services=$(docker service ls -q --filter "label=com.docker.stack.namespace=$STACK")
+template() { docker service inspect --format '{{json .Spec.TaskTemplate}}' "$1" | sha256sum | cut -c1-16; }
+started() { docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}' "$1"; }
+before=$(for service in $services; do echo "$service $(template "$service") $(started "$service")"; done)
+# rolled: every service whose tasks changed has an update newer than the
+# last one, completed; one rolled back or paused ends the run.
+rolled() {
+  local service old_template old_started state
+  while read -r service old_template old_started; do
+    [ "$(template "$service")" != "$old_template" ] || continue
+    [ "$(started "$service")" != "$old_started" ] || return 1
+    state=$(docker service inspect --format '{{.UpdateStatus.State}}' "$service")
+    case "$state" in
+      completed) ;;
+      paused | rollback_paused | rollback_completed)
+        echo "swarm: the update of $(docker service inspect --format '{{.Spec.Name}}' "$service") ended $state:" \
+          "$(docker service inspect --format '{{.UpdateStatus.Message}}' "$service")" >&2
+        exit 1 ;;
+      *) return 1 ;;
+    esac
+  done <<<"$before"
+}
 
 docker stack deploy --resolve-image never -c "$swarm/stack.yaml" "$STACK"
 
@@ -81,6 +142,10 @@ wait_for() {
   docker stack ps --no-trunc "$STACK" >&2 || true
   exit 1
 }
+if [ -n "$before" ]; then
+  echo "swarm: waiting for the services that changed to be rolled onto their new versions"
+  wait_for "the rolling update" rolled
+fi
 echo "swarm: waiting for the catalog to answer on $url"
 wait_for "the catalog answering" 'curl -sf --max-time 2 "$url/healthz" >/dev/null'
 
@@ -109,5 +174,5 @@ wait_for "every discount replica serving" \
 curl -s --max-time 2 "$url/readyz"
 echo
 echo "swarm: try   curl -H 'X-USER-ID: 1' $url/products"
-echo "swarm: look  http://127.0.0.1:$PROMETHEUS_HOST_PORT/alerts (Prometheus)"
+echo "swarm: look  http://127.0.0.1:$PROMETHEUS_HOST_PORT/ (Prometheus; Alerts lists the rules and what fires)"
 echo "swarm: stop  deploy/swarm/up.sh down"
