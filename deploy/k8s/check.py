@@ -17,6 +17,7 @@ makes throw-away ones (with scripts/gen-keys.sh) and removes them after.
 Ends with "N passed, M failed".
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -220,18 +221,22 @@ def on_postgres(checks, name, text):
     checks.check(f"{name}: no /data volume", all(v["name"] != "data" for v in pod.get("volumes", [])))
 
 
-def with_postgres(directory):
-    """A copy of deploy/k8s with its postgres component turned on, as
-    docs/deploy.md says to, and a made-up database URL."""
+def with_postgres(directory, overlay):
+    """A copy of deploy/k8s with the postgres component turned on in
+    `overlay` (its path below deploy/k8s), as docs/deploy.md says to, and a
+    made-up database URL; None when the kustomization has lost the lines
+    to uncomment. Already on (a user followed the docs) is fine too."""
     copy = Path(directory) / "k8s"
-    shutil.copytree(K8S, copy)
-    kustomization = copy / "kustomization.yaml"
+    if not copy.exists():
+        shutil.copytree(K8S, copy)
+    kustomization = copy / overlay / "kustomization.yaml"
     text = kustomization.read_text()
-    turned_on = text.replace("# components:\n#   - postgres", "components:\n  - postgres")
-    assert turned_on != text, "deploy/k8s/kustomization.yaml no longer has the commented-out component"
+    turned_on = re.sub(r"^# (components:\n)#( +- (\.\./)?postgres)$", r"\1\2", text, flags=re.M)
+    if "\ncomponents:\n" not in turned_on:
+        return None
     kustomization.write_text(turned_on)
     (copy / "postgres" / "database_url").write_text("postgres://catalog:s3cret@db.example.internal:5432/catalog")
-    return copy
+    return copy / overlay
 
 
 def main():
@@ -248,12 +253,16 @@ def main():
                 validate(checks, name, text)
                 consistent(checks, name, text)
         with tempfile.TemporaryDirectory() as scratch:
-            name = "deploy/k8s with components: [postgres]"
-            text = render(checks, with_postgres(scratch), name)
-            if text is not None:
-                validate(checks, name, text)
-                consistent(checks, name, text)
-                on_postgres(checks, name, text)
+            for overlay in (".", "cert-manager"):
+                name = f"deploy/k8s/{overlay} with the postgres component".replace("/.", "")
+                directory = with_postgres(scratch, overlay)
+                checks.check(f"{name}: its kustomization has the component's lines to uncomment",
+                             directory is not None)
+                text = render(checks, directory, name) if directory else None
+                if text is not None:
+                    validate(checks, name, text)
+                    consistent(checks, name, text)
+                    on_postgres(checks, name, text)
     finally:
         if made_keys:
             shutil.rmtree(K8S / "keys", ignore_errors=True)
