@@ -8,8 +8,8 @@ for the run, through deploy/up.sh (docs/deploy.md's quick start), then checks
 the golden bodies, that calls spread over the three discount replicas, and
 what a steady load sees while one replica is killed, frozen, cut off the
 network, and while all three are restarted one by one; then a catalog's
-restart and its kill, PostgreSQL's restart, and an import through one
-catalog that both must serve within 1 s. Prints each figure, ends with "N
+restart and its kill, PostgreSQL's restart, certificates renewed in place,
+and an import through one catalog that both must serve within 1 s. Prints each figure, ends with "N
 passed, M failed", and always takes the stack down (`down -v`), checking
 that nothing is left behind.
 
@@ -34,7 +34,8 @@ REPO = DEPLOY.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(DEPLOY))
 from checks import Checks  # noqa: E402
-from stacks import GOLDEN, PRODUCTS, Load, free_port, get, run, scraped, short, summary  # noqa: E402
+from stacks import (GOLDEN, PRODUCTS, Load, failures, free_port, get, prometheus_value, run, scraped,  # noqa: E402
+                    short, summary)
 
 # The product `more.csv` adds, imported through one catalog.
 NEW_PRODUCT = 4
@@ -162,7 +163,7 @@ def fault(checks, stack, load, name, victim, act, undo, settle=4.0):
           f"back in rotation {'never' if back_after is None else f'{back_after:.1f} s'} after the fault ended",
           flush=True)
     checks.check(f"{name}: the catalog noticed", took is not None)
-    checks.check(f"{name}: no request failed", failed == 0 and total > 0, f"{failed} of {total}")
+    checks.check(f"{name}: no request failed", failed == 0 and total > 0, f"{failed} of {total}: {failures(every)}")
     checks.check(f"{name}: every listing applied once the catalog noticed", late == 0, f"{late} not applied")
     checks.check(f"{name}: the replica came back", back_after is not None)
     return every
@@ -299,7 +300,33 @@ def database(checks, stack):
         time.sleep(1)
         catalog_killed(checks, stack, load)
         postgres_restarted(checks, stack, load)
+        renewed_in_place(checks, stack, load)
     imported_through_one(checks, stack)
+
+
+def renewed_in_place(checks, stack, load):
+    """`gen-keys.sh --renew --in-place`, as docs/deploy.md says for
+    Compose: every service reloads its files (counted by its
+    *_reloads_total, as the stack's Prometheus scrapes it) with no request
+    failed."""
+    reloads = ("sum(discount_reloads_total{outcome=\"success\"}) + "
+               "sum(catalog_reloads_total{outcome=\"success\"})")
+    replicas = len(stack.containers("discount")) + len(stack.containers("catalog"))
+    before = prometheus_value(stack.prometheus_port, reloads) or 0
+    owner = ["--owner", "65532:65532"] if os.geteuid() == 0 else []
+    started = time.monotonic()
+    run(str(REPO / "scripts" / "gen-keys.sh"), "--dir", stack.env["ECOMMERCE_KEYS"], "--renew", "--in-place",
+        "--dns", "discount", *owner)
+    took = stack.wait("every replica to reload its renewed files",
+                      lambda: (prometheus_value(stack.prometheus_port, reloads) or 0) >= before + replicas, 90)
+    ended = time.monotonic()
+    total, failed, not_applied = summary(load.since(started, ended))
+    print(f"  certificates renewed in place: all {replicas} replicas reloaded "
+          f"{'never' if took is None else f'within {ended - started:.1f} s'}; {total} requests, "
+          f"{failed} failed, {not_applied} not applied", flush=True)
+    checks.check("renewed in place: every replica reloaded", took is not None)
+    checks.check("renewed in place: no request failed", failed == 0 and total > 0,
+                 f"{failed} of {total}: {failures(load.since(started, ended))}")
 
 
 def catalog_killed(checks, stack, load):

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds ecommerce/haproxy:<version> (and :latest) from the HAProxy this
 # machine has installed (Debian's haproxy package), since no base image can
-# be pulled here. The Compose stack puts it in front of its catalog
-# replicas (deploy/haproxy/haproxy.cfg).
+# be pulled here. The Compose and Swarm stacks put it in front of their
+# catalog replicas (deploy/haproxy/haproxy.cfg).
 #
 #   deploy/haproxy/image.sh
 #
