@@ -36,7 +36,9 @@ pub struct Config {
     /// customers when missing) or
     /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (for several catalog
     /// replicas; bring the data with `catalog import`). See docs/data.md.
-    #[arg(long, env = "CATALOG_DATABASE_URL", default_value = "sqlite://catalog.db", value_parser = DatabaseUrlParser, global = true)]
+    /// (`--help` shows the variable, never its value: it may hold the
+    /// password.)
+    #[arg(long, env = "CATALOG_DATABASE_URL", hide_env_values = true, default_value = "sqlite://catalog.db", value_parser = DatabaseUrlParser, global = true)]
     database_url: DatabaseUrl,
 
     /// A file holding the database URL, as `--database-url` takes it (one
@@ -398,6 +400,16 @@ mod tests {
     }
 
     #[test]
+    fn help_never_shows_the_database_url_set_in_the_environment() {
+        use clap::CommandFactory;
+        let command = Config::command();
+        let url = command
+            .get_arguments()
+            .find(|a| a.get_id() == "database_url");
+        assert!(url.is_some_and(|a| a.is_hide_env_values_set()));
+    }
+
+    #[test]
     fn a_url_clap_refuses_is_not_repeated_in_the_error() {
         for bad in [
             "postgres://u:s3cret@host:notaport/db",
@@ -462,6 +474,7 @@ mod tests {
         let huge = format!("postgres://shop:s3cret@db/{}", "x".repeat(70_000));
         assert!(error(Some(&huge)).contains("too large"));
         assert!(error(Some("\n")).contains("empty"));
+        assert!(error(Some("postgres://shop:s3cret@db/a\nb\n")).contains("more than one line"));
         assert!(error(Some("mysql://shop:s3cret@db/x\n")).contains("not a valid URL"));
     }
 }

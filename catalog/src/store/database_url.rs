@@ -133,6 +133,11 @@ impl clap::builder::TypedValueParser for DatabaseUrlFileParser {
         let text =
             std::fs::read_to_string(path).map_err(|e| refused(format!("cannot read it: {e}")))?;
         let text = text.trim_end();
+        if text.contains(['\n', '\r']) {
+            return Err(refused(
+                "more than one line; it must hold the database URL alone".to_owned(),
+            ));
+        }
         if text.is_empty() {
             return Err(refused(
                 "the file is empty; it must hold the database URL".to_owned(),
