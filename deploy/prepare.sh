@@ -50,24 +50,33 @@ secret() {
   if [ "$(id -u)" = 0 ]; then
     chown "$owner" "$file" && chmod 600 "$file"
   else
-    # Readable by the containers' users, who are not this one.
+    # Readable by the containers' users, who are not this one; the
+    # directory (700, below) keeps the host's other users out.
     chmod 644 "$file"
   fi
 }
-if [ ! -s "$ECOMMERCE_KEYS/database_url" ]; then
+if [ ! -s "$ECOMMERCE_KEYS/postgres_password" ] || [ ! -s "$ECOMMERCE_KEYS/catalog_password" ]; then
   # A database volume made before knows other passwords: the catalogs
   # would fail to log in, deep in a container's log.
   if docker volume inspect "$database_volume" >/dev/null 2>&1; then
-    echo "$(basename "$0"): $ECOMMERCE_KEYS has no database passwords, but the database volume $database_volume exists, made with passwords from another keys directory;" >&2
+    echo "$(basename "$0"): $ECOMMERCE_KEYS lacks a database password, but the database volume $database_volume exists, made with passwords from another keys directory;" >&2
     echo "$(basename "$0"): give that directory back (ECOMMERCE_KEYS=...), or remove the volume and its data first: $down" >&2
     exit 1
   fi
+fi
+# Only what is missing is made: a password made again would no longer be
+# the one the database was made with.
+for password in postgres_password catalog_password; do
+  [ -s "$ECOMMERCE_KEYS/$password" ] || (umask 077 && openssl rand -hex 24 >"$ECOMMERCE_KEYS/$password")
+done
+if [ ! -s "$ECOMMERCE_KEYS/database_url" ]; then
   (umask 077
-   openssl rand -hex 24 >"$ECOMMERCE_KEYS/postgres_password"
-   openssl rand -hex 24 >"$ECOMMERCE_KEYS/catalog_password"
    printf 'postgres://catalog:%s@postgres:5432/catalog\n' "$(cat "$ECOMMERCE_KEYS/catalog_password")" \
      >"$ECOMMERCE_KEYS/database_url")
 fi
 secret postgres_password 999:999
 secret catalog_password 999:999
 secret database_url "$user"
+# The keys and passwords are for the containers (bind mounts, which the
+# directory's mode does not restrict) and this user alone.
+chmod 700 "$ECOMMERCE_KEYS"

@@ -28,6 +28,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
       */ | *[!A-Za-z0-9_/-]* | */*/*)
         echo "postgres: POSTGRES_APP_USER and the password in $POSTGRES_APP_PASSWORD_FILE must be non-empty and hold only letters, digits, '_' and '-'" >&2
         exit 1 ;;
+      postgres/* | pg_*)
+        echo "postgres: POSTGRES_APP_USER=$POSTGRES_APP_USER names the superuser or a reserved role; give the application a role of its own, such as catalog" >&2
+        exit 1 ;;
     esac
   fi
   echo "postgres: no cluster in $PGDATA; making one (superuser postgres, password from $POSTGRES_PASSWORD_FILE)"
@@ -38,11 +41,20 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
   if [ -n "${POSTGRES_APP_USER:-}" ]; then
     echo "postgres: making the role and database $POSTGRES_APP_USER (password from $POSTGRES_APP_PASSWORD_FILE)"
-    # Single-user mode: one statement a line, each in its own transaction.
-    printf '%s\n' \
+    # Single-user mode: one statement a line, each in its own transaction;
+    # a failed statement is never written to the log (it holds the
+    # password), and fails the start, since the server still starts after
+    # an error here.
+    output=$(printf '%s\n' \
       "CREATE ROLE \"$POSTGRES_APP_USER\" LOGIN PASSWORD '$app_password';" \
       "CREATE DATABASE \"$POSTGRES_APP_USER\" OWNER \"$POSTGRES_APP_USER\";" |
-      postgres --single -D "$PGDATA" -c jit=off postgres >/dev/null
+      postgres --single -D "$PGDATA" -c jit=off -c log_min_error_statement=panic postgres 2>&1)
+    case "$output" in
+      *ERROR* | *FATAL*)
+        echo "postgres: making the role $POSTGRES_APP_USER failed; this data directory is not usable, remove the volume and start again:" >&2
+        echo "$output" >&2
+        exit 1 ;;
+    esac
   fi
 fi
 
