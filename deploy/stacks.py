@@ -137,7 +137,8 @@ def short(results, products):
 
 # The alerts deploy/prometheus/rules.yml defines.
 ALERTS = {"CertificateExpiresSoon", "NoDiscountReplicaServing", "ListingsNotApplied",
-          "HighServerErrorRate", "ReplicaNotScraped"}
+          "HighServerErrorRate", "NoCatalogRunning", "NoDiscountRunning", "DatabaseUnreachable",
+          "ReplicaNotScraped"}
 
 
 def prometheus_view(port):
