@@ -206,19 +206,28 @@ def network_policies(checks, name, kinds):
 
 
 def on_postgres(checks, name, text):
-    """With the postgres component: the catalog reads its URL from the
-    Secret, an init container migrates, and the catalog does not."""
+    """With the postgres component: the catalog and its init container read
+    the URL from the Secret catalog-database, mounted as a file (no
+    environment variable holds it), the init container migrates, and the
+    catalog does not."""
     objects = [o for o in yaml.safe_load_all(text) if o]
     catalog = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "catalog")
     pod = catalog["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        who = f"{name}: {container['name']}"
+        env = {v["name"]: v for v in container.get("env", [])}
+        path = env.get("CATALOG_DATABASE_URL_FILE", {}).get("value", "")
+        mount = next((m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"] + "/")), None)
+        secret = volumes.get(mount["name"], {}).get("secret", {}).get("secretName", "") if mount else ""
+        checks.check(f"{who} reads the database URL from a file of the Secret catalog-database",
+                     secret.startswith("catalog-database"), f"{path}, mount {mount}, secret {secret!r}")
+        checks.check(f"{who} has no CATALOG_DATABASE_URL variable", "CATALOG_DATABASE_URL" not in env)
     env = {v["name"]: v for v in pod["containers"][0].get("env", [])}
-    url = env.get("CATALOG_DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
-    checks.check(f"{name}: the catalog's CATALOG_DATABASE_URL is from the Secret catalog-database",
-                 url.get("name", "").startswith("catalog-database"), str(url))
     checks.check(f"{name}: the catalog does not migrate", env.get("CATALOG_NO_MIGRATE", {}).get("value") == "true")
     checks.check(f"{name}: an init container applies the migrations",
                  any(c.get("args") == ["migrate"] for c in pod.get("initContainers", [])))
-    checks.check(f"{name}: no /data volume", all(v["name"] != "data" for v in pod.get("volumes", [])))
+    checks.check(f"{name}: no /data volume", "data" not in volumes)
 
 
 def with_postgres(directory, overlay):

@@ -157,10 +157,19 @@ catalog() {
     -v "$ECOMMERCE_DATA:/import:ro" -e CATALOG_DATABASE_URL_FILE=/run/secrets/database_url \
     "ecommerce/catalog:${ECOMMERCE_VERSION:-latest}" "$@"
 }
-products=$(catalog export products) || {
-  echo "swarm: could not read the products in the database (the error is above)" >&2
-  exit 1
-}
+# The catalog answers before PostgreSQL's task is in DNS, at times: tried
+# again for a minute.
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
+for attempt in $(seq 1 60); do
+  products=$(catalog export products 2>"$errors") && break
+  [ "$attempt" -lt 60 ] || {
+    cat "$errors" >&2
+    echo "swarm: could not read the products in the database for a minute (the error is above)" >&2
+    exit 1
+  }
+  sleep 1
+done
 if [ "$(printf '%s' "$products" | tr -d '[:space:]')" = "[]" ]; then
   echo "swarm: the database has no products; importing the seed's from $ECOMMERCE_DATA"
   catalog import products /import/products.csv
