@@ -127,11 +127,23 @@ url=$(url "${CATALOG_HOST_PORT:-11080}")
 # when it next resolves the name, within 5 s.
 replicas=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
   --filter "label=com.docker.compose.service=discount" | wc -l)
-echo "up: waiting for the catalog to see all $replicas discount replicas serving ($url/readyz)"
-for _ in $(seq 1 120); do
+catalogs=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+  --filter "label=com.docker.compose.service=catalog" | wc -l)
+# HAProxy answers /readyz from each catalog in turn (round robin): twice
+# as many ready answers in a row as there are catalogs is every catalog
+# ready, not just the one that answered.
+echo "up: waiting for the $catalogs catalogs to see all $replicas discount replicas serving ($url/readyz)"
+in_a_row=0
+for _ in $(seq 1 240); do
   ready=$(curl -s --max-time 2 "$url/readyz" || true)
   first=${ready%%$'\n'*}
   if [[ "$first" == "ready: $replicas of $replicas "* ]]; then
+    in_a_row=$((in_a_row + 1))
+  else
+    in_a_row=0
+    sleep 0.5
+  fi
+  if [ "$in_a_row" -ge $((2 * catalogs)) ]; then
     echo "$ready"
     echo
     echo "up: try   curl -H 'X-USER-ID: 1' $url/products"
@@ -139,8 +151,7 @@ for _ in $(seq 1 120); do
     echo "up: stop  deploy/up.sh down"
     exit 0
   fi
-  sleep 0.5
 done
-echo "up: the stack did not become ready within 60 s; last /readyz: ${ready:-no answer}" >&2
+echo "up: the stack did not become ready within 2 minutes; last /readyz: ${ready:-no answer}" >&2
 "${compose[@]}" ps >&2
 exit 1
