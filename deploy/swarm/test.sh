@@ -9,10 +9,14 @@ repo=$(dirname "$(dirname "$swarm")")
 
 export STACK="ecomswarm$$"
 made_swarm=no
+# `swarm init` also makes the network docker_gwbridge, which `swarm leave`
+# keeps: removed too when this test made it.
+gwbridge_before=$(docker network ls -q --filter name='^docker_gwbridge$')
 cleanup() {
   STACK=$STACK "$swarm/up.sh" down >/dev/null 2>&1 || true
   if [ "$made_swarm" = yes ]; then
     docker swarm leave --force >/dev/null 2>&1 || true
+    [ -n "$gwbridge_before" ] || docker network rm docker_gwbridge >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
